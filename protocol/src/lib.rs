@@ -1,0 +1,18 @@
+//! What the tollgate gateway and billing backend agree on.
+//!
+//! # Layout
+//! - [`keys`]: the `cli_<plan>_<secret>` key format, its SHA-256 [`keys::KeyHash`] and `key_` ids.
+//! - [`money`]: integer minor units plus an ISO 4217 code, parsed and printed exactly.
+//! - [`plans`]: the `[[plans]]` catalogue with the three default plans.
+//! - [`feed`]: the key feed (snapshot, then changes by sequence number) and usage batches.
+//! - [`error`]: the JSON error body every client-visible error uses (SPEC §9).
+//! - [`config`]: `TOLLGATE_<SECTION>_<KEY>` environment overrides applied to a TOML document.
+//! - [`day`]: UTC day arithmetic on unix seconds (the daily quota resets at 00:00 UTC).
+
+pub mod config;
+pub mod day;
+pub mod error;
+pub mod feed;
+pub mod keys;
+pub mod money;
+pub mod plans;

@@ -1,0 +1,38 @@
+//! tollgate billing backend.
+//!
+//! # Layout
+//! - [`config`]: `[backend]` + `[[plans]]` from TOML with `TOLLGATE_BACKEND_*` overrides.
+//! - [`app`]: [`AppState`], the router, and [`Backend`] (start / router / feed / usage / shutdown),
+//!   used by `main.rs` and by the gateway in embedded mode.
+//! - [`store`]: storage traits and the SQL implementation (SQLite default, PostgreSQL).
+//! - [`plans`], [`keys`], [`usage`], [`billing`], [`stats`]: one module per domain, each with its
+//!   DTOs, handlers and `router()`.
+//! - [`feed`]: the key feed and usage ingest that gateways use (`/internal/*`).
+//! - [`auth`]: service and feed tokens; [`extract`]: JSON parsing and the JSON-error backstop;
+//!   [`error`]: the one client-facing error type; [`ops`], [`metrics`], [`openapi`]: operations.
+//!
+//! A request flows: router → `metrics::track` → `extract::json_errors` → handler (extractors do
+//! auth and parsing) → domain function → `store` (one transaction per change, ledger included)
+//! → `feed::FeedHub::notify` wakes gateways waiting on the feed.
+
+pub mod app;
+pub mod auth;
+pub mod billing;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod feed;
+pub mod ids;
+pub mod keys;
+pub mod metrics;
+pub mod openapi;
+pub mod ops;
+pub mod plans;
+pub mod stats;
+pub mod store;
+pub mod usage;
+
+pub use app::{AppState, Backend};
+pub use config::BackendConfig;

@@ -98,7 +98,10 @@ mod tests {
         assert_eq!(parse_day("2026-11-25"), Some(day_index(1_795_564_800)));
         assert_eq!(format_day(day_index(1_795_564_800 + 86_399)), "2026-11-25");
         assert_eq!(parse_day("2024-02-30"), None);
-        assert_eq!(parse_day("2024-02-29").map(format_day).as_deref(), Some("2024-02-29"));
+        assert_eq!(
+            parse_day("2024-02-29").map(format_day).as_deref(),
+            Some("2024-02-29")
+        );
         assert_eq!(parse_day("2024-2-29"), None);
         assert_eq!(day_index(-1), -1);
     }
@@ -108,7 +111,8 @@ mod tests {
         let jan31 = parse_day("2026-01-31").map(|d| d * SECONDS_PER_DAY);
         let feb = jan31.map(|t| format_day(day_index(add_months(t, 1))));
         assert_eq!(feb.as_deref(), Some("2026-02-28"));
-        let dec = parse_day("2026-12-15").map(|d| format_day(day_index(add_months(d * SECONDS_PER_DAY, 12))));
+        let dec = parse_day("2026-12-15")
+            .map(|d| format_day(day_index(add_months(d * SECONDS_PER_DAY, 12))));
         assert_eq!(dec.as_deref(), Some("2027-12-15"));
     }
 

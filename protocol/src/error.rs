@@ -18,7 +18,13 @@ pub struct ErrorBody {
 impl ErrorBody {
     pub fn new(code: &str, message: impl Into<String>) -> ErrorBody {
         let message = message.into();
-        ErrorBody { detail: message.clone(), error: ErrorDetail { code: code.to_string(), message } }
+        ErrorBody {
+            detail: message.clone(),
+            error: ErrorDetail {
+                code: code.to_string(),
+                message,
+            },
+        }
     }
 
     pub fn to_json(&self) -> String {

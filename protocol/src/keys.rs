@@ -48,7 +48,8 @@ impl Serialize for KeyHash {
 impl<'de> Deserialize<'de> for KeyHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        KeyHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("key hash must be 64 hex digits"))
+        KeyHash::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom("key hash must be 64 hex digits"))
     }
 }
 
@@ -56,12 +57,18 @@ impl<'de> Deserialize<'de> for KeyHash {
 pub fn valid_key_id(id: &str) -> bool {
     id.len() == 20
         && id.starts_with("key_")
-        && id[4..].bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        && id[4..]
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
 /// The first [`START_LEN`] characters of a key, shown in listings instead of the secret.
 pub fn key_start(key: &str) -> &str {
-    let end = key.char_indices().nth(START_LEN).map(|(i, _)| i).unwrap_or(key.len());
+    let end = key
+        .char_indices()
+        .nth(START_LEN)
+        .map(|(i, _)| i)
+        .unwrap_or(key.len());
     &key[..end]
 }
 

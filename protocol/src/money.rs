@@ -17,7 +17,11 @@ impl Currency {
         if b.len() != 3 || !b.iter().all(|c| c.is_ascii_alphabetic()) {
             return Err(MoneyError::BadCurrency(code.chars().take(16).collect()));
         }
-        let up = [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase(), b[2].to_ascii_uppercase()];
+        let up = [
+            b[0].to_ascii_uppercase(),
+            b[1].to_ascii_uppercase(),
+            b[2].to_ascii_uppercase(),
+        ];
         let c = Currency(up);
         if !KNOWN.contains(&c.as_str()) {
             return Err(MoneyError::BadCurrency(c.as_str().to_string()));
@@ -84,10 +88,16 @@ pub enum MoneyError {
 impl fmt::Display for MoneyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MoneyError::BadCurrency(c) => write!(f, "unknown currency code {c:?} (expected ISO 4217, e.g. \"EUR\")"),
+            MoneyError::BadCurrency(c) => write!(
+                f,
+                "unknown currency code {c:?} (expected ISO 4217, e.g. \"EUR\")"
+            ),
             MoneyError::BadAmount(t) => write!(f, "amount {t:?} is not a decimal number"),
             MoneyError::TooPrecise { text, decimals } => {
-                write!(f, "amount {text:?} has more than {decimals} decimal places for this currency")
+                write!(
+                    f,
+                    "amount {text:?} has more than {decimals} decimal places for this currency"
+                )
             }
             MoneyError::Negative(t) => write!(f, "amount {t:?} must not be negative"),
             MoneyError::Overflow => f.write_str("amount is too large"),
@@ -122,12 +132,19 @@ impl Money {
         let exp = currency.exponent();
         let frac_trim = frac.trim_end_matches('0');
         if frac_trim.len() > exp as usize {
-            return Err(MoneyError::TooPrecise { text: t.chars().take(40).collect(), decimals: exp });
+            return Err(MoneyError::TooPrecise {
+                text: t.chars().take(40).collect(),
+                decimals: exp,
+            });
         }
         let int_v: i64 = int.parse().map_err(|_| MoneyError::Overflow)?;
         let mut frac_v: i64 = 0;
         for i in 0..exp as usize {
-            let d = frac_trim.as_bytes().get(i).map(|c| i64::from(c - b'0')).unwrap_or(0);
+            let d = frac_trim
+                .as_bytes()
+                .get(i)
+                .map(|c| i64::from(c - b'0'))
+                .unwrap_or(0);
             frac_v = frac_v * 10 + d;
         }
         let minor = int_v
@@ -139,7 +156,10 @@ impl Money {
     }
 
     /// Parses a JSON number amount (`29`, `29.5`) exactly, using its textual form.
-    pub fn from_json_number(n: &serde_json::Number, currency: Currency) -> Result<Money, MoneyError> {
+    pub fn from_json_number(
+        n: &serde_json::Number,
+        currency: Currency,
+    ) -> Result<Money, MoneyError> {
         let text = n.to_string();
         if text.contains(['e', 'E']) {
             return Err(MoneyError::BadAmount(text));
@@ -156,7 +176,12 @@ impl Money {
             return format!("{sign}{abs}");
         }
         let scale = 10_u64.pow(exp);
-        format!("{sign}{}.{:0width$}", abs / scale, abs % scale, width = exp as usize)
+        format!(
+            "{sign}{}.{:0width$}",
+            abs / scale,
+            abs % scale,
+            width = exp as usize
+        )
     }
 
     /// The amount as a JSON number in major units, exactly (29 for 2900 EUR minor, 28.57 for 2857).
@@ -179,14 +204,20 @@ impl Money {
         let num = i128::from(self.minor) * keep;
         let rounded = (num + 5_000).div_euclid(10_000);
         let minor = i64::try_from(rounded).map_err(|_| MoneyError::Overflow)?;
-        Ok(Money { minor, currency: self.currency })
+        Ok(Money {
+            minor,
+            currency: self.currency,
+        })
     }
 
     pub fn checked_add(&self, other: Money) -> Option<Money> {
         if self.currency != other.currency {
             return None;
         }
-        self.minor.checked_add(other.minor).map(|minor| Money { minor, currency: self.currency })
+        self.minor.checked_add(other.minor).map(|minor| Money {
+            minor,
+            currency: self.currency,
+        })
     }
 }
 
@@ -216,7 +247,10 @@ mod tests {
         assert!(matches!(eur("1e3"), Err(MoneyError::BadAmount(_))));
         assert!(matches!(eur(".5"), Err(MoneyError::BadAmount(_))));
         assert!(matches!(eur("5."), Err(MoneyError::BadAmount(_))));
-        assert!(matches!(eur("99999999999999999999"), Err(MoneyError::Overflow)));
+        assert!(matches!(
+            eur("99999999999999999999"),
+            Err(MoneyError::Overflow)
+        ));
         let jpy = Currency::parse("jpy").map(|c| Money::parse_decimal("500", c));
         assert_eq!(jpy.map(|m| m.map(|m| m.minor)), Ok(Ok(500)));
     }
@@ -225,15 +259,29 @@ mod tests {
     fn sepa_discount_half_up() {
         let pro = Money::new(2900, Currency::EUR);
         assert_eq!(pro.discounted_bps(150).map(|m| m.minor), Ok(2857)); // 2856.5 → 2857
-        assert_eq!(Money::new(29000, Currency::EUR).discounted_bps(150).map(|m| m.minor), Ok(28565));
-        assert_eq!(pro.discounted_bps(150).map(|m| m.to_string()).as_deref(), Ok("28.57 EUR"));
+        assert_eq!(
+            Money::new(29000, Currency::EUR)
+                .discounted_bps(150)
+                .map(|m| m.minor),
+            Ok(28565)
+        );
+        assert_eq!(
+            pro.discounted_bps(150).map(|m| m.to_string()).as_deref(),
+            Ok("28.57 EUR")
+        );
     }
 
     #[test]
     fn prints() {
         assert_eq!(Money::new(2900, Currency::EUR).decimal_string(), "29.00");
-        assert_eq!(Money::new(2900, Currency::EUR).json_major(), serde_json::json!(29));
-        assert_eq!(Money::new(2857, Currency::EUR).json_major(), serde_json::json!(28.57));
+        assert_eq!(
+            Money::new(2900, Currency::EUR).json_major(),
+            serde_json::json!(29)
+        );
+        assert_eq!(
+            Money::new(2857, Currency::EUR).json_major(),
+            serde_json::json!(28.57)
+        );
         assert!(Currency::parse("EUU").is_err());
         assert!(Currency::parse("EU").is_err());
     }

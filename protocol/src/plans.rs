@@ -73,7 +73,10 @@ impl Plan {
     }
 
     pub fn limits(&self) -> Limits {
-        Limits { per_minute: self.rate_limit_per_minute, per_day: self.daily_limit }
+        Limits {
+            per_minute: self.rate_limit_per_minute,
+            per_day: self.daily_limit,
+        }
     }
 }
 
@@ -118,7 +121,12 @@ pub fn default_plans() -> Vec<Plan> {
             0,
             10,
             50,
-            &["50 API calls/day", "Basic endpoints", "Community support", "Public documentation"],
+            &[
+                "50 API calls/day",
+                "Basic endpoints",
+                "Community support",
+                "Public documentation",
+            ],
             2,
         ),
         plan(
@@ -128,7 +136,13 @@ pub fn default_plans() -> Vec<Plan> {
             29000,
             100,
             5000,
-            &["5,000 API calls/day", "All endpoints", "Priority support", "Webhooks", "Analytics dashboard"],
+            &[
+                "5,000 API calls/day",
+                "All endpoints",
+                "Priority support",
+                "Webhooks",
+                "Analytics dashboard",
+            ],
             10,
         ),
         plan(
@@ -162,12 +176,19 @@ pub const FREE: &str = "free";
 impl Catalogue {
     /// Validates `plans` (or the defaults when empty). Each error names the setting.
     pub fn new(plans: Vec<Plan>) -> Result<Catalogue, Vec<String>> {
-        let plans = if plans.is_empty() { default_plans() } else { plans };
+        let plans = if plans.is_empty() {
+            default_plans()
+        } else {
+            plans
+        };
         let mut errors = Vec::new();
         for (i, p) in plans.iter().enumerate() {
             let at = format!("plans[{i}]");
             if !valid_plan_id(&p.id) {
-                errors.push(format!("{at}.id: {:?} must be 1-32 chars of a-z, 0-9 and '-'", p.id));
+                errors.push(format!(
+                    "{at}.id: {:?} must be 1-32 chars of a-z, 0-9 and '-'",
+                    p.id
+                ));
             }
             if plans.iter().filter(|q| q.id == p.id).count() > 1 {
                 errors.push(format!("{at}.id: plan id {:?} is defined twice", p.id));
@@ -176,14 +197,18 @@ impl Catalogue {
                 errors.push(format!("{at}: prices must not be negative"));
             }
             if p.rate_limit_per_minute == 0 || p.daily_limit == 0 {
-                errors.push(format!("{at}: rate_limit_per_minute and daily_limit must be at least 1"));
+                errors.push(format!(
+                    "{at}: rate_limit_per_minute and daily_limit must be at least 1"
+                ));
             }
             if p.max_keys_per_user == 0 {
                 errors.push(format!("{at}.max_keys_per_user must be at least 1"));
             }
         }
         if !plans.iter().any(|p| p.id == FREE) {
-            errors.push("plans: a plan with id \"free\" is required (keys fall back to it)".to_string());
+            errors.push(
+                "plans: a plan with id \"free\" is required (keys fall back to it)".to_string(),
+            );
         }
         if errors.is_empty() {
             Ok(Catalogue { plans })
@@ -193,7 +218,9 @@ impl Catalogue {
     }
 
     pub fn defaults() -> Catalogue {
-        Catalogue { plans: default_plans() }
+        Catalogue {
+            plans: default_plans(),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Plan> {
@@ -215,7 +242,11 @@ impl Catalogue {
 
     /// The catalogue's currency (of the first paid plan, else EUR).
     pub fn currency(&self) -> Currency {
-        self.plans.iter().find(|p| p.is_paid()).map(|p| p.currency).unwrap_or(Currency::EUR)
+        self.plans
+            .iter()
+            .find(|p| p.is_paid())
+            .map(|p| p.currency)
+            .unwrap_or(Currency::EUR)
     }
 }
 
@@ -223,7 +254,9 @@ impl Catalogue {
 pub fn valid_plan_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 32
-        && id.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
 #[cfg(test)]
@@ -234,10 +267,28 @@ mod tests {
     fn defaults_are_the_spec_table() {
         let c = Catalogue::defaults();
         let pro = c.get("pro").cloned();
-        assert_eq!(pro.as_ref().map(|p| p.price(Cycle::Monthly).minor), Some(2900));
-        assert_eq!(pro.as_ref().map(|p| p.price(Cycle::Yearly).minor), Some(29000));
-        assert_eq!(pro.as_ref().map(|p| p.limits()), Some(Limits { per_minute: 100, per_day: 5000 }));
-        assert_eq!(c.free().limits(), Limits { per_minute: 10, per_day: 50 });
+        assert_eq!(
+            pro.as_ref().map(|p| p.price(Cycle::Monthly).minor),
+            Some(2900)
+        );
+        assert_eq!(
+            pro.as_ref().map(|p| p.price(Cycle::Yearly).minor),
+            Some(29000)
+        );
+        assert_eq!(
+            pro.as_ref().map(|p| p.limits()),
+            Some(Limits {
+                per_minute: 100,
+                per_day: 5000
+            })
+        );
+        assert_eq!(
+            c.free().limits(),
+            Limits {
+                per_minute: 10,
+                per_day: 50
+            }
+        );
         assert_eq!(c.get("enterprise").map(|p| p.max_keys_per_user), Some(50));
     }
 
@@ -249,6 +300,9 @@ mod tests {
         let errs = Catalogue::new(p).err().unwrap_or_default();
         assert!(errs.iter().any(|e| e.contains("plans[0].id")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("plans[1]")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.contains("\"free\" is required")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("\"free\" is required")),
+            "{errs:?}"
+        );
     }
 }

@@ -1,0 +1,150 @@
+//! Application state, the router, and [`Backend`]: the handle the binary and the embedding
+//! gateway use to start, serve and stop the backend.
+
+use crate::auth::TokenDigest;
+use crate::clock::{OffsetClock, SharedClock, SystemClock};
+use crate::config::BackendConfig;
+use crate::feed::FeedHub;
+use crate::metrics::Metrics;
+use crate::store::sql::SqlStore;
+use crate::store::Store;
+use crate::usage::MinuteWindow;
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch};
+use tollgate_protocol::plans::Catalogue;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub cfg: Arc<BackendConfig>,
+    pub catalogue: Arc<Catalogue>,
+    pub clock: SharedClock,
+    /// Present when `TOLLGATE_TEST_CLOCK=1`: lets end-to-end tests move time.
+    pub test_clock: Option<Arc<OffsetClock>>,
+    pub service_token: TokenDigest,
+    pub feed_token: Option<TokenDigest>,
+    pub hub: FeedHub,
+    pub metrics: Metrics,
+    pub minute: Arc<MinuteWindow>,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.cfg.max_body_bytes;
+    Router::new()
+        .merge(crate::plans::router())
+        .merge(crate::keys::router())
+        .merge(crate::usage::router())
+        .merge(crate::billing::router())
+        .merge(crate::feed::router())
+        .merge(crate::ops::router())
+        .fallback(crate::extract::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
+        .layer(axum::middleware::from_fn(crate::extract::json_errors))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// A running backend: state plus its background tasks.
+#[derive(Clone)]
+pub struct Backend {
+    state: AppState,
+    token_path: Option<PathBuf>,
+    stop: watch::Sender<bool>,
+}
+
+impl Backend {
+    /// Opens the database (migrations applied), resolves tokens and starts the background tasks.
+    pub async fn start(cfg: BackendConfig) -> Result<Backend, String> {
+        let store = SqlStore::connect(&cfg.database_url)
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        Self::with_store(cfg, Arc::new(store)).await
+    }
+
+    /// Starts on an already opened store (tests run the same code on SQLite and PostgreSQL).
+    pub async fn with_store(cfg: BackendConfig, store: Arc<dyn Store>) -> Result<Backend, String> {
+        let (token, token_path) =
+            crate::auth::service_token(cfg.service_token.as_ref(), &cfg.data_dir)
+                .map_err(|e| format!("service token under {}: {e}", cfg.data_dir.display()))?;
+        let test_clock = (std::env::var("TOLLGATE_TEST_CLOCK").as_deref() == Ok("1"))
+            .then(|| Arc::new(OffsetClock::default()));
+        let clock: SharedClock = match &test_clock {
+            Some(c) => c.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let head = store
+            .feed_head()
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        let state = AppState {
+            catalogue: Arc::new(cfg.catalogue.clone()),
+            service_token: TokenDigest::of(token.expose()),
+            feed_token: cfg.feed_token.as_ref().map(|t| TokenDigest::of(t.expose())),
+            cfg: Arc::new(cfg),
+            store,
+            clock,
+            test_clock,
+            hub: FeedHub::new(head),
+            metrics: Metrics::new(),
+            minute: Arc::new(MinuteWindow::default()),
+            started: Instant::now(),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(crate::billing::expiry_sweep(state.clone(), stop_rx.clone()));
+        tokio::spawn(crate::feed::watch_head(state.clone(), stop_rx));
+        Ok(Backend {
+            state,
+            token_path,
+            stop,
+        })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    pub async fn feed_page(
+        &self,
+        since: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<FeedPage, String> {
+        crate::feed::page(&self.state, since, limit, wait)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn ingest_usage(&self, batch: UsageBatch) -> Result<UsageAck, String> {
+        crate::usage::ingest(&self.state, batch)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn service_token_path(&self) -> Option<PathBuf> {
+        self.token_path.clone()
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        self.state.store.close().await;
+    }
+}

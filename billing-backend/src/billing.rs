@@ -1,0 +1,532 @@
+//! Subscriptions and entitlement (SPEC §7). A user's effective plan is the plan of their best
+//! subscription that counts now (active within its period, or past due within its grace), else
+//! `free`. Every change goes through [`crate::store::BillingStore::write_subscription`], which
+//! moves the user's keys and writes the ledger in one transaction.
+//!
+//! This module holds the `manual` provider: an operator grants or ends a plan with the service
+//! token. Stripe, PayPal and SEPA write subscriptions through the same path.
+
+use crate::app::AppState;
+use crate::auth::ServiceAuth;
+use crate::error::ApiError;
+use crate::extract::ValidatedJson;
+use crate::keys::{rfc3339, valid_user_id};
+use crate::store::{Cause, IdemState, StoreError, SubStatus, Subscription};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use tokio::sync::watch;
+use tollgate_protocol::day::add_months;
+use tollgate_protocol::plans::{Catalogue, Cycle, FREE};
+
+/// Whether a subscription grants its plan at `now`.
+pub fn counts(s: &Subscription, now: i64) -> bool {
+    match s.status {
+        SubStatus::Active => s.period_end > now,
+        SubStatus::PastDue => s.grace_until.is_some_and(|g| g > now),
+        SubStatus::Incomplete | SubStatus::Canceled | SubStatus::Expired => false,
+    }
+}
+
+/// The effective plan: the highest-ranked plan among subscriptions that count, else `free`.
+/// Plans rank by monthly price, then daily limit.
+pub fn effective_plan(subs: &[Subscription], now: i64, catalogue: &Catalogue) -> String {
+    subs.iter()
+        .filter(|s| counts(s, now))
+        .filter_map(|s| catalogue.get(&s.plan))
+        .max_by_key(|p| (p.price_monthly_minor, p.daily_limit))
+        .map(|p| p.id.clone())
+        .unwrap_or_else(|| FREE.to_string())
+}
+
+/// Writes a subscription and applies the entitlement rule; wakes the feed when keys moved.
+pub async fn save(state: &AppState, sub: &Subscription, cause: &Cause) -> Result<(), ApiError> {
+    let now = state.now();
+    let catalogue = state.catalogue.clone();
+    let entitle = move |subs: &[Subscription]| effective_plan(subs, now, &catalogue);
+    let change = state
+        .store
+        .write_subscription(sub, cause, &entitle, now)
+        .await?;
+    if let Some(c) = change {
+        tracing::info!(user_id = %c.user_id, from = %c.from, to = %c.to, keys = c.keys_touched, cause = %cause.kind, "plan changed");
+        if let Ok(head) = state.store.feed_head().await {
+            state.hub.notify(head);
+        }
+    }
+    Ok(())
+}
+
+pub fn sub_json(s: &Subscription, now: i64) -> Value {
+    json!({
+        "id": s.id,
+        "user_id": s.user_id,
+        "plan": s.plan,
+        "cycle": s.cycle,
+        "status": s.status,
+        "current_period_start": rfc3339(s.period_start),
+        "current_period_end": rfc3339(s.period_end),
+        "provider": s.provider,
+        "provider_reference": s.provider_ref,
+        "cancel_at_period_end": s.cancel_at_period_end,
+        "grace_until": s.grace_until.map(rfc3339),
+        "grants_access": counts(s, now),
+        "created_at": rfc3339(s.created_at),
+        "updated_at": rfc3339(s.updated_at),
+    })
+}
+
+/// Background: ends subscriptions whose paid-up time or grace ran out, once per second.
+pub async fn expiry_sweep(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = state.now();
+        let due = match state.store.due_subscriptions(now).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "expiry sweep could not read subscriptions");
+                continue;
+            }
+        };
+        for mut sub in due {
+            let what = match sub.status {
+                SubStatus::PastDue => format!("grace period of {} ended", sub.id),
+                _ => format!("period of {} ended at {}", sub.id, rfc3339(sub.period_end)),
+            };
+            sub.status = SubStatus::Expired;
+            sub.updated_at = now;
+            let cause = Cause::new("system", what);
+            if let Err(e) = save(&state, &sub, &cause).await {
+                tracing::warn!(subscription = %sub.id, error = %e, "expiry sweep could not end a subscription");
+            }
+        }
+    }
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    pub user_id: String,
+    pub plan: String,
+    #[serde(default)]
+    pub cycle: Option<String>,
+    /// Number of cycles granted (1-120).
+    #[serde(default)]
+    pub periods: Option<u32>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Grants a plan with the `manual` provider (HTTP handler and CLI).
+pub async fn grant(
+    state: &AppState,
+    req: GrantRequest,
+    cause: &Cause,
+) -> Result<Subscription, ApiError> {
+    valid_user_id(&req.user_id)?;
+    let plan = state.catalogue.get(&req.plan).ok_or_else(|| {
+        ApiError::bad(
+            "unknown_plan",
+            format!(
+                "unknown plan {:?}; plans are {}",
+                req.plan,
+                state.catalogue.ids().join(", ")
+            ),
+        )
+    })?;
+    if !plan.is_paid() {
+        return Err(ApiError::bad(
+            "invalid_plan",
+            format!(
+                "{:?} is the free plan; end the user's subscriptions instead",
+                plan.id
+            ),
+        ));
+    }
+    let cycle_text = req.cycle.unwrap_or_else(|| "monthly".to_string());
+    let cycle = Cycle::parse(&cycle_text).ok_or_else(|| {
+        ApiError::bad(
+            "unknown_cycle",
+            format!("unknown cycle {cycle_text:?}; cycles are monthly, yearly"),
+        )
+    })?;
+    let periods = req.periods.unwrap_or(1);
+    if !(1..=120).contains(&periods) {
+        return Err(ApiError::bad(
+            "invalid_body",
+            "periods must be between 1 and 120",
+        ));
+    }
+    if req.reason.as_ref().is_some_and(|r| r.len() > 500) {
+        return Err(ApiError::bad(
+            "invalid_body",
+            "reason must be at most 500 characters",
+        ));
+    }
+    let now = state.now();
+    let sub = Subscription {
+        id: crate::ids::prefixed("sub"),
+        user_id: req.user_id,
+        plan: plan.id.clone(),
+        cycle: cycle.as_str().to_string(),
+        status: SubStatus::Active,
+        period_start: now,
+        period_end: add_months(now, cycle.months() * i64::from(periods)),
+        provider: "manual".to_string(),
+        provider_ref: req.reason,
+        cancel_at_period_end: false,
+        grace_until: None,
+        created_at: now,
+        updated_at: now,
+    };
+    save(state, &sub, cause).await?;
+    Ok(sub)
+}
+
+/// Ends a subscription now (HTTP handler and CLI).
+pub async fn end(state: &AppState, sub_id: &str, cause: &Cause) -> Result<Subscription, ApiError> {
+    let mut sub = state
+        .store
+        .get_subscription(sub_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(_) => ApiError::not_found(
+                "subscription_not_found",
+                format!("subscription {sub_id:?} not found"),
+            ),
+            other => other.into(),
+        })?;
+    if matches!(sub.status, SubStatus::Canceled | SubStatus::Expired) {
+        return Ok(sub);
+    }
+    let now = state.now();
+    sub.status = SubStatus::Canceled;
+    sub.period_end = sub.period_end.min(now);
+    sub.updated_at = now;
+    save(state, &sub, cause).await?;
+    Ok(sub)
+}
+
+/// Runs `op` at most once per `Idempotency-Key` (scope + key), replaying the first answer.
+async fn idempotent<F, Fut>(
+    state: &AppState,
+    scope: &str,
+    headers: &HeaderMap,
+    request: &[u8],
+    op: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(StatusCode, Value), ApiError>>,
+{
+    let Some(key) = headers.get("idempotency-key") else {
+        return op().await.map(|(s, v)| (s, Json(v)).into_response());
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::bad(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        })?;
+    let hash = hex::encode(Sha256::digest(request));
+    match state
+        .store
+        .idempotency_claim(scope, key, &hash, state.now())
+        .await?
+    {
+        IdemState::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            Ok((
+                status,
+                [
+                    (axum::http::header::CONTENT_TYPE, "application/json"),
+                    (
+                        axum::http::HeaderName::from_static("idempotent-replayed"),
+                        "true",
+                    ),
+                ],
+                body,
+            )
+                .into_response())
+        }
+        IdemState::Mismatch => Err(ApiError::conflict(
+            "idempotency_mismatch",
+            "this Idempotency-Key was used with a different request body",
+        )),
+        IdemState::InFlight => Err(ApiError::conflict(
+            "idempotency_in_progress",
+            "a request with this Idempotency-Key is still being processed",
+        )),
+        IdemState::Claimed => match op().await {
+            Ok((status, value)) => {
+                state
+                    .store
+                    .idempotency_complete(scope, key, status.as_u16(), &value.to_string())
+                    .await?;
+                Ok((status, Json(value)).into_response())
+            }
+            Err(e) => {
+                // Failed requests may be retried with the same key.
+                state.store.idempotency_release(scope, key).await?;
+                Err(e)
+            }
+        },
+    }
+}
+
+async fn grant_handler(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if body.len() > state.cfg.max_body_bytes {
+        return Err(ApiError::PayloadTooLarge(state.cfg.max_body_bytes));
+    }
+    let req: GrantRequest = crate::extract::parse_json(&body)?;
+    let cause_ref = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|k| format!("POST /api/v1/billing/subscriptions/manual idempotency-key={k}"))
+        .unwrap_or_else(|| "POST /api/v1/billing/subscriptions/manual".to_string());
+    idempotent(&state, "manual_grant", &headers, &body, || async {
+        let sub = grant(&state, req, &Cause::new("api", cause_ref)).await?;
+        Ok((
+            StatusCode::CREATED,
+            json!({"success": true, "subscription": sub_json(&sub, state.now())}),
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EndRequest {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn end_handler(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Path(sub_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: EndRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        EndRequest::default()
+    } else {
+        crate::extract::parse_json(&body)?
+    };
+    let reason = req.reason.unwrap_or_default();
+    let cause = Cause::new(
+        "api",
+        format!("POST /api/v1/billing/subscriptions/{sub_id}/end {reason}")
+            .trim()
+            .to_string(),
+    );
+    let sub = end(&state, &sub_id, &cause).await?;
+    Ok(Json(
+        json!({"success": true, "subscription": sub_json(&sub, state.now())}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserQuery {
+    user_id: String,
+}
+
+async fn list_subs(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Query(q): Query<UserQuery>,
+) -> Result<Json<Value>, ApiError> {
+    valid_user_id(&q.user_id)?;
+    let subs = state.store.subscriptions_of(&q.user_id).await?;
+    let now = state.now();
+    let plan = state.store.user_plan(&q.user_id).await?;
+    Ok(Json(json!({
+        "user_id": q.user_id,
+        "plan": plan,
+        "subscriptions": subs.iter().map(|s| sub_json(s, now)).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerQuery {
+    user_id: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn ledger(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Query(q): Query<LedgerQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(u) = &q.user_id {
+        valid_user_id(u)?;
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad(
+            "invalid_query",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let entries = state.store.ledger(q.user_id.as_deref(), limit).await?;
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|e| json!({"id": e.id, "at": rfc3339(e.at), "user_id": e.user_id, "kind": e.kind, "subject": e.subject, "detail": e.detail, "cause": e.cause}))
+        .collect();
+    Ok(Json(json!({"entries": list})))
+}
+
+/// Which providers are configured and in which mode; never a secret.
+async fn status(State(state): State<AppState>) -> Json<Value> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let stripe_key = env("STRIPE_SECRET_KEY").or_else(|| env("STRIPE_API_KEY"));
+    let stripe_mode = stripe_key.as_deref().map(|k| {
+        if k.starts_with("sk_live_") || k.starts_with("rk_live_") {
+            "live"
+        } else {
+            "test"
+        }
+    });
+    let paypal = env("PAYPAL_CLIENT_ID").is_some() && env("PAYPAL_SECRET").is_some();
+    let paypal_base =
+        env("PAYPAL_BASE").unwrap_or_else(|| "https://api-m.sandbox.paypal.com".to_string());
+    let paypal_mode = if paypal_base.contains("sandbox") {
+        "sandbox"
+    } else {
+        "live"
+    };
+    let sepa = env("SEPA_IBAN").is_some() && env("SEPA_HOLDER").is_some();
+    Json(json!({
+        "status": "ok",
+        "currency": state.catalogue.currency(),
+        "providers": {
+            "stripe": {"configured": stripe_key.is_some(), "mode": stripe_mode, "webhook_secret_configured": env("STRIPE_WEBHOOK_SECRET").is_some()},
+            "paypal": {"configured": paypal, "mode": paypal.then_some(paypal_mode)},
+            "sepa": {"configured": sepa},
+            "manual": {"configured": true},
+        },
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockRequest {
+    advance_seconds: i64,
+}
+
+/// Test hook, present only with `TOLLGATE_TEST_CLOCK=1`: moves the backend's clock forward.
+async fn advance_clock(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ValidatedJson(req): ValidatedJson<ClockRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(clock) = &state.test_clock else {
+        return Err(ApiError::not_found(
+            "not_found",
+            "no endpoint POST /internal/test/clock",
+        ));
+    };
+    if !(0..=400 * 86_400).contains(&req.advance_seconds) {
+        return Err(ApiError::bad(
+            "invalid_body",
+            "advance_seconds must be between 0 and 34560000",
+        ));
+    }
+    clock.advance(req.advance_seconds);
+    Ok(Json(json!({"now": rfc3339(state.now())})))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/billing/status", get(status))
+        .route("/api/v1/billing/subscriptions", get(list_subs))
+        .route("/api/v1/billing/subscriptions/manual", post(grant_handler))
+        .route(
+            "/api/v1/billing/subscriptions/{sub_id}/end",
+            post(end_handler),
+        )
+        .route("/api/v1/billing/ledger", get(ledger))
+        .route("/internal/test/clock", post(advance_clock))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(plan: &str, status: SubStatus, end: i64, grace: Option<i64>) -> Subscription {
+        Subscription {
+            id: "sub_x".into(),
+            user_id: "u".into(),
+            plan: plan.into(),
+            cycle: "monthly".into(),
+            status,
+            period_start: 0,
+            period_end: end,
+            provider: "manual".into(),
+            provider_ref: None,
+            cancel_at_period_end: false,
+            grace_until: grace,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn entitlement_rule() {
+        let c = Catalogue::defaults();
+        assert_eq!(effective_plan(&[], 10, &c), "free");
+        assert_eq!(
+            effective_plan(&[sub("pro", SubStatus::Active, 100, None)], 10, &c),
+            "pro"
+        );
+        assert_eq!(
+            effective_plan(&[sub("pro", SubStatus::Active, 100, None)], 100, &c),
+            "free"
+        );
+        assert_eq!(
+            effective_plan(&[sub("pro", SubStatus::PastDue, 5, Some(50))], 10, &c),
+            "pro"
+        );
+        assert_eq!(
+            effective_plan(&[sub("pro", SubStatus::PastDue, 5, Some(50))], 50, &c),
+            "free"
+        );
+        assert_eq!(
+            effective_plan(&[sub("pro", SubStatus::Canceled, 100, None)], 10, &c),
+            "free"
+        );
+        assert_eq!(
+            effective_plan(&[sub("pro", SubStatus::Incomplete, 100, None)], 10, &c),
+            "free"
+        );
+        let both = [
+            sub("pro", SubStatus::Active, 100, None),
+            sub("enterprise", SubStatus::Active, 100, None),
+        ];
+        assert_eq!(effective_plan(&both, 10, &c), "enterprise");
+        assert_eq!(
+            effective_plan(&[sub("gone", SubStatus::Active, 100, None)], 10, &c),
+            "free"
+        );
+    }
+}

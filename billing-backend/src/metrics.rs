@@ -1,0 +1,119 @@
+//! Backend Prometheus metrics: HTTP requests by route, method and status; the feed head; usage
+//! ingested; key counts measured at scrape time.
+
+use crate::app::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub feed_head: IntGauge,
+    pub usage_units: IntCounter,
+    pub usage_batches: IntCounterVec,
+    keys: prometheus::IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_backend_http_requests_total",
+                "HTTP requests answered, by route template, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .unwrap_or_else(|e| panic!("metric definition: {e}"));
+        let feed_head = IntGauge::new(
+            "tollgate_backend_feed_head",
+            "Highest key-feed sequence number",
+        )
+        .unwrap_or_else(|e| panic!("metric definition: {e}"));
+        let usage_units = IntCounter::new(
+            "tollgate_backend_usage_units_ingested_total",
+            "Quota units reported by gateways and applied",
+        )
+        .unwrap_or_else(|e| panic!("metric definition: {e}"));
+        let usage_batches = IntCounterVec::new(
+            Opts::new(
+                "tollgate_backend_usage_batches_total",
+                "Usage batches received, by result (applied, duplicate)",
+            ),
+            &["result"],
+        )
+        .unwrap_or_else(|e| panic!("metric definition: {e}"));
+        let keys = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "tollgate_backend_keys",
+                "API keys by state, measured at scrape",
+            ),
+            &["state"],
+        )
+        .unwrap_or_else(|e| panic!("metric definition: {e}"));
+        for m in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(feed_head.clone()),
+            Box::new(usage_units.clone()),
+            Box::new(usage_batches.clone()),
+            Box::new(keys.clone()),
+        ] {
+            registry
+                .register(m)
+                .unwrap_or_else(|e| panic!("metric registration: {e}"));
+        }
+        Metrics {
+            registry,
+            http_requests,
+            feed_head,
+            usage_units,
+            usage_batches,
+            keys,
+        }
+    }
+
+    /// Text exposition, after refreshing the gauges measured from the database.
+    pub async fn render(&self, state: &AppState) -> String {
+        if let Ok(stats) = state.store.key_stats(state.now()).await {
+            self.keys
+                .with_label_values(&["total"])
+                .set(i64::try_from(stats.total_keys).unwrap_or(i64::MAX));
+            self.keys
+                .with_label_values(&["active"])
+                .set(i64::try_from(stats.active_keys).unwrap_or(i64::MAX));
+        }
+        if let Ok(head) = state.store.feed_head().await {
+            self.feed_head.set(i64::try_from(head).unwrap_or(i64::MAX));
+        }
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Middleware counting every answered request by its route template (never the raw path, so
+/// ids do not explode the label set).
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .inc();
+    resp
+}

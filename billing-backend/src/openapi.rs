@@ -1,0 +1,116 @@
+//! The OpenAPI 3.1 document, built from one table of every endpoint. A test walks the table
+//! against the real router, so an endpoint cannot be documented without existing.
+
+use serde_json::{json, Map, Value};
+
+/// Who may call an endpoint.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Auth {
+    Public,
+    Service,
+    Feed,
+    Gateway,
+}
+
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub auth: Auth,
+    pub summary: &'static str,
+}
+
+const fn ep(
+    method: &'static str,
+    path: &'static str,
+    auth: Auth,
+    summary: &'static str,
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        auth,
+        summary,
+    }
+}
+
+pub const ENDPOINTS: &[Endpoint] = &[
+    ep("get", "/api/marketplace/plans", Auth::Public, "The plan catalogue: prices (decimal and minor units), limits, features"),
+    ep("get", "/api/marketplace/plans/{plan_id}", Auth::Public, "One plan; 404 plan_not_found"),
+    ep("post", "/api/marketplace/keys/generate", Auth::Service, "Mint a key {user_id, plan, name, expires_at?, metadata?, overrides?}; the secret is shown once. 402 subscription_required, 409 key_limit_reached"),
+    ep("post", "/api/marketplace/keys/validate", Auth::Gateway, "Answered by the gateway: {api_key} or X-API-Key → {valid, ...}, counting one unit"),
+    ep("get", "/api/marketplace/keys", Auth::Service, "List keys (?plan=&limit=&offset=)"),
+    ep("get", "/api/marketplace/keys/user/{user_id}", Auth::Service, "A user's keys with usage today"),
+    ep("get", "/api/marketplace/keys/{key_id}", Auth::Service, "One key (never its secret)"),
+    ep("patch", "/api/marketplace/keys/{key_id}", Auth::Service, "Change name, expires_at, per-key limits, metadata"),
+    ep("delete", "/api/marketplace/keys/{key_id}", Auth::Service, "Revoke a key; reaches every gateway within a second"),
+    ep("post", "/api/marketplace/keys/{key_id}/rotate", Auth::Service, "New secret for the same key id; {grace_seconds} keeps the old one working (≤ 24 h)"),
+    ep("get", "/api/marketplace/keys/{key_id}/usage", Auth::Service, "Usage today/total, limits, current minute, last 30 days"),
+    ep("get", "/api/marketplace/stats", Auth::Service, "Measured totals: keys, active keys, requests, plan distribution, uptime"),
+    ep("get", "/api/v1/billing/status", Auth::Public, "Which payment providers are configured and in which mode"),
+    ep("get", "/api/v1/billing/subscriptions", Auth::Service, "A user's subscriptions and effective plan (?user_id=)"),
+    ep("post", "/api/v1/billing/subscriptions/manual", Auth::Service, "Grant a paid plan with the manual provider {user_id, plan, cycle, periods, reason}; Idempotency-Key honoured"),
+    ep("post", "/api/v1/billing/subscriptions/{sub_id}/end", Auth::Service, "End a subscription now {reason?}"),
+    ep("get", "/api/v1/billing/ledger", Auth::Service, "The append-only audit ledger (?user_id=&limit=)"),
+    ep("get", "/internal/feed", Auth::Feed, "Key feed for gateways: keys changed after ?since=, long-poll with ?wait="),
+    ep("post", "/internal/usage", Auth::Feed, "Usage batch from a gateway, applied once per (gateway_id, batch_id)"),
+    ep("get", "/health", Auth::Public, "Liveness"),
+    ep("get", "/ready", Auth::Public, "Readiness: the database answers"),
+    ep("get", "/metrics", Auth::Public, "Prometheus metrics"),
+    ep("get", "/openapi.json", Auth::Public, "This document"),
+];
+
+fn error_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["detail", "error"],
+        "properties": {
+            "detail": {"type": "string"},
+            "error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
+        }
+    })
+}
+
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for e in ENDPOINTS {
+        let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
+        let security = match e.auth {
+            Auth::Public | Auth::Gateway => json!([]),
+            Auth::Service => json!([{"serviceToken": []}]),
+            Auth::Feed => json!([{"feedToken": []}, {"serviceToken": []}]),
+        };
+        let params: Vec<Value> = e
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = json!({
+            "summary": e.summary,
+            "security": security,
+            "parameters": params,
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {}}},
+                "4XX": {"description": "Client error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        if e.auth == Auth::Gateway {
+            op["x-answered-by"] = json!("tollgate-gateway");
+        }
+        if let Some(obj) = entry.as_object_mut() {
+            obj.insert(e.method.to_string(), op);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "tollgate", "version": env!("CARGO_PKG_VERSION"), "description": "API keys, plans, quotas and billing in front of an existing API."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "serviceToken": {"type": "http", "scheme": "bearer", "description": "TOLLGATE_SERVICE_TOKEN or data_dir/service_token"},
+                "feedToken": {"type": "http", "scheme": "bearer", "description": "[backend] feed_token, for gateways"}
+            },
+            "schemas": {"Error": error_schema()}
+        }
+    })
+}

@@ -1,0 +1,708 @@
+//! The storage conformance suite: every test is written once and runs on SQLite and on
+//! PostgreSQL (a fresh database per test). PostgreSQL runs when `TOLLGATE_TEST_POSTGRES_URL`
+//! is set; under `CI=true` it is mandatory and a missing or unreachable server fails the test.
+
+use super::sql::SqlStore;
+use super::*;
+use std::sync::Arc;
+use tollgate_protocol::feed::UsageEntry;
+
+/// A fresh SQLite database in a temporary directory.
+pub async fn sqlite() -> (Arc<SqlStore>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tg-store-{}", crate::ids::random_hex(8)));
+    let url = format!("sqlite://{}", dir.join("t.db").display());
+    let store = SqlStore::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("sqlite: {e}"));
+    (Arc::new(store), dir)
+}
+
+/// A fresh PostgreSQL database, or None (loudly) when not configured outside CI.
+pub async fn postgres() -> Option<Arc<SqlStore>> {
+    let base = match std::env::var("TOLLGATE_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but TOLLGATE_TEST_POSTGRES_URL is not set: the PostgreSQL suite is mandatory in CI");
+            }
+            eprintln!(
+                "SKIPPED: PostgreSQL conformance test (set TOLLGATE_TEST_POSTGRES_URL to run it)"
+            );
+            return None;
+        }
+    };
+    let name = format!("tg_test_{}", crate::ids::random_hex(6));
+    {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut admin = sqlx::AnyConnection::connect(&base)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("TOLLGATE_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}")
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("creating test database: {e}"));
+    }
+    let url = match base.rfind('/') {
+        Some(i) if base[..i].contains("//") && !base[i..].contains('@') => {
+            format!("{}/{name}", &base[..i])
+        }
+        _ => format!("{}/{name}", base.trim_end_matches('/')),
+    };
+    Some(Arc::new(
+        SqlStore::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("postgres: {e}")),
+    ))
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            use crate::store::Store;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, dir) = super::sqlite().await;
+                    super::$name(store.clone()).await;
+                    store.close().await;
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            )*
+        }
+        mod on_postgres {
+            use crate::store::Store;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(store) = super::postgres().await {
+                        super::$name(store.clone()).await;
+                        store.close().await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    keys_roundtrip_and_feed,
+    key_limit_is_atomic,
+    duplicate_hash_is_conflict,
+    revoke_rotate_update_bump_seq,
+    feed_pages_in_order_without_gaps,
+    usage_is_applied_once,
+    concurrent_duplicate_batches_count_once,
+    subscription_moves_keys_and_ledgers,
+    due_subscriptions_found,
+    idempotency_states,
+    stats_are_measured,
+    ledger_is_append_only,
+);
+
+fn cause() -> Cause {
+    Cause::new("test", "conformance")
+}
+
+fn max_keys() -> BTreeMap<String, u32> {
+    [
+        ("free".to_string(), 2),
+        ("pro".to_string(), 10),
+        ("enterprise".to_string(), 50),
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn new_key(user: &str, secret: &str, now: i64) -> NewKey {
+    NewKey {
+        key_id: crate::ids::key_id(),
+        user_id: user.to_string(),
+        name: "k".to_string(),
+        hash: KeyHash::of(secret),
+        start: secret.chars().take(12).collect(),
+        created_at: now,
+        expires_at: None,
+        rate_limit_override: None,
+        daily_limit_override: None,
+        metadata: "{}".to_string(),
+    }
+}
+
+fn entitle_by_status(subs: &[Subscription]) -> String {
+    subs.iter()
+        .filter(|s| s.status == SubStatus::Active)
+        .map(|s| s.plan.clone())
+        .next_back()
+        .unwrap_or_else(|| "free".into())
+}
+
+fn sub(id: &str, user: &str, plan: &str, status: SubStatus, end: i64) -> Subscription {
+    Subscription {
+        id: id.to_string(),
+        user_id: user.to_string(),
+        plan: plan.to_string(),
+        cycle: "monthly".to_string(),
+        status,
+        period_start: 1000,
+        period_end: end,
+        provider: "manual".to_string(),
+        provider_ref: None,
+        cancel_at_period_end: false,
+        grace_until: None,
+        created_at: 1000,
+        updated_at: 1000,
+    }
+}
+
+async fn keys_roundtrip_and_feed(s: Arc<SqlStore>) {
+    let k = s
+        .create_key(
+            new_key("alice", "cli_free_secret1", 1000),
+            &max_keys(),
+            &cause(),
+        )
+        .await
+        .expect("create");
+    assert_eq!(k.plan, "free");
+    assert_eq!(k.user_id, "alice");
+    assert_eq!(k.hash, KeyHash::of("cli_free_secret1"));
+    assert_eq!(s.get_key(&k.key_id).await.expect("get"), k);
+    assert_eq!(s.keys_of_user("alice").await.expect("list").len(), 1);
+    assert!(s.keys_of_user("bob").await.expect("list").is_empty());
+    assert!(matches!(
+        s.get_key("key_0000000000000000").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let (page, head) = s.feed_page(0, 100).await.expect("feed");
+    assert_eq!(page.len(), 1);
+    assert_eq!(head, k.seq);
+    assert_eq!(s.feed_head().await.expect("head"), k.seq);
+    assert_eq!(s.user_plan("alice").await.expect("plan"), "free");
+    assert_eq!(s.user_plan("nobody").await.expect("plan"), "free");
+    assert_eq!(s.db_id().len(), 32);
+}
+
+async fn key_limit_is_atomic(s: Arc<SqlStore>) {
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_key(
+                new_key("carol", &format!("cli_free_c{i}"), 1000),
+                &max_keys(),
+                &cause(),
+            )
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(_) => ok += 1,
+            Err(StoreError::KeyLimit { max }) => assert_eq!(max, 2),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok, 2, "exactly max_keys_per_user keys may be created");
+    // A revoked key frees a slot; an expired one too.
+    let keys = s.keys_of_user("carol").await.expect("list");
+    s.revoke_key(&keys[0].key_id, 1001, &cause())
+        .await
+        .expect("revoke");
+    s.create_key(
+        new_key("carol", "cli_free_c99", 1002),
+        &max_keys(),
+        &cause(),
+    )
+    .await
+    .expect("slot freed by revoke");
+    let mut expiring = new_key("dave", "cli_free_d1", 1000);
+    expiring.expires_at = Some(1500);
+    s.create_key(expiring, &max_keys(), &cause())
+        .await
+        .expect("create");
+    s.create_key(new_key("dave", "cli_free_d2", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    assert!(matches!(
+        s.create_key(new_key("dave", "cli_free_d3", 1400), &max_keys(), &cause())
+            .await,
+        Err(StoreError::KeyLimit { .. })
+    ));
+    s.create_key(new_key("dave", "cli_free_d4", 1600), &max_keys(), &cause())
+        .await
+        .expect("expired key frees a slot");
+}
+
+async fn duplicate_hash_is_conflict(s: Arc<SqlStore>) {
+    s.create_key(
+        new_key("erin", "cli_free_same", 1000),
+        &max_keys(),
+        &cause(),
+    )
+    .await
+    .expect("create");
+    let again = s
+        .create_key(
+            new_key("frank", "cli_free_same", 1000),
+            &max_keys(),
+            &cause(),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+}
+
+async fn revoke_rotate_update_bump_seq(s: Arc<SqlStore>) {
+    let k = s
+        .create_key(new_key("gina", "cli_free_g1", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    let rotated = s
+        .rotate_key(
+            &k.key_id,
+            KeyHash::of("cli_free_g2"),
+            "cli_free_g2",
+            Some(5000),
+            &cause(),
+        )
+        .await
+        .expect("rotate");
+    assert!(rotated.seq > k.seq);
+    assert_eq!(rotated.hash, KeyHash::of("cli_free_g2"));
+    assert_eq!(rotated.previous_hash, Some(KeyHash::of("cli_free_g1")));
+    assert_eq!(rotated.previous_until, Some(5000));
+    let patched = s
+        .update_key(
+            &k.key_id,
+            KeyPatch {
+                name: Some("renamed".into()),
+                rate_limit_override: Some(Some(7)),
+                expires_at: Some(Some(9000)),
+                ..Default::default()
+            },
+            &cause(),
+        )
+        .await
+        .expect("update");
+    assert!(patched.seq > rotated.seq);
+    assert_eq!(patched.name, "renamed");
+    assert_eq!(patched.rate_limit_override, Some(7));
+    assert_eq!(patched.daily_limit_override, None);
+    assert_eq!(patched.expires_at, Some(9000));
+    let cleared = s
+        .update_key(
+            &k.key_id,
+            KeyPatch {
+                expires_at: Some(None),
+                ..Default::default()
+            },
+            &cause(),
+        )
+        .await
+        .expect("update");
+    assert_eq!(cleared.expires_at, None);
+    assert_eq!(cleared.rate_limit_override, Some(7));
+    let revoked = s
+        .revoke_key(&k.key_id, 2000, &cause())
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.revoked_at, Some(2000));
+    assert!(revoked.seq > cleared.seq);
+    let again = s
+        .revoke_key(&k.key_id, 3000, &cause())
+        .await
+        .expect("revoke again");
+    assert_eq!(again, revoked, "revoking twice changes nothing");
+    assert!(matches!(
+        s.rotate_key(&k.key_id, KeyHash::of("x"), "x", None, &cause())
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (page, _) = s.feed_page(cleared.seq, 10).await.expect("feed");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].revoked_at, Some(2000));
+}
+
+async fn feed_pages_in_order_without_gaps(s: Arc<SqlStore>) {
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let user = format!("u{i}");
+        ids.push(
+            s.create_key(
+                new_key(&user, &format!("cli_free_p{i}"), 1000),
+                &max_keys(),
+                &cause(),
+            )
+            .await
+            .expect("create")
+            .key_id,
+        );
+    }
+    let before = s.feed_head().await.expect("head");
+    // Moving a user's plan re-sequences their keys: they show up again, after the others.
+    s.write_subscription(
+        &sub("sub_p", "u0", "pro", SubStatus::Active, 10_000),
+        &cause(),
+        &entitle_by_status,
+        1000,
+    )
+    .await
+    .expect("sub");
+    let (changed, _) = s.feed_page(before, 100).await.expect("feed");
+    assert_eq!(
+        changed
+            .iter()
+            .map(|k| (k.key_id.clone(), k.plan.clone()))
+            .collect::<Vec<_>>(),
+        vec![(ids[0].clone(), "pro".to_string())]
+    );
+    let mut since = 0;
+    let mut seen = Vec::new();
+    loop {
+        let (page, head) = s.feed_page(since, 3).await.expect("feed");
+        if page.is_empty() {
+            assert_eq!(since, head);
+            break;
+        }
+        for k in &page {
+            assert!(k.seq > since, "sequence must increase");
+            since = k.seq;
+            seen.push((k.key_id.clone(), k.plan.clone()));
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        7,
+        "a snapshot holds each key once, in its latest state"
+    );
+    assert_eq!(seen.last(), Some(&(ids[0].clone(), "pro".to_string())));
+}
+
+fn batch(gateway: &str, id: u64, entries: Vec<(&str, &str, u64, i64)>) -> UsageBatch {
+    UsageBatch {
+        gateway_id: gateway.to_string(),
+        batch_id: id,
+        entries: entries
+            .into_iter()
+            .map(|(k, d, c, t)| UsageEntry {
+                key_id: k.to_string(),
+                day: d.to_string(),
+                count: c,
+                last_used: t,
+            })
+            .collect(),
+    }
+}
+
+async fn usage_is_applied_once(s: Arc<SqlStore>) {
+    let k = s
+        .create_key(new_key("hank", "cli_free_h", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    let b = batch(
+        "gw1",
+        1,
+        vec![
+            (&k.key_id, "2026-11-24", 5, 1100),
+            (&k.key_id, "2026-11-25", 3, 1200),
+            ("key_ffffffffffffffff", "2026-11-25", 9, 1),
+        ],
+    );
+    assert!(!s.ingest_usage(&b, 2000).await.expect("ingest"));
+    assert!(
+        s.ingest_usage(&b, 2001).await.expect("ingest again"),
+        "second delivery is a duplicate"
+    );
+    // The same batch id from another gateway is a different batch.
+    assert!(!s
+        .ingest_usage(
+            &batch("gw2", 1, vec![(&k.key_id, "2026-11-25", 2, 1150)]),
+            2002
+        )
+        .await
+        .expect("ingest"));
+    let u = s
+        .usage_of(&k.key_id, "2026-11-25", 30)
+        .await
+        .expect("usage");
+    assert_eq!(u.today, 5);
+    assert_eq!(u.total, 10);
+    assert_eq!(u.last_used, Some(1200), "last_used never moves backwards");
+    assert_eq!(
+        u.history,
+        vec![
+            DayCount {
+                day: "2026-11-25".into(),
+                count: 5
+            },
+            DayCount {
+                day: "2026-11-24".into(),
+                count: 5
+            }
+        ]
+    );
+    let on_day = s
+        .usage_on_day(
+            &[k.key_id.clone(), "key_0000000000000001".into()],
+            "2026-11-24",
+        )
+        .await
+        .expect("day");
+    assert_eq!(on_day.get(&k.key_id), Some(&5));
+    assert_eq!(on_day.get("key_0000000000000001"), Some(&0));
+}
+
+async fn concurrent_duplicate_batches_count_once(s: Arc<SqlStore>) {
+    let k = s
+        .create_key(new_key("ivy", "cli_free_i", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    let b = Arc::new(batch("gw", 42, vec![(&k.key_id, "2026-11-25", 4, 1100)]));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, b) = (s.clone(), b.clone());
+        tasks.push(tokio::spawn(async move { s.ingest_usage(&b, 2000).await }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        if !t.await.expect("join").expect("ingest") {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1);
+    assert_eq!(s.get_key(&k.key_id).await.expect("get").usage_total, 4);
+}
+
+async fn subscription_moves_keys_and_ledgers(s: Arc<SqlStore>) {
+    let k1 = s
+        .create_key(new_key("jack", "cli_free_j1", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    let k2 = s
+        .create_key(new_key("jack", "cli_free_j2", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    let mut sb = sub("sub_j", "jack", "pro", SubStatus::Active, 10_000);
+    let change = s
+        .write_subscription(
+            &sb,
+            &Cause::new("webhook", "evt_1"),
+            &entitle_by_status,
+            1000,
+        )
+        .await
+        .expect("write");
+    assert_eq!(
+        change,
+        Some(PlanChange {
+            user_id: "jack".into(),
+            from: "free".into(),
+            to: "pro".into(),
+            keys_touched: 2
+        })
+    );
+    assert_eq!(s.user_plan("jack").await.expect("plan"), "pro");
+    for k in [&k1, &k2] {
+        let now = s.get_key(&k.key_id).await.expect("get");
+        assert_eq!(now.plan, "pro");
+        assert!(now.seq > k.seq);
+    }
+    // Writing the same state again changes no plan.
+    assert_eq!(
+        s.write_subscription(&sb, &cause(), &entitle_by_status, 1001)
+            .await
+            .expect("write"),
+        None
+    );
+    sb.status = SubStatus::Canceled;
+    let back = s
+        .write_subscription(
+            &sb,
+            &Cause::new("webhook", "evt_2"),
+            &entitle_by_status,
+            1002,
+        )
+        .await
+        .expect("write");
+    assert_eq!(back.map(|c| c.to), Some("free".to_string()));
+    assert_eq!(
+        s.get_subscription("sub_j").await.expect("get").status,
+        SubStatus::Canceled
+    );
+    assert_eq!(s.subscriptions_of("jack").await.expect("subs").len(), 1);
+    let ledger = s.ledger(Some("jack"), 100).await.expect("ledger");
+    let kinds: Vec<&str> = ledger.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "plan_changed").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "key_created").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(ledger
+        .iter()
+        .any(|e| e.cause.reference == "evt_2" && e.kind == "plan_changed"));
+    // recompute with nothing changed is a no-op
+    assert_eq!(
+        s.recompute_plan("jack", &cause(), &entitle_by_status, 1003)
+            .await
+            .expect("recompute"),
+        None
+    );
+    assert!(matches!(
+        s.get_subscription("sub_none").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn due_subscriptions_found(s: Arc<SqlStore>) {
+    s.write_subscription(
+        &sub("sub_a", "k1", "pro", SubStatus::Active, 5000),
+        &cause(),
+        &entitle_by_status,
+        1000,
+    )
+    .await
+    .expect("w");
+    s.write_subscription(
+        &sub("sub_b", "k2", "pro", SubStatus::Active, 9000),
+        &cause(),
+        &entitle_by_status,
+        1000,
+    )
+    .await
+    .expect("w");
+    let mut pd = sub("sub_c", "k3", "pro", SubStatus::PastDue, 9000);
+    pd.grace_until = Some(6000);
+    s.write_subscription(&pd, &cause(), &entitle_by_status, 1000)
+        .await
+        .expect("w");
+    s.write_subscription(
+        &sub("sub_d", "k4", "pro", SubStatus::Canceled, 10),
+        &cause(),
+        &entitle_by_status,
+        1000,
+    )
+    .await
+    .expect("w");
+    let ids = |v: Vec<Subscription>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.due_subscriptions(4999).await.expect("due")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(s.due_subscriptions(5000).await.expect("due")),
+        vec!["sub_a"]
+    );
+    assert_eq!(
+        ids(s.due_subscriptions(6000).await.expect("due")),
+        vec!["sub_a", "sub_c"]
+    );
+}
+
+async fn idempotency_states(s: Arc<SqlStore>) {
+    assert_eq!(
+        s.idempotency_claim("grant", "k1", "h1", 1000)
+            .await
+            .expect("claim"),
+        IdemState::Claimed
+    );
+    assert_eq!(
+        s.idempotency_claim("grant", "k1", "h1", 1001)
+            .await
+            .expect("claim"),
+        IdemState::InFlight
+    );
+    assert_eq!(
+        s.idempotency_claim("grant", "k1", "h2", 1001)
+            .await
+            .expect("claim"),
+        IdemState::Mismatch
+    );
+    s.idempotency_complete("grant", "k1", 201, "{\"ok\":1}")
+        .await
+        .expect("complete");
+    assert_eq!(
+        s.idempotency_claim("grant", "k1", "h1", 1002)
+            .await
+            .expect("claim"),
+        IdemState::Replay {
+            status: 201,
+            body: "{\"ok\":1}".into()
+        }
+    );
+    assert_eq!(
+        s.idempotency_claim("other", "k1", "h1", 1002)
+            .await
+            .expect("claim"),
+        IdemState::Claimed,
+        "scopes are separate"
+    );
+    s.idempotency_release("other", "k1").await.expect("release");
+    assert_eq!(
+        s.idempotency_claim("other", "k1", "h9", 1003)
+            .await
+            .expect("claim"),
+        IdemState::Claimed,
+        "released keys can be reused"
+    );
+    // An in-flight claim older than a minute is taken over.
+    assert_eq!(
+        s.idempotency_claim("other", "k1", "h9", 1100)
+            .await
+            .expect("claim"),
+        IdemState::Claimed
+    );
+}
+
+async fn stats_are_measured(s: Arc<SqlStore>) {
+    let a = s
+        .create_key(new_key("m1", "cli_free_m1", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    s.create_key(new_key("m2", "cli_free_m2", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    s.revoke_key(&a.key_id, 1001, &cause())
+        .await
+        .expect("revoke");
+    s.ingest_usage(
+        &batch("gw", 1, vec![(&a.key_id, "2026-11-25", 7, 1000)]),
+        1000,
+    )
+    .await
+    .expect("ingest");
+    let st = s.key_stats(1002).await.expect("stats");
+    assert_eq!(
+        (st.total_keys, st.active_keys, st.total_requests, st.users),
+        (2, 1, 7, 2)
+    );
+    assert_eq!(st.by_plan.get("free"), Some(&1));
+}
+
+async fn ledger_is_append_only(s: Arc<SqlStore>) {
+    s.create_key(new_key("n1", "cli_free_n1", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    assert!(!s.ledger(None, 10).await.expect("ledger").is_empty());
+    assert!(
+        s.raw_execute("UPDATE ledger SET kind = 'x'").await.is_err(),
+        "ledger rows cannot be changed"
+    );
+    assert!(
+        s.raw_execute("DELETE FROM ledger").await.is_err(),
+        "ledger rows cannot be deleted"
+    );
+    assert!(s
+        .ledger(None, 10)
+        .await
+        .expect("ledger")
+        .iter()
+        .all(|e| e.kind != "x"));
+}

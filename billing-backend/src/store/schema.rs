@@ -1,0 +1,132 @@
+//! Migrations, per dialect. Statements are separated by `--;;` so triggers keep their `;`.
+//! A migration is never edited once released; new changes get a new version.
+
+const V1_COMMON: &str = r#"
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)
+--;;
+CREATE TABLE feed_seq (id BIGINT PRIMARY KEY CHECK (id = 1), value BIGINT NOT NULL)
+--;;
+INSERT INTO feed_seq (id, value) VALUES (1, 0)
+--;;
+CREATE TABLE users (
+  user_id TEXT PRIMARY KEY,
+  plan TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL)
+--;;
+CREATE TABLE api_keys (
+  key_id TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL REFERENCES users(user_id),
+  name TEXT NOT NULL,
+  plan TEXT NOT NULL,
+  key_hash TEXT NOT NULL UNIQUE,
+  start TEXT NOT NULL,
+  prev_hash TEXT,
+  prev_until BIGINT,
+  created_at BIGINT NOT NULL,
+  last_used BIGINT,
+  revoked_at BIGINT,
+  expires_at BIGINT,
+  rate_limit_override BIGINT,
+  daily_limit_override BIGINT,
+  metadata TEXT NOT NULL,
+  usage_total BIGINT NOT NULL DEFAULT 0,
+  seq BIGINT NOT NULL UNIQUE)
+--;;
+CREATE INDEX api_keys_user ON api_keys(user_id)
+--;;
+CREATE TABLE usage_daily (
+  key_id TEXT NOT NULL,
+  day TEXT NOT NULL,
+  units BIGINT NOT NULL,
+  PRIMARY KEY (key_id, day))
+--;;
+CREATE TABLE usage_batches (
+  gateway_id TEXT NOT NULL,
+  batch_id BIGINT NOT NULL,
+  received_at BIGINT NOT NULL,
+  entries BIGINT NOT NULL,
+  units BIGINT NOT NULL,
+  PRIMARY KEY (gateway_id, batch_id))
+--;;
+CREATE TABLE subscriptions (
+  id TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL,
+  plan TEXT NOT NULL,
+  cycle TEXT NOT NULL,
+  status TEXT NOT NULL,
+  period_start BIGINT NOT NULL,
+  period_end BIGINT NOT NULL,
+  provider TEXT NOT NULL,
+  provider_ref TEXT,
+  cancel_at_period_end BIGINT NOT NULL,
+  grace_until BIGINT,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL)
+--;;
+CREATE INDEX subscriptions_user ON subscriptions(user_id)
+--;;
+CREATE TABLE idempotency (
+  scope TEXT NOT NULL,
+  idem_key TEXT NOT NULL,
+  request_hash TEXT NOT NULL,
+  status BIGINT,
+  body TEXT,
+  created_at BIGINT NOT NULL,
+  PRIMARY KEY (scope, idem_key))
+"#;
+
+const V1_SQLITE: &str = r#"
+CREATE TABLE ledger (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  at BIGINT NOT NULL,
+  user_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  cause_kind TEXT NOT NULL,
+  cause_ref TEXT NOT NULL)
+--;;
+CREATE INDEX ledger_user ON ledger(user_id)
+--;;
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END
+--;;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END
+"#;
+
+const V1_POSTGRES: &str = r#"
+CREATE TABLE ledger (
+  id BIGSERIAL PRIMARY KEY,
+  at BIGINT NOT NULL,
+  user_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  cause_kind TEXT NOT NULL,
+  cause_ref TEXT NOT NULL)
+--;;
+CREATE INDEX ledger_user ON ledger(user_id)
+--;;
+CREATE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'ledger is append-only'; END $$
+--;;
+CREATE TRIGGER ledger_no_change BEFORE UPDATE OR DELETE ON ledger
+FOR EACH ROW EXECUTE FUNCTION ledger_append_only()
+"#;
+
+/// `(version, sqlite statements, postgres statements)`, in order.
+pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
+    let split = |s: &'static str| -> Vec<&'static str> {
+        s.split("--;;")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let mut v1_sqlite = split(V1_COMMON);
+    v1_sqlite.extend(split(V1_SQLITE));
+    let mut v1_pg = split(V1_COMMON);
+    v1_pg.extend(split(V1_POSTGRES));
+    vec![(1, v1_sqlite, v1_pg)]
+}

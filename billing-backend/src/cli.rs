@@ -202,11 +202,11 @@ pub async fn serve(cfg: BackendConfig) -> Result<(), String> {
         .map_err(|e| format!("backend.listen {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let backend = Backend::start(cfg).await?;
-    println!("tollgate: backend listening on http://{addr}");
     match backend.service_token_path() {
         Some(p) => println!("tollgate: service token in {}", p.display()),
         None => println!("tollgate: service token from TOLLGATE_SERVICE_TOKEN"),
     }
+    println!("tollgate: backend listening on http://{addr}");
     tracing::info!(%addr, storage = backend.state().store.kind(), "backend started");
     let app = backend.router();
     let served = axum::serve(listener, app)

@@ -87,13 +87,12 @@ pub struct Limits {
     pub per_day: u64,
 }
 
+/// `(monthly, yearly)` prices in minor units and `(per_minute, per_day)` limits.
 fn plan(
     id: &str,
     name: &str,
-    monthly: i64,
-    yearly: i64,
-    per_minute: u64,
-    per_day: u64,
+    (monthly, yearly): (i64, i64),
+    (per_minute, per_day): (u64, u64),
     features: &[&str],
     max_keys: u32,
 ) -> Plan {
@@ -117,10 +116,8 @@ pub fn default_plans() -> Vec<Plan> {
         plan(
             "free",
             "Free",
-            0,
-            0,
-            10,
-            50,
+            (0, 0),
+            (10, 50),
             &[
                 "50 API calls/day",
                 "Basic endpoints",
@@ -132,10 +129,8 @@ pub fn default_plans() -> Vec<Plan> {
         plan(
             "pro",
             "Pro",
-            2900,
-            29000,
-            100,
-            5000,
+            (2900, 29000),
+            (100, 5000),
             &[
                 "5,000 API calls/day",
                 "All endpoints",
@@ -148,10 +143,8 @@ pub fn default_plans() -> Vec<Plan> {
         plan(
             "enterprise",
             "Enterprise",
-            19900,
-            199000,
-            1000,
-            50000,
+            (19900, 199000),
+            (1000, 50000),
             &[
                 "50,000 API calls/day",
                 "All endpoints + Beta",

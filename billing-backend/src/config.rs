@@ -266,3 +266,15 @@ mod tests {
         assert!(errs.iter().any(|e| e.starts_with("plans[0]")), "{errs:?}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_commented_example_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../../config/backend.toml");
+        let doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("config/backend.toml: {e}"));
+        let cfg = super::BackendConfig::from_document(&doc).unwrap_or_else(|e| panic!("config/backend.toml: {e:?}"));
+        let defaults = tollgate_protocol::plans::default_plans();
+        assert_eq!(cfg.catalogue.all(), defaults.as_slice());
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, integration, storage and quota conformance, end-to-end.
+#
+#   ./scripts/test.sh
+#
+# PostgreSQL and Redis suites run when TOLLGATE_TEST_POSTGRES_URL / TOLLGATE_TEST_REDIS_URL are
+# set and say SKIPPED loudly when not. Under CI=true they are mandatory: the URLs default to the
+# local services (127.0.0.1:5432 database `test`, 127.0.0.1:6379) and a test fails if it cannot
+# connect.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${CI:-}" = "true" ]; then
+  export TOLLGATE_TEST_POSTGRES_URL="${TOLLGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+  export TOLLGATE_TEST_REDIS_URL="${TOLLGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+  scripts/services.sh ensure
+fi
+
+for v in TOLLGATE_TEST_POSTGRES_URL TOLLGATE_TEST_REDIS_URL; do
+  if [ -z "${!v:-}" ]; then
+    echo "NOTE: $v is not set: the suites that need it will print SKIPPED (CI=true makes them mandatory)." >&2
+  fi
+done
+
+# The end-to-end tests start the real binaries from the same target directory.
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast "$@"

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::keys::router())
         .merge(crate::usage::router())
         .merge(crate::billing::router())
+        .merge(crate::providers::router())
         .merge(crate::feed::router())
         .merge(crate::ops::router())
         .fallback(crate::extract::not_found)

@@ -272,8 +272,11 @@ mod example_tests {
     #[test]
     fn the_commented_example_is_valid_and_matches_the_defaults() {
         let text = include_str!("../../config/backend.toml");
-        let doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("config/backend.toml: {e}"));
-        let cfg = super::BackendConfig::from_document(&doc).unwrap_or_else(|e| panic!("config/backend.toml: {e:?}"));
+        let doc: toml::Table = text
+            .parse()
+            .unwrap_or_else(|e| panic!("config/backend.toml: {e}"));
+        let cfg = super::BackendConfig::from_document(&doc)
+            .unwrap_or_else(|e| panic!("config/backend.toml: {e:?}"));
         let defaults = tollgate_protocol::plans::default_plans();
         assert_eq!(cfg.catalogue.all(), defaults.as_slice());
     }

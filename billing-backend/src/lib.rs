@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod plans;
+pub mod providers;
 pub mod stats;
 pub mod store;
 pub mod usage;

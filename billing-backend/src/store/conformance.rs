@@ -100,6 +100,9 @@ conformance!(
     idempotency_states,
     stats_are_measured,
     ledger_is_append_only,
+    payment_buys_and_extends_periods_once,
+    refund_takes_the_period_back,
+    provider_events_claimed_once,
 );
 
 fn cause() -> Cause {
@@ -705,4 +708,241 @@ async fn ledger_is_append_only(s: Arc<SqlStore>) {
         .expect("ledger")
         .iter()
         .all(|e| e.kind != "x"));
+}
+
+fn payment(id: &str, user: &str, method: &str, plan: Option<&str>) -> Payment {
+    Payment {
+        id: id.to_string(),
+        user_id: user.to_string(),
+        amount_minor: 2900,
+        currency: "EUR".to_string(),
+        method: method.to_string(),
+        status: PayStatus::Pending,
+        provider_ref: Some(format!("ref-{id}")),
+        reference: Some(format!("RF-{id}")),
+        fee_minor: None,
+        plan: plan.map(str::to_string),
+        cycle: plan.map(|_| "monthly".to_string()),
+        subscription_id: None,
+        description: "test".to_string(),
+        created_at: 1000,
+        updated_at: 1000,
+        expires_at: Some(2_000_000),
+        period_start: None,
+        period_end: None,
+    }
+}
+
+fn entitle_counting(subs: &[Subscription]) -> String {
+    // The real rule lives in billing.rs; this one is enough for the store: active and not ended at t=1000.
+    subs.iter()
+        .filter(|s| s.status == SubStatus::Active && s.period_end > 1000)
+        .map(|s| s.plan.clone())
+        .next_back()
+        .unwrap_or_else(|| "free".into())
+}
+
+async fn payment_buys_and_extends_periods_once(s: Arc<SqlStore>) {
+    let k = s
+        .create_key(new_key("pam", "cli_free_pam", 1000), &max_keys(), &cause())
+        .await
+        .expect("key");
+    s.create_payment(&payment("pay_1", "pam", "paypal", Some("pro")), &cause())
+        .await
+        .expect("create");
+    assert!(matches!(
+        s.create_payment(&payment("pay_1", "pam", "paypal", Some("pro")), &cause())
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.payment_by_provider_ref("paypal", "ref-pay_1")
+            .await
+            .expect("by ref")
+            .map(|p| p.id),
+        Some("pay_1".to_string())
+    );
+    assert_eq!(
+        s.payment_by_reference("RF-pay_1")
+            .await
+            .expect("by rf")
+            .map(|p| p.id),
+        Some("pay_1".to_string())
+    );
+    assert_eq!(
+        s.payment_by_reference("RF-none").await.expect("by rf"),
+        None
+    );
+    let done = s
+        .settle_payment(
+            "pay_1",
+            &[PayStatus::Pending],
+            PayStatus::Succeeded,
+            Some(116),
+            &cause(),
+            &entitle_counting,
+            1000,
+        )
+        .await
+        .expect("settle");
+    let Settled::Applied {
+        payment: p,
+        subscription: Some(sub),
+        change,
+    } = done
+    else {
+        panic!("expected applied: {done:?}")
+    };
+    assert_eq!(
+        (p.status, p.period_start, p.fee_minor),
+        (PayStatus::Succeeded, Some(1000), Some(116))
+    );
+    assert_eq!(sub.period_end, tollgate_protocol::day::add_months(1000, 1));
+    assert_eq!(change.map(|c| c.to), Some("pro".to_string()));
+    assert_eq!(s.get_key(&k.key_id).await.expect("key").plan, "pro");
+    // The same settlement again changes nothing.
+    let again = s
+        .settle_payment(
+            "pay_1",
+            &[PayStatus::Pending],
+            PayStatus::Succeeded,
+            None,
+            &cause(),
+            &entitle_counting,
+            1001,
+        )
+        .await
+        .expect("settle");
+    assert!(matches!(again, Settled::Unchanged(ref p) if p.status == PayStatus::Succeeded));
+    // A second payment before the end extends the same subscription by one more month.
+    s.create_payment(&payment("pay_2", "pam", "paypal", Some("pro")), &cause())
+        .await
+        .expect("create");
+    let second = s
+        .settle_payment(
+            "pay_2",
+            &[PayStatus::Pending],
+            PayStatus::Succeeded,
+            None,
+            &cause(),
+            &entitle_counting,
+            1500,
+        )
+        .await
+        .expect("settle");
+    let Settled::Applied {
+        subscription: Some(extended),
+        ..
+    } = second
+    else {
+        panic!("expected applied")
+    };
+    assert_eq!(extended.id, sub.id);
+    assert_eq!(
+        extended.period_end,
+        tollgate_protocol::day::add_months(sub.period_end, 1)
+    );
+    assert_eq!(s.subscriptions_of("pam").await.expect("subs").len(), 1);
+    let list = s
+        .list_payments(Some("pam"), Some(PayStatus::Succeeded), 10)
+        .await
+        .expect("list");
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        s.list_payments(None, Some(PayStatus::Pending), 10)
+            .await
+            .expect("list")
+            .len(),
+        0
+    );
+}
+
+async fn refund_takes_the_period_back(s: Arc<SqlStore>) {
+    s.create_payment(&payment("pay_r", "rita", "paypal", Some("pro")), &cause())
+        .await
+        .expect("create");
+    s.settle_payment(
+        "pay_r",
+        &[PayStatus::Pending],
+        PayStatus::Succeeded,
+        None,
+        &cause(),
+        &entitle_counting,
+        1000,
+    )
+    .await
+    .expect("settle");
+    assert_eq!(s.user_plan("rita").await.expect("plan"), "pro");
+    let refunded = s
+        .settle_payment(
+            "pay_r",
+            &[PayStatus::Succeeded],
+            PayStatus::Refunded,
+            None,
+            &Cause::new("webhook", "WH-1"),
+            &entitle_counting,
+            1000,
+        )
+        .await
+        .expect("refund");
+    let Settled::Applied {
+        subscription: Some(sub),
+        ..
+    } = refunded
+    else {
+        panic!("expected applied")
+    };
+    assert_eq!(sub.status, SubStatus::Canceled);
+    assert_eq!(s.user_plan("rita").await.expect("plan"), "free");
+    // A payment without a plan only changes its status.
+    s.create_payment(&payment("pay_plain", "rita", "sepa", None), &cause())
+        .await
+        .expect("create");
+    let plain = s
+        .settle_payment(
+            "pay_plain",
+            &[PayStatus::Pending],
+            PayStatus::Succeeded,
+            None,
+            &cause(),
+            &entitle_counting,
+            1000,
+        )
+        .await
+        .expect("settle");
+    assert!(matches!(
+        plain,
+        Settled::Applied {
+            subscription: None,
+            change: None,
+            ..
+        }
+    ));
+}
+
+async fn provider_events_claimed_once(s: Arc<SqlStore>) {
+    assert!(s
+        .claim_event("stripe", "evt_1", "invoice.paid", "{}", 1000)
+        .await
+        .expect("claim"));
+    assert!(!s
+        .claim_event("stripe", "evt_1", "invoice.paid", "{}", 1001)
+        .await
+        .expect("claim"));
+    assert!(
+        s.claim_event("paypal", "evt_1", "X", "{}", 1001)
+            .await
+            .expect("claim"),
+        "providers are separate"
+    );
+    s.finish_event("stripe", "evt_1", "applied")
+        .await
+        .expect("finish");
+    s.release_event("paypal", "evt_1").await.expect("release");
+    assert!(
+        s.claim_event("paypal", "evt_1", "X", "{}", 1002)
+            .await
+            .expect("claim"),
+        "a released event is processed again"
+    );
 }

@@ -7,8 +7,11 @@
 //! is one transaction that also appends to the ledger and bumps the feed sequence of the keys it
 //! touched, so a gateway sees either all of it or none of it.
 
+pub mod payments;
 pub mod schema;
 pub mod sql;
+
+pub use payments::{PayStatus, Payment, PaymentStore, Settled};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -331,7 +334,7 @@ pub trait BillingStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: KeyStore + UsageStore + BillingStore {
+pub trait Store: KeyStore + UsageStore + BillingStore + PaymentStore {
     /// A random id fixed when the database was created (the feed's `db_id`).
     fn db_id(&self) -> &str;
     async fn ping(&self) -> StoreResult<()>;

@@ -116,6 +116,58 @@ CREATE TRIGGER ledger_no_change BEFORE UPDATE OR DELETE ON ledger
 FOR EACH ROW EXECUTE FUNCTION ledger_append_only()
 "#;
 
+/// Payments (every provider), provider events (webhook deduplication), Stripe customers and
+/// metered-usage exports. Same DDL on both databases.
+const V2_COMMON: &str = r#"
+CREATE TABLE payments (
+  id TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL,
+  amount_minor BIGINT NOT NULL,
+  currency TEXT NOT NULL,
+  method TEXT NOT NULL,
+  status TEXT NOT NULL,
+  provider_ref TEXT,
+  reference TEXT UNIQUE,
+  fee_minor BIGINT,
+  plan TEXT,
+  cycle TEXT,
+  subscription_id TEXT,
+  description TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  expires_at BIGINT,
+  period_start BIGINT,
+  period_end BIGINT)
+--;;
+CREATE INDEX payments_user ON payments(user_id)
+--;;
+CREATE UNIQUE INDEX payments_provider_ref ON payments(method, provider_ref)
+--;;
+CREATE TABLE provider_events (
+  provider TEXT NOT NULL,
+  event_id TEXT NOT NULL,
+  event_type TEXT NOT NULL,
+  received_at BIGINT NOT NULL,
+  payload TEXT NOT NULL,
+  outcome TEXT,
+  PRIMARY KEY (provider, event_id))
+--;;
+CREATE TABLE stripe_customers (
+  user_id TEXT PRIMARY KEY,
+  customer_id TEXT NOT NULL UNIQUE,
+  created_at BIGINT NOT NULL)
+--;;
+CREATE TABLE meter_exports (
+  identifier TEXT PRIMARY KEY,
+  customer_id TEXT NOT NULL,
+  key_id TEXT,
+  period TEXT NOT NULL,
+  value BIGINT NOT NULL,
+  status TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  sent_at BIGINT)
+"#;
+
 /// `(version, sqlite statements, postgres statements)`, in order.
 pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
     let split = |s: &'static str| -> Vec<&'static str> {
@@ -128,5 +180,8 @@ pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
     v1_sqlite.extend(split(V1_SQLITE));
     let mut v1_pg = split(V1_COMMON);
     v1_pg.extend(split(V1_POSTGRES));
-    vec![(1, v1_sqlite, v1_pg)]
+    vec![
+        (1, v1_sqlite, v1_pg),
+        (2, split(V2_COMMON), split(V2_COMMON)),
+    ]
 }

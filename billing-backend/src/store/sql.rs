@@ -29,12 +29,12 @@ impl Dialect {
 }
 
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     dialect: Dialect,
     db_id: String,
 }
 
-fn db_err(context: &str, e: sqlx::Error) -> StoreError {
+pub(crate) fn db_err(context: &str, e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::RowNotFound => StoreError::NotFound(context.to_string()),
         sqlx::Error::Database(d)
@@ -51,7 +51,7 @@ fn db_err(context: &str, e: sqlx::Error) -> StoreError {
     }
 }
 
-fn to_i64(v: u64, what: &str) -> StoreResult<i64> {
+pub(crate) fn to_i64(v: u64, what: &str) -> StoreResult<i64> {
     i64::try_from(v).map_err(|_| StoreError::Internal(format!("{what} out of range")))
 }
 
@@ -106,7 +106,7 @@ const SUB_COLUMNS: &str =
     "id, user_id, plan, cycle, status, period_start, period_end, provider, provider_ref, \
      cancel_at_period_end, grace_until, created_at, updated_at";
 
-fn sub_from_row(r: &AnyRow) -> StoreResult<Subscription> {
+pub(crate) fn sub_from_row(r: &AnyRow) -> StoreResult<Subscription> {
     let g = |e: sqlx::Error| StoreError::Internal(format!("decoding subscription row: {e}"));
     let status: String = r.try_get("status").map_err(g)?;
     let cancel: i64 = r.try_get("cancel_at_period_end").map_err(g)?;
@@ -128,7 +128,7 @@ fn sub_from_row(r: &AnyRow) -> StoreResult<Subscription> {
     })
 }
 
-type Tx = Transaction<'static, Any>;
+pub(crate) type Tx = Transaction<'static, Any>;
 
 impl SqlStore {
     /// Connects, applies migrations and reads (or creates) the database id.
@@ -248,12 +248,16 @@ impl SqlStore {
             .map_err(|e| db_err("db id", e))
     }
 
-    async fn begin(&self) -> StoreResult<Tx> {
+    pub(crate) async fn begin(&self) -> StoreResult<Tx> {
         self.pool.begin().await.map_err(|e| db_err("begin", e))
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    pub(crate) fn for_update_suffix(&self) -> &'static str {
+        self.dialect.for_update()
     }
 
     /// Reserves `n` consecutive feed sequence numbers; returns the first. Locks the sequence row
@@ -269,7 +273,7 @@ impl SqlStore {
         Ok(to_u64(top, "seq")? + 1 - n)
     }
 
-    async fn ledger_append(
+    pub(crate) async fn ledger_append(
         tx: &mut Tx,
         at: i64,
         user_id: &str,
@@ -294,7 +298,7 @@ impl SqlStore {
         Ok(())
     }
 
-    async fn ensure_user(tx: &mut Tx, user_id: &str, now: i64) -> StoreResult<()> {
+    pub(crate) async fn ensure_user(tx: &mut Tx, user_id: &str, now: i64) -> StoreResult<()> {
         sqlx::query("INSERT INTO users (user_id, plan, created_at, updated_at) VALUES ($1, 'free', $2, $2) ON CONFLICT (user_id) DO NOTHING")
             .bind(user_id)
             .bind(now)
@@ -317,7 +321,7 @@ impl SqlStore {
     }
 
     /// Recomputes a user's plan inside `tx`; moves their keys and writes the ledger when it changes.
-    async fn recompute_in_tx(
+    pub(crate) async fn recompute_in_tx(
         &self,
         tx: &mut Tx,
         user_id: &str,

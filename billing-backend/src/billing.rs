@@ -11,7 +11,9 @@ use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::extract::ValidatedJson;
 use crate::keys::{rfc3339, valid_user_id};
-use crate::store::{Cause, IdemState, StoreError, SubStatus, Subscription};
+use crate::store::{
+    Cause, IdemState, PayStatus, PlanChange, Settled, StoreError, SubStatus, Subscription,
+};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,22 +47,60 @@ pub fn effective_plan(subs: &[Subscription], now: i64, catalogue: &Catalogue) ->
         .unwrap_or_else(|| FREE.to_string())
 }
 
-/// Writes a subscription and applies the entitlement rule; wakes the feed when keys moved.
-pub async fn save(state: &AppState, sub: &Subscription, cause: &Cause) -> Result<(), ApiError> {
-    let now = state.now();
+/// The entitlement rule at `now`, as the closure the store applies inside its transactions.
+pub fn entitle_at(state: &AppState, now: i64) -> impl Fn(&[Subscription]) -> String + Send + Sync {
     let catalogue = state.catalogue.clone();
-    let entitle = move |subs: &[Subscription]| effective_plan(subs, now, &catalogue);
-    let change = state
-        .store
-        .write_subscription(sub, cause, &entitle, now)
-        .await?;
+    move |subs: &[Subscription]| effective_plan(subs, now, &catalogue)
+}
+
+/// Logs a plan change and wakes gateways waiting on the feed.
+async fn announce(state: &AppState, change: Option<&PlanChange>, cause: &Cause) {
     if let Some(c) = change {
         tracing::info!(user_id = %c.user_id, from = %c.from, to = %c.to, keys = c.keys_touched, cause = %cause.kind, "plan changed");
         if let Ok(head) = state.store.feed_head().await {
             state.hub.notify(head);
         }
     }
+}
+
+/// Writes a subscription and applies the entitlement rule; wakes the feed when keys moved.
+pub async fn save(state: &AppState, sub: &Subscription, cause: &Cause) -> Result<(), ApiError> {
+    let now = state.now();
+    let change = state
+        .store
+        .write_subscription(sub, cause, &entitle_at(state, now), now)
+        .await?;
+    announce(state, change.as_ref(), cause).await;
     Ok(())
+}
+
+/// Moves a payment between statuses; a success with a plan buys a period, a refund takes it
+/// back (see `store::payments`). Idempotent: a payment not in `from` is returned unchanged.
+pub async fn settle(
+    state: &AppState,
+    payment_id: &str,
+    from: &[PayStatus],
+    to: PayStatus,
+    fee_minor: Option<i64>,
+    cause: &Cause,
+) -> Result<Settled, ApiError> {
+    let now = state.now();
+    let settled = state
+        .store
+        .settle_payment(
+            payment_id,
+            from,
+            to,
+            fee_minor,
+            cause,
+            &entitle_at(state, now),
+            now,
+        )
+        .await?;
+    if let Settled::Applied { change, .. } = &settled {
+        announce(state, change.as_ref(), cause).await;
+    }
+    Ok(settled)
 }
 
 pub fn sub_json(s: &Subscription, now: i64) -> Value {

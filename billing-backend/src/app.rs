@@ -31,6 +31,7 @@ pub struct AppState {
     pub hub: FeedHub,
     pub metrics: Metrics,
     pub minute: Arc<MinuteWindow>,
+    pub providers: Arc<crate::providers::Providers>,
     pub started: Instant,
 }
 
@@ -103,6 +104,7 @@ impl Backend {
             hub: FeedHub::new(head),
             metrics: Metrics::new(),
             minute: Arc::new(MinuteWindow::default()),
+            providers: Arc::new(providers),
             started: Instant::now(),
         };
         let (stop, stop_rx) = watch::channel(false);

@@ -93,6 +93,7 @@ impl Backend {
             .feed_head()
             .await
             .map_err(|e| format!("database: {e}"))?;
+        let providers = crate::providers::Providers::from_env().map_err(|errs| errs.join("\n"))?;
         let state = AppState {
             catalogue: Arc::new(cfg.catalogue.clone()),
             service_token: TokenDigest::of(token.expose()),

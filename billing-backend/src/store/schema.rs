@@ -168,6 +168,30 @@ CREATE TABLE meter_exports (
   sent_at BIGINT)
 "#;
 
+/// SEPA statement imports: every imported entry (deduplicated by the bank's entry reference)
+/// and each import's report.
+const V3_COMMON: &str = r#"
+CREATE TABLE sepa_entries (
+  entry_ref TEXT PRIMARY KEY,
+  import_id TEXT NOT NULL,
+  payment_id TEXT,
+  amount_minor BIGINT NOT NULL,
+  currency TEXT NOT NULL,
+  reference TEXT,
+  debtor TEXT,
+  outcome TEXT NOT NULL,
+  decided_at BIGINT,
+  decision TEXT,
+  created_at BIGINT NOT NULL)
+--;;
+CREATE TABLE sepa_imports (
+  id TEXT PRIMARY KEY,
+  file_name TEXT NOT NULL,
+  file_sha256 TEXT NOT NULL,
+  report TEXT NOT NULL,
+  created_at BIGINT NOT NULL)
+"#;
+
 /// `(version, sqlite statements, postgres statements)`, in order.
 pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
     let split = |s: &'static str| -> Vec<&'static str> {

@@ -1,0 +1,164 @@
+//! The gateway's side of the backend: the key feed and usage ingest ([`BackendLink`]), and the
+//! management paths handed to the backend ([`Management`]). Embedded mode calls the in-process
+//! backend directly (no network hop, the router as a tower service); remote mode speaks HTTP to
+//! `[backend] url` with the feed token.
+
+use crate::body::Body;
+use crate::proxy::strip_hop_headers;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use std::time::Duration;
+use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch, FEED_PATH, USAGE_PATH};
+
+pub type HttpClient = Client<HttpConnector, Body>;
+
+#[async_trait]
+pub trait BackendLink: Send + Sync {
+    /// Keys changed after `since`; waits up to `wait` when there are none.
+    async fn feed_page(&self, since: u64, limit: usize, wait: Duration)
+        -> Result<FeedPage, String>;
+    /// Delivers a usage batch; the backend applies each `(gateway_id, batch_id)` once.
+    async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String>;
+}
+
+/// A backend reached over HTTP.
+pub struct RemoteBackend {
+    client: HttpClient,
+    base: Uri,
+    auth: HeaderValue,
+}
+
+/// Largest feed page body accepted (a 50,000-key page is ~20 MB of JSON).
+const MAX_FEED_BODY: usize = 256 << 20;
+
+impl RemoteBackend {
+    pub fn new(client: HttpClient, base: Uri, feed_token: &str) -> Result<RemoteBackend, String> {
+        let mut auth = HeaderValue::from_str(&format!("Bearer {feed_token}"))
+            .map_err(|_| "backend.feed_token: must be printable ASCII".to_string())?;
+        auth.set_sensitive(true);
+        Ok(RemoteBackend { client, base, auth })
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, String> {
+        let authority = self.base.authority().map(|a| a.as_str()).unwrap_or("");
+        format!("http://{authority}{path_and_query}")
+            .parse()
+            .map_err(|e| format!("bad backend URI: {e}"))
+    }
+
+    async fn call(&self, req: Request<Body>, timeout: Duration) -> Result<Bytes, String> {
+        let resp = tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| "backend did not answer in time".to_string())?
+            .map_err(|e| format!("backend unreachable: {e}"))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_FEED_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading backend answer: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).to_string();
+            return Err(format!("backend answered {status}: {text}"));
+        }
+        Ok(body)
+    }
+}
+
+#[async_trait]
+impl BackendLink for RemoteBackend {
+    async fn feed_page(
+        &self,
+        since: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<FeedPage, String> {
+        let uri = self.uri(&format!(
+            "{FEED_PATH}?since={since}&limit={limit}&wait={}",
+            wait.as_secs()
+        ))?;
+        let req = Request::get(uri)
+            .header(AUTHORIZATION, self.auth.clone())
+            .body(Body::Empty)
+            .map_err(|e| e.to_string())?;
+        let body = self.call(req, wait + Duration::from_secs(10)).await?;
+        serde_json::from_slice(&body).map_err(|e| format!("feed page is not valid JSON: {e}"))
+    }
+
+    async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String> {
+        let json = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
+        let req = Request::post(self.uri(USAGE_PATH)?)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::full(json))
+            .map_err(|e| e.to_string())?;
+        let body = self.call(req, Duration::from_secs(10)).await?;
+        serde_json::from_slice(&body).map_err(|e| format!("usage ack is not valid JSON: {e}"))
+    }
+}
+
+pub struct RemoteManagement {
+    client: HttpClient,
+    authority: http::uri::Authority,
+    host: HeaderValue,
+}
+
+/// Where management paths (`/api/marketplace/*`, `/api/v1/billing/*`, ...) go.
+pub enum Management {
+    Remote(Box<RemoteManagement>),
+    Embedded(axum::Router),
+}
+
+impl Management {
+    pub fn remote(client: HttpClient, base: &Uri) -> Option<Management> {
+        let authority = base.authority()?.clone();
+        let host = HeaderValue::from_str(authority.as_str()).ok()?;
+        Some(Management::Remote(Box::new(RemoteManagement {
+            client,
+            authority,
+            host,
+        })))
+    }
+
+    /// Hands the request to the backend; `Err` when it cannot be reached.
+    pub async fn forward(&self, req: Request<Incoming>) -> Result<Response<Body>, String> {
+        match self {
+            Management::Embedded(router) => {
+                use tower::ServiceExt;
+                let resp = router.clone().oneshot(req.map(axum::body::Body::new)).await;
+                match resp {
+                    Ok(r) => Ok(r.map(Body::Axum)),
+                    Err(never) => match never {},
+                }
+            }
+            Management::Remote(r) => {
+                let RemoteManagement {
+                    client,
+                    authority,
+                    host,
+                } = &**r;
+                let (mut parts, body) = req.into_parts();
+                let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                uri.scheme = Some(http::uri::Scheme::HTTP);
+                uri.authority = Some(authority.clone());
+                parts.uri = Uri::from_parts(uri).map_err(|e| e.to_string())?;
+                parts.version = http::Version::HTTP_11;
+                strip_hop_headers(&mut parts.headers, false);
+                parts.headers.insert(HOST, host.clone());
+                let resp = client
+                    .request(Request::from_parts(parts, Body::Incoming(body)))
+                    .await
+                    .map_err(|e| format!("backend unreachable: {e}"))?;
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_headers(&mut parts.headers, false);
+                Ok(Response::from_parts(parts, Body::Incoming(body)))
+            }
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! The gateway's configuration: `[gateway]`, `[[routes]]`, the gateway's part of `[backend]`
+//! (`mode`, `url`, `feed_token`) and the `[[plans]]` catalogue that route `plans` are checked
+//! against. Defaults → TOML file → `TOLLGATE_<SECTION>_<KEY>` env (see `tollgate_protocol::config`).
+//!
+//! Every bad setting gives one line naming it (`gateway.listen: ...`, `routes[2].plans: ...`);
+//! start-up stops on any. Unknown keys in `[gateway]` and `[[routes]]` are errors, so a typo
+//! never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tollgate_protocol::plans::{Catalogue, Plan};
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisFailure {
+    Local,
+    Closed,
+}
+
+/// `[gateway]`
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Runtime worker threads (1 = a single-threaded runtime).
+    pub workers: usize,
+    /// Identifies this gateway's usage batches; generated into `data_dir/gateway_id` when unset.
+    pub gateway_id: Option<String>,
+    pub usage_flush: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub client_header_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    pub upstream_pool_max_idle: usize,
+    pub unhealthy_cooldown: Duration,
+    pub shutdown_timeout: Duration,
+    pub legacy_ratelimit_headers: bool,
+    pub feed_wait: Duration,
+    pub redis_url: Option<String>,
+    pub redis_failure: RedisFailure,
+    pub json_logs: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum BackendMode {
+    /// The backend runs inside the gateway process.
+    Embedded,
+    /// A separate backend at `url` (http), authenticated with the feed token.
+    Remote { url: http::Uri, feed_token: Secret },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    Key,
+    None,
+}
+
+/// Which request headers may carry the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    ApiKeyHeader,
+    Bearer,
+    Either,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// `http://host:port`
+    Http { authority: http::uri::Authority },
+    /// `builtin:echo`: a small JSON echo answered by the gateway itself.
+    Echo,
+}
+
+/// `[[routes]]`
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub prefix: String,
+    pub host: Option<String>,
+    pub upstreams: Vec<Upstream>,
+    pub auth: Auth,
+    /// Plans allowed on this route; `None` = all.
+    pub plans: Option<Vec<String>>,
+    pub cost: u64,
+    pub key_source: KeySource,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub strip_prefix: bool,
+    pub preserve_host: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub gateway: GatewaySettings,
+    pub backend: BackendMode,
+    pub catalogue: Catalogue,
+    pub routes: Vec<RouteConfig>,
+    /// The whole (env-overridden) document, for the embedded backend's own parser.
+    pub document: toml::Table,
+}
+
+/// Paths the gateway answers itself or hands to the backend; routes may not shadow them.
+pub const MANAGEMENT_PREFIXES: &[&str] = &[
+    "/api/marketplace",
+    "/api/v1/billing",
+    "/billing",
+    "/portal",
+    "/openapi.json",
+];
+pub const OWN_PATHS: &[&str] = &["/health", "/ready"];
+
+/// Reads a table's settings one by one, collecting one error line per bad setting.
+struct Fields<'e> {
+    at: String,
+    table: toml::Table,
+    errors: &'e mut Vec<String>,
+}
+
+impl<'e> Fields<'e> {
+    fn new(at: &str, value: Option<&toml::Value>, errors: &'e mut Vec<String>) -> Fields<'e> {
+        let table = match value {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t.clone(),
+            Some(_) => {
+                errors.push(format!("{at}: must be a table"));
+                toml::Table::new()
+            }
+        };
+        Fields {
+            at: at.to_string(),
+            table,
+            errors,
+        }
+    }
+
+    fn err(&mut self, key: &str, msg: impl std::fmt::Display) {
+        self.errors.push(format!("{}.{key}: {msg}", self.at));
+    }
+
+    fn take(&mut self, key: &str) -> Option<toml::Value> {
+        self.table.remove(key)
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        match self.take(key)? {
+            toml::Value::String(s) => Some(s),
+            other => {
+                self.err(key, format!("expected a string, got {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn u64(&mut self, key: &str, min: u64, max: u64) -> Option<u64> {
+        let v = self.take(key)?;
+        let Some(n) = v.as_integer().and_then(|i| u64::try_from(i).ok()) else {
+            self.err(key, format!("expected a non-negative integer, got {v:?}"));
+            return None;
+        };
+        if n < min || n > max {
+            self.err(key, format!("{n} is out of range ({min}..={max})"));
+            return None;
+        }
+        Some(n)
+    }
+
+    fn millis(&mut self, key: &str, default: u64, min: u64, max: u64) -> Duration {
+        Duration::from_millis(self.u64(key, min, max).unwrap_or(default))
+    }
+
+    fn bool(&mut self, key: &str) -> Option<bool> {
+        match self.take(key)? {
+            toml::Value::Boolean(b) => Some(b),
+            other => {
+                self.err(
+                    key,
+                    format!("expected true or false, got {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, key: &str) -> Option<Vec<String>> {
+        let v = self.take(key)?;
+        let list = v.as_array().map(|a| {
+            a.iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+        });
+        match list {
+            Some(Some(l)) => Some(l),
+            _ => {
+                self.err(key, "expected a list of strings");
+                None
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &str, default: &str) -> SocketAddr {
+        let text = self.string(key).unwrap_or_else(|| default.to_string());
+        match text.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(
+                    key,
+                    format!("{text:?} is not a socket address like 127.0.0.1:8080"),
+                );
+                default
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+            }
+        }
+    }
+
+    /// Reports every key nobody asked for.
+    fn finish(self) {
+        for key in self.table.keys() {
+            self.errors
+                .push(format!("{}.{key}: unknown setting", self.at));
+        }
+    }
+}
+
+fn gateway_settings(doc: &toml::Table, errors: &mut Vec<String>) -> GatewaySettings {
+    let mut f = Fields::new("gateway", doc.get("gateway"), errors);
+    let default_workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let s = GatewaySettings {
+        listen: f.addr("listen", "127.0.0.1:8080"),
+        metrics_listen: f.addr("metrics_listen", "127.0.0.1:9464"),
+        data_dir: PathBuf::from(f.string("data_dir").unwrap_or_else(|| "./data".to_string())),
+        workers: f
+            .u64("workers", 1, 1024)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(default_workers),
+        gateway_id: f.string("gateway_id"),
+        usage_flush: f.millis("usage_flush_ms", 1000, 10, 1000),
+        max_header_bytes: f
+            .u64("max_header_bytes", 8192, 1 << 20)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(64 * 1024),
+        max_body_bytes: f
+            .u64("max_body_bytes", 0, u64::MAX >> 1)
+            .unwrap_or(64 << 20),
+        client_header_timeout: f.millis("client_header_timeout_ms", 10_000, 100, 600_000),
+        upstream_connect_timeout: f.millis("upstream_connect_timeout_ms", 2_000, 1, 600_000),
+        upstream_timeout: f.millis("upstream_timeout_ms", 30_000, 1, 3_600_000),
+        upstream_idle_timeout: f.millis("upstream_idle_timeout_ms", 90_000, 1, 3_600_000),
+        upstream_pool_max_idle: f
+            .u64("upstream_pool_max_idle", 0, 1 << 20)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(1024),
+        unhealthy_cooldown: f.millis("unhealthy_cooldown_ms", 5_000, 0, 3_600_000),
+        shutdown_timeout: f.millis("shutdown_timeout_ms", 10_000, 0, 600_000),
+        legacy_ratelimit_headers: f.bool("legacy_ratelimit_headers").unwrap_or(false),
+        feed_wait: Duration::from_secs(
+            f.u64("feed_wait_secs", 1, tollgate_protocol::feed::MAX_WAIT_SECS)
+                .unwrap_or(25),
+        ),
+        redis_url: f.string("redis_url"),
+        redis_failure: match f.string("redis_failure").as_deref() {
+            None | Some("local") => RedisFailure::Local,
+            Some("closed") => RedisFailure::Closed,
+            Some(other) => {
+                f.err(
+                    "redis_failure",
+                    format!("{other:?} must be \"local\" or \"closed\""),
+                );
+                RedisFailure::Local
+            }
+        },
+        json_logs: f.bool("json_logs").unwrap_or(false),
+    };
+    if let Some(id) = &s.gateway_id {
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        {
+            f.err(
+                "gateway_id",
+                "must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'",
+            );
+        }
+    }
+    if s.redis_url.is_some() {
+        f.err("redis_url", "the Redis quota store is not available in this build yet; remove it to use in-process quotas");
+    }
+    f.finish();
+    s
+}
+
+fn backend_mode(doc: &toml::Table, errors: &mut Vec<String>) -> BackendMode {
+    // `[backend]` is shared with the backend: the gateway reads only its three keys here and
+    // leaves the rest (and unknown-key checks) to the backend's own parser.
+    let table = doc
+        .get("backend")
+        .and_then(|v| v.as_table())
+        .cloned()
+        .unwrap_or_default();
+    let get = |k: &str| table.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    match get("mode").as_deref() {
+        None | Some("embedded") => BackendMode::Embedded,
+        Some("remote") => {
+            let url = match get("url") {
+                None => {
+                    errors.push("backend.url: required when backend.mode = \"remote\"".to_string());
+                    None
+                }
+                Some(u) => match parse_http_base(&u) {
+                    Ok(uri) => Some(uri),
+                    Err(e) => {
+                        errors.push(format!("backend.url: {e}"));
+                        None
+                    }
+                },
+            };
+            let token = get("feed_token").filter(|t| !t.is_empty());
+            if token.is_none() {
+                errors.push("backend.feed_token: required when backend.mode = \"remote\" (or set TOLLGATE_BACKEND_FEED_TOKEN)".to_string());
+            }
+            match (url, token) {
+                (Some(url), Some(t)) => BackendMode::Remote {
+                    url,
+                    feed_token: Secret(t),
+                },
+                _ => BackendMode::Embedded,
+            }
+        }
+        Some(other) => {
+            errors.push(format!(
+                "backend.mode: {other:?} must be \"embedded\" or \"remote\""
+            ));
+            BackendMode::Embedded
+        }
+    }
+}
+
+/// `http://host:port` (no path, no TLS: terminate TLS in front of or behind the gateway).
+fn parse_http_base(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{text:?}: https upstreams are not supported; use http:// on a private network"
+            ))
+        }
+        _ => return Err(format!("{text:?} must start with http://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
+        return Err(format!("{text:?} must not have a path"));
+    }
+    Ok(uri)
+}
+
+fn plans(doc: &toml::Table, errors: &mut Vec<String>) -> Catalogue {
+    let mut list: Vec<Plan> = Vec::new();
+    if let Some(v) = doc.get("plans") {
+        match v.as_array() {
+            None => errors.push("plans: must be an array of tables ([[plans]])".to_string()),
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item.clone().try_into::<Plan>() {
+                        Ok(p) => list.push(p),
+                        Err(e) => errors.push(format!("plans[{i}]: {}", e.message())),
+                    }
+                }
+            }
+        }
+    }
+    match Catalogue::new(list) {
+        Ok(c) => c,
+        Err(es) => {
+            errors.extend(es);
+            Catalogue::defaults()
+        }
+    }
+}
+
+fn routes(
+    doc: &toml::Table,
+    gw: &GatewaySettings,
+    catalogue: &Catalogue,
+    errors: &mut Vec<String>,
+) -> Vec<RouteConfig> {
+    let items = match doc.get("routes") {
+        None => return Vec::new(),
+        Some(v) => match v.as_array() {
+            Some(a) => a.clone(),
+            None => {
+                errors.push("routes: must be an array of tables ([[routes]])".to_string());
+                return Vec::new();
+            }
+        },
+    };
+    let mut out: Vec<RouteConfig> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        let mut f = Fields::new(&at, Some(item), errors);
+        let prefix = f.string("prefix");
+        let host = f.string("host").map(|h| h.to_ascii_lowercase());
+        let name = f.string("name");
+        let mut upstream_texts = f.strings("upstreams").unwrap_or_default();
+        if let Some(u) = f.string("upstream") {
+            upstream_texts.push(u);
+        }
+        let mut upstreams = Vec::new();
+        for u in &upstream_texts {
+            if u == "builtin:echo" {
+                upstreams.push(Upstream::Echo);
+            } else {
+                match parse_http_base(u) {
+                    Ok(uri) => {
+                        if let Some(authority) = uri.authority().cloned() {
+                            upstreams.push(Upstream::Http { authority });
+                        }
+                    }
+                    Err(e) => f.err("upstreams", e),
+                }
+            }
+        }
+        if upstream_texts.is_empty() {
+            f.err("upstreams", "a route needs at least one upstream (upstreams = [\"http://host:port\"] or upstream = \"builtin:echo\")");
+        }
+        let auth = match f.string("auth").as_deref() {
+            None | Some("key") => Auth::Key,
+            Some("none") => Auth::None,
+            Some(other) => {
+                f.err("auth", format!("{other:?} must be \"key\" or \"none\""));
+                Auth::Key
+            }
+        };
+        let plans = f.strings("plans");
+        if let Some(ps) = &plans {
+            for p in ps {
+                if catalogue.get(p).is_none() {
+                    f.err(
+                        "plans",
+                        format!("unknown plan {p:?} (known: {})", catalogue.ids().join(", ")),
+                    );
+                }
+            }
+            if ps.is_empty() {
+                f.err(
+                    "plans",
+                    "an empty list would refuse every key; leave it out to allow all plans",
+                );
+            }
+        }
+        let cost = f.u64("cost", 1, 1_000_000).unwrap_or(1);
+        let key_source = match f.string("key_header").as_deref() {
+            None | Some("any") => KeySource::Either,
+            Some("x-api-key") => KeySource::ApiKeyHeader,
+            Some("authorization") => KeySource::Bearer,
+            Some(other) => {
+                f.err(
+                    "key_header",
+                    format!("{other:?} must be \"x-api-key\", \"authorization\" or \"any\""),
+                );
+                KeySource::Either
+            }
+        };
+        let timeout = f.millis(
+            "timeout_ms",
+            u64::try_from(gw.upstream_timeout.as_millis()).unwrap_or(30_000),
+            1,
+            3_600_000,
+        );
+        let connect_timeout = f.millis(
+            "connect_timeout_ms",
+            u64::try_from(gw.upstream_connect_timeout.as_millis()).unwrap_or(2_000),
+            1,
+            600_000,
+        );
+        let max_body_bytes = f
+            .u64("max_body_bytes", 0, u64::MAX >> 1)
+            .unwrap_or(gw.max_body_bytes);
+        let strip_prefix = f.bool("strip_prefix").unwrap_or(false);
+        let preserve_host = f.bool("preserve_host").unwrap_or(false);
+        let prefix = match (prefix, &host) {
+            (Some(p), _) => {
+                if !p.starts_with('/') {
+                    f.err("prefix", format!("{p:?} must start with '/'"));
+                }
+                // A route inside a management path would never be reached (those match first);
+                // a route around one (`/api`) is fine: it gets everything else under it.
+                let shadowed = MANAGEMENT_PREFIXES
+                    .iter()
+                    .chain(OWN_PATHS)
+                    .find(|m| p.starts_with(*m));
+                if let Some(m) = shadowed {
+                    f.err(
+                        "prefix",
+                        format!("{p:?} overlaps {m}, which the gateway answers itself"),
+                    );
+                }
+                p
+            }
+            (None, Some(_)) => "/".to_string(),
+            (None, None) => {
+                f.err("prefix", "a route needs a prefix (or a host)");
+                "/".to_string()
+            }
+        };
+        let name = name.unwrap_or_else(|| match &host {
+            Some(h) => format!("{h}{prefix}"),
+            None => prefix.clone(),
+        });
+        if out.iter().any(|r| r.name == name) {
+            f.err("name", format!("route name {name:?} is used twice"));
+        }
+        if out.iter().any(|r| r.prefix == prefix && r.host == host) {
+            f.err(
+                "prefix",
+                format!("another route already has prefix {prefix:?} for the same host"),
+            );
+        }
+        f.finish();
+        out.push(RouteConfig {
+            name,
+            prefix,
+            host,
+            upstreams,
+            auth,
+            plans,
+            cost,
+            key_source,
+            timeout,
+            connect_timeout,
+            max_body_bytes,
+            strip_prefix,
+            preserve_host,
+        });
+    }
+    out
+}
+
+/// Parses a configuration document (env overrides applied here).
+pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+    let document = tollgate_protocol::config::load_document(text, &["gateway", "backend"])
+        .map_err(|e| vec![format!("config: {e}")])?;
+    from_document(document)
+}
+
+pub fn from_document(document: toml::Table) -> Result<Config, Vec<String>> {
+    let mut errors = Vec::new();
+    for key in document.keys() {
+        if !["gateway", "backend", "plans", "routes"].contains(&key.as_str()) {
+            errors.push(format!(
+                "{key}: unknown section (expected [gateway], [backend], [[plans]], [[routes]])"
+            ));
+        }
+    }
+    let gateway = gateway_settings(&document, &mut errors);
+    let backend = backend_mode(&document, &mut errors);
+    let catalogue = plans(&document, &mut errors);
+    let routes = routes(&document, &gateway, &catalogue, &mut errors);
+    if errors.is_empty() {
+        Ok(Config {
+            gateway,
+            backend,
+            catalogue,
+            routes,
+            document,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads and parses the file at `path`.
+pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("config: cannot read {}: {e}", path.display())])?;
+    parse(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let c = parse("[[routes]]\nprefix = \"/demo\"\nupstream = \"builtin:echo\"\n");
+        let c = c.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.gateway.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.gateway.usage_flush, Duration::from_secs(1));
+        assert!(matches!(c.backend, BackendMode::Embedded));
+        assert_eq!(c.routes[0].upstreams, vec![Upstream::Echo]);
+        assert_eq!(c.routes[0].name, "/demo");
+        assert_eq!(c.routes[0].cost, 1);
+        assert_eq!(c.catalogue.all().len(), 3);
+    }
+
+    #[test]
+    fn every_bad_setting_is_named() {
+        let errs = errors(
+            r#"
+[gateway]
+listen = "nowhere"
+colour = "blue"
+usage_flush_ms = 5000
+
+[backend]
+mode = "remote"
+
+[[routes]]
+prefix = "/a"
+plans = ["gold"]
+cost = 0
+upstreams = ["https://x:1", "ftp://y"]
+
+[[routes]]
+prefix = "/b"
+tls = true
+
+[[routes]]
+prefix = "/billing/x"
+upstream = "builtin:echo"
+"#,
+        );
+        for want in [
+            "gateway.listen:",
+            "gateway.colour: unknown setting",
+            "gateway.usage_flush_ms:",
+            "backend.url: required",
+            "backend.feed_token: required",
+            "routes[0].plans: unknown plan \"gold\"",
+            "routes[0].cost:",
+            "routes[0].upstreams: \"https://x:1\"",
+            "routes[0].upstreams: \"ftp://y\"",
+            "routes[1].upstreams: a route needs at least one upstream",
+            "routes[1].tls: unknown setting",
+            "routes[2].prefix: \"/billing/x\" overlaps /billing",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plans_come_from_the_catalogue() {
+        let text = r#"
+[[plans]]
+id = "free"
+name = "Free"
+price_monthly_minor = 0
+price_yearly_minor = 0
+rate_limit_per_minute = 5
+daily_limit = 20
+max_keys_per_user = 1
+
+[[plans]]
+id = "gold"
+name = "Gold"
+price_monthly_minor = 100
+price_yearly_minor = 1000
+rate_limit_per_minute = 50
+daily_limit = 200
+max_keys_per_user = 3
+
+[[routes]]
+prefix = "/gold"
+plans = ["gold"]
+upstreams = ["http://127.0.0.1:9"]
+"#;
+        let c = parse(text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            c.routes[0].plans.as_deref(),
+            Some(&["gold".to_string()][..])
+        );
+        let errs = errors(&text.replace("plans = [\"gold\"]", "plans = [\"pro\"]"));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("routes[0].plans: unknown plan \"pro\"")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn remote_mode_needs_url_and_token() {
+        let c = parse(
+            "[backend]\nmode = \"remote\"\nurl = \"http://127.0.0.1:8081\"\nfeed_token = \"t\"\n",
+        );
+        assert!(matches!(
+            c.map(|c| c.backend),
+            Ok(BackendMode::Remote { .. })
+        ));
+    }
+}

@@ -1,0 +1,56 @@
+//! Embedded mode: the billing backend runs inside the gateway process (SQLite under `data_dir`),
+//! so the quick start is one command. Feed and usage are direct calls; management paths go to
+//! the backend's router as a tower service.
+
+use crate::backend::BackendLink;
+use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tollgate_backend::{Backend, BackendConfig};
+use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch};
+
+/// Starts the backend from the same document. `[backend] data_dir` defaults to the gateway's.
+pub async fn start(doc: &toml::Table, data_dir: &Path) -> Result<Backend, Vec<String>> {
+    let mut doc = doc.clone();
+    let backend = doc
+        .entry("backend")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = backend {
+        t.entry("data_dir")
+            .or_insert_with(|| toml::Value::String(data_dir.display().to_string()));
+    }
+    let cfg = BackendConfig::from_document(&doc)?;
+    Backend::start(cfg)
+        .await
+        .map_err(|e| vec![format!("backend: {e}")])
+}
+
+pub fn router(b: &Backend) -> axum::Router {
+    b.router()
+}
+
+pub fn service_token_path(b: &Backend) -> Option<PathBuf> {
+    b.service_token_path()
+}
+
+pub async fn shutdown(b: &Backend) {
+    b.shutdown().await;
+}
+
+pub struct EmbeddedLink(pub Backend);
+
+#[async_trait]
+impl BackendLink for EmbeddedLink {
+    async fn feed_page(
+        &self,
+        since: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<FeedPage, String> {
+        self.0.feed_page(since, limit, wait).await
+    }
+
+    async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String> {
+        self.0.ingest_usage(batch.clone()).await
+    }
+}

@@ -1,0 +1,804 @@
+//! The request path, phase by phase, in the order SPEC §5 gives:
+//!
+//! 1. [`extract_key`]: the key text from `X-API-Key` or `Authorization: Bearer`;
+//! 2. [`Gateway::lookup`]: the replica entry (unknown / revoked / expired → 401);
+//! 3. [`check_route`]: the key's plan is allowed on the route (else 403), the body fits;
+//! 4. [`Gateway::reserve`]: quota check-and-count (429 with `Retry-After`);
+//! 5. [`Gateway::forward`]: the rewritten request to a round-robin upstream, streaming;
+//! 6. [`Gateway::settle`]: a 502/504 gives the units back;
+//! 7. [`Gateway::record`]: usage for the backend, metrics.
+//!
+//! Nothing here holds a lock across an `.await`, and the only shared mutable state touched is
+//! one replica shard (read lock), one quota shard and one usage shard (short mutexes), and
+//! relaxed atomics for metrics. Header values are precomputed per key and per tier.
+
+use crate::backend::{HttpClient, Management};
+use crate::body::Body;
+use crate::config::{KeySource, MANAGEMENT_PREFIXES};
+use crate::health::Health;
+use crate::keys::{Found, KeyEntry, Replica};
+use crate::metrics::{Metrics, Outcome, RouteMetrics};
+use crate::quota::Clock;
+use crate::quota::{Decision, Exceeded, Quota, Reservation, Usage};
+use crate::routes::{Route, RouteTable, Target};
+use crate::usage::UsageCounter;
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_protocol::error::ErrorBody;
+use tollgate_protocol::keys::{plausible_key, KeyHash};
+
+pub const VALIDATE_PATH: &str = "/api/marketplace/keys/validate";
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_KEY_ID: HeaderName = HeaderName::from_static("x-tollgate-key-id");
+static X_USER_ID: HeaderName = HeaderName::from_static("x-tollgate-user-id");
+static X_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_RL_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RL_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RL_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Everything a request needs, shared by all connections.
+pub struct Gateway {
+    pub routes: ArcSwap<RouteTable>,
+    pub replica: Arc<Replica>,
+    pub quota: Quota,
+    pub usage: Arc<UsageCounter>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub client: HttpClient,
+    pub management: Option<Management>,
+    pub clock: Arc<dyn Clock>,
+    pub legacy_headers: bool,
+    /// Pseudo-route counters for what is not a configured route.
+    pub own: OwnMetrics,
+}
+
+pub struct OwnMetrics {
+    pub gateway: Arc<RouteMetrics>,
+    pub management: Arc<RouteMetrics>,
+    pub validate: Arc<RouteMetrics>,
+    pub unmatched: Arc<RouteMetrics>,
+}
+
+impl OwnMetrics {
+    pub fn new(m: &Metrics) -> OwnMetrics {
+        let validate = m.route("_validate");
+        OwnMetrics {
+            gateway: m.route("_gateway"),
+            management: m.route("_management"),
+            validate,
+            unmatched: m.route("_unmatched"),
+        }
+    }
+}
+
+/// A refusal: the outcome and the message shown to the client.
+pub struct Refusal {
+    pub outcome: Outcome,
+    pub message: &'static str,
+}
+
+const fn refuse(outcome: Outcome, message: &'static str) -> Refusal {
+    Refusal { outcome, message }
+}
+
+/// A quota rejection with what its headers need.
+pub struct Limited {
+    pub exceeded: Exceeded,
+    pub retry_after_secs: u64,
+    pub usage: Usage,
+}
+
+pub enum UpstreamError {
+    Unavailable,
+    Timeout,
+}
+
+/// A JSON error body (SPEC §9) with the outcome's status.
+pub fn error_response(outcome: Outcome, message: &str) -> Response<Body> {
+    let body = ErrorBody::new(outcome.code(), message).to_json();
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() =
+        StatusCode::from_u16(outcome.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, JSON.clone());
+    resp
+}
+
+pub fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+    let mut resp = Response::new(Body::full(json));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, JSON.clone());
+    resp
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
+/// `keep_upgrade` leaves `Connection`/`Upgrade` for a WebSocket handshake.
+pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if !keep_upgrade {
+        if let Some(conn) = headers.remove(header::CONNECTION) {
+            if let Ok(text) = conn.to_str() {
+                for name in text.split(',').map(str::trim) {
+                    if !name.eq_ignore_ascii_case("close")
+                        && !name.eq_ignore_ascii_case("keep-alive")
+                    {
+                        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                            headers.remove(n);
+                        }
+                    }
+                }
+            }
+        }
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHORIZATION);
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Which header the key came from (so exactly that one is removed before forwarding).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum KeyHeader {
+    ApiKey,
+    Bearer,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 1: extract the key.
+
+/// The key text from `X-API-Key` (first) or `Authorization: Bearer`, as the route allows.
+pub fn extract_key(headers: &HeaderMap, source: KeySource) -> Option<(&str, KeyHeader)> {
+    if source != KeySource::Bearer {
+        if let Some(v) = headers.get(&X_API_KEY) {
+            return Some((v.to_str().unwrap_or("\u{0}"), KeyHeader::ApiKey));
+        }
+    }
+    if source != KeySource::ApiKeyHeader {
+        if let Some(v) = headers.get(header::AUTHORIZATION) {
+            let b = v.as_bytes();
+            if b.len() > 7 && b[..7].eq_ignore_ascii_case(b"bearer ") {
+                let text = v.to_str().map(|s| s[7..].trim()).unwrap_or("\u{0}");
+                return Some((text, KeyHeader::Bearer));
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 3: route and plan.
+
+/// The key's plan may use the route, and a declared body fits the route's limit.
+pub fn check_route(route: &Route, entry: &KeyEntry, headers: &HeaderMap) -> Result<(), Refusal> {
+    if !route.allows(&entry.tier.plan) {
+        return Err(refuse(
+            Outcome::PlanNotAllowed,
+            "your plan does not include this endpoint",
+        ));
+    }
+    check_body_size(route, headers)
+}
+
+fn check_body_size(route: &Route, headers: &HeaderMap) -> Result<(), Refusal> {
+    let max = route.cfg.max_body_bytes;
+    if max > 0 {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(refuse(
+                Outcome::PayloadTooLarge,
+                "request body is larger than this endpoint accepts",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Adds `RateLimit-Policy`, `RateLimit` (and the legacy trio when enabled).
+fn rate_limit_headers(
+    headers: &mut HeaderMap,
+    entry: &KeyEntry,
+    usage: &Usage,
+    legacy: bool,
+    now_secs: i64,
+) {
+    headers.insert(RATELIMIT_POLICY.clone(), entry.tier.policy.clone());
+    let mut buf = itoa_buf();
+    let text = render_ratelimit(&mut buf, usage.minute_remaining, usage.minute_reset_secs);
+    if let Ok(v) = HeaderValue::from_bytes(text) {
+        headers.insert(RATELIMIT.clone(), v);
+    }
+    if legacy {
+        headers.insert(X_RL_LIMIT.clone(), entry.tier.minute_limit.clone());
+        headers.insert(
+            X_RL_REMAINING.clone(),
+            HeaderValue::from(usage.minute_remaining),
+        );
+        let reset = now_secs.saturating_add(i64::try_from(usage.minute_reset_secs).unwrap_or(0));
+        headers.insert(X_RL_RESET.clone(), HeaderValue::from(reset));
+    }
+}
+
+fn itoa_buf() -> [u8; 64] {
+    [0u8; 64]
+}
+
+/// `"minute";r=<remaining>;t=<seconds>` rendered into a stack buffer.
+fn render_ratelimit(buf: &mut [u8; 64], remaining: u64, reset: u64) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "\"minute\";r={remaining};t={reset}");
+    let n = usize::try_from(cursor.position()).unwrap_or(0);
+    &buf[..n]
+}
+
+impl Gateway {
+    /// Entry point for every request on the main listener.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let start = Instant::now();
+        let path = req.uri().path();
+        if path == "/health" || path == "/ready" {
+            let resp = self.own_endpoint(path == "/ready");
+            self.own.gateway.count(Outcome::Ok, resp.status().as_u16());
+            return Ok(resp);
+        }
+        if path == VALIDATE_PATH && req.method() == Method::POST {
+            return Ok(crate::validate::handle(&self, req).await);
+        }
+        if MANAGEMENT_PREFIXES.iter().any(|p| under(path, p)) {
+            return Ok(self.management(req).await);
+        }
+        let route = {
+            let table = self.routes.load();
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().host());
+            table.find(host, path).cloned()
+        };
+        let Some(route) = route else {
+            self.own.unmatched.count(Outcome::RouteNotFound, 404);
+            return Ok(error_response(
+                Outcome::RouteNotFound,
+                "no route for this path",
+            ));
+        };
+        Ok(self.proxy(route, req, start).await)
+    }
+
+    /// A configured route: the phases in order.
+    async fn proxy(
+        &self,
+        route: Arc<Route>,
+        req: Request<Incoming>,
+        start: Instant,
+    ) -> Response<Body> {
+        if !route.needs_key() {
+            if let Err(r) = check_body_size(&route, req.headers()) {
+                return self.refused(&route, r, None, start);
+            }
+            let (result, upstream_time) = self.forward(&route, req, None).await;
+            return self
+                .finish(&route, None, result, upstream_time, start)
+                .await;
+        }
+        // 1. key
+        let Some((key, from)) = extract_key(req.headers(), route.key_source()) else {
+            return self.refused(
+                &route,
+                refuse(
+                    Outcome::MissingKey,
+                    "an API key is required (X-API-Key or Authorization: Bearer)",
+                ),
+                None,
+                start,
+            );
+        };
+        // 2. replica
+        let now_ms = self.clock.now_ms();
+        let entry = match self.lookup(key, now_ms.div_euclid(1000)) {
+            Ok(e) => e,
+            Err(r) => return self.refused(&route, r, None, start),
+        };
+        // 3. route / plan
+        if let Err(r) = check_route(&route, &entry, req.headers()) {
+            return self.refused(&route, r, Some(&entry), start);
+        }
+        // 4. quota
+        let reservation = match self.reserve(&entry, route.cfg.cost).await {
+            Ok(r) => r,
+            Err(Err(r)) => return self.refused(&route, r, Some(&entry), start),
+            Err(Ok(limited)) => return self.limited(&route, &entry, limited, start),
+        };
+        // 5. forward
+        let (result, upstream_time) = self.forward(&route, req, Some((&entry, from))).await;
+        // 6.–7. settle, record
+        self.finish(
+            &route,
+            Some((&entry, reservation)),
+            result,
+            upstream_time,
+            start,
+        )
+        .await
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Phase 2: the replica.
+
+    pub fn lookup(&self, key: &str, now_secs: i64) -> Result<Arc<KeyEntry>, Refusal> {
+        if !plausible_key(key) {
+            return Err(refuse(Outcome::InvalidKey, "invalid API key"));
+        }
+        match self.replica.find(&KeyHash::of(key), now_secs) {
+            Found::Unknown => Err(refuse(Outcome::InvalidKey, "invalid API key")),
+            Found::Key(e) if e.revoked => {
+                Err(refuse(Outcome::KeyRevoked, "this API key has been revoked"))
+            }
+            Found::Key(e) if e.expires_at.is_some_and(|t| t <= now_secs) => {
+                Err(refuse(Outcome::KeyExpired, "this API key has expired"))
+            }
+            Found::Key(e) => Ok(e),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Phase 4: quota. `Err(Ok(_))` is a 429; `Err(Err(_))` a store failure (503).
+
+    pub async fn reserve(
+        &self,
+        entry: &KeyEntry,
+        cost: u64,
+    ) -> Result<(Reservation, Usage), Result<Limited, Refusal>> {
+        match self.quota.reserve(entry.id, entry.tier.limits, cost).await {
+            Ok(Decision::Admitted { reservation, usage }) => Ok((reservation, usage)),
+            Ok(Decision::Rejected {
+                exceeded,
+                retry_after_secs,
+                usage,
+            }) => Err(Ok(Limited {
+                exceeded,
+                retry_after_secs,
+                usage,
+            })),
+            Err(e) => {
+                tracing::error!(error = %e, "quota store failed");
+                self.metrics.redis_errors.add(1);
+                Err(Err(refuse(
+                    Outcome::QuotaUnavailable,
+                    "quota service unavailable, try again shortly",
+                )))
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Phase 5: forward.
+
+    /// Sends the rewritten request upstream; returns the response (or why not) and upstream time.
+    async fn forward(
+        &self,
+        route: &Route,
+        mut req: Request<Incoming>,
+        key: Option<(&KeyEntry, KeyHeader)>,
+    ) -> (Result<Response<Body>, UpstreamError>, Duration) {
+        let target = route.pick();
+        if target.authority.is_none() {
+            return (Ok(echo(&req, key.map(|k| k.0))), Duration::ZERO);
+        }
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let req = match upstream_request(route, target, req, key, upgrade) {
+            Ok(r) => r,
+            Err(_) => return (Err(UpstreamError::Unavailable), Duration::ZERO),
+        };
+        let sent = Instant::now();
+        let result = tokio::time::timeout(route.cfg.timeout, self.client.request(req)).await;
+        let took = sent.elapsed();
+        let mut resp = match result {
+            Err(_) => return (Err(UpstreamError::Timeout), took),
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    route.mark_down(target);
+                }
+                tracing::warn!(route = %route.cfg.name, error = %e, "upstream request failed");
+                return (Err(UpstreamError::Unavailable), took);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            if let Some(client_side) = client_upgrade {
+                let upstream_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client_side, upstream_side));
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_headers(&mut parts.headers, switching);
+        (Ok(Response::from_parts(parts, Body::Incoming(body))), took)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Phases 6 and 7: settle and record.
+
+    async fn finish(
+        &self,
+        route: &Route,
+        keyed: Option<(&KeyEntry, (Reservation, Usage))>,
+        result: Result<Response<Body>, UpstreamError>,
+        upstream_time: Duration,
+        start: Instant,
+    ) -> Response<Body> {
+        let (mut resp, outcome) = match result {
+            Ok(r) => (r, Outcome::Ok),
+            Err(UpstreamError::Unavailable) => (
+                error_response(
+                    Outcome::UpstreamUnavailable,
+                    "the upstream service is unavailable",
+                ),
+                Outcome::UpstreamUnavailable,
+            ),
+            Err(UpstreamError::Timeout) => (
+                error_response(
+                    Outcome::UpstreamTimeout,
+                    "the upstream service did not answer in time",
+                ),
+                Outcome::UpstreamTimeout,
+            ),
+        };
+        if let Some((entry, (reservation, mut usage))) = keyed {
+            if outcome == Outcome::Ok {
+                self.record_usage(&reservation);
+            } else {
+                self.settle(reservation).await;
+                usage.minute_remaining = usage
+                    .minute_remaining
+                    .saturating_add(reservation.cost)
+                    .min(entry.tier.limits.per_minute);
+                usage.day_used = usage.day_used.saturating_sub(reservation.cost);
+            }
+            rate_limit_headers(
+                resp.headers_mut(),
+                entry,
+                &usage,
+                self.legacy_headers,
+                reservation.at_ms.div_euclid(1000),
+            );
+        }
+        self.record(route, outcome, resp.status().as_u16(), start, upstream_time);
+        resp
+    }
+
+    /// Phase 6: a request that never got an answer from the upstream costs nothing.
+    async fn settle(&self, reservation: Reservation) {
+        match self.quota.refund(reservation).await {
+            Ok(()) => self.metrics.refunded_units.add(reservation.cost),
+            Err(e) => tracing::error!(error = %e, "refund failed"),
+        }
+    }
+
+    /// Admitted units go to the usage counter (shipped to the backend every flush interval).
+    pub fn record_usage(&self, r: &Reservation) {
+        self.usage
+            .add(r.key, r.day(), r.cost, r.at_ms.div_euclid(1000));
+        self.metrics.admitted_units.add(r.cost);
+    }
+
+    /// Phase 7: metrics.
+    fn record(
+        &self,
+        route: &Route,
+        outcome: Outcome,
+        status: u16,
+        start: Instant,
+        upstream: Duration,
+    ) {
+        route.metrics.count(outcome, status);
+        if !upstream.is_zero() {
+            route.metrics.upstream.observe(upstream);
+        }
+        self.metrics
+            .overhead
+            .observe(start.elapsed().saturating_sub(upstream));
+    }
+
+    fn refused(
+        &self,
+        route: &Route,
+        r: Refusal,
+        entry: Option<&KeyEntry>,
+        start: Instant,
+    ) -> Response<Body> {
+        let mut resp = error_response(r.outcome, r.message);
+        if let Some(e) = entry {
+            resp.headers_mut()
+                .insert(RATELIMIT_POLICY.clone(), e.tier.policy.clone());
+        }
+        self.record(route, r.outcome, r.outcome.status(), start, Duration::ZERO);
+        resp
+    }
+
+    fn limited(
+        &self,
+        route: &Route,
+        entry: &KeyEntry,
+        l: Limited,
+        start: Instant,
+    ) -> Response<Body> {
+        let (outcome, message) = match l.exceeded {
+            Exceeded::Minute => (Outcome::RateLimited, "rate limit exceeded, retry later"),
+            Exceeded::Day => (
+                Outcome::DailyLimitExceeded,
+                "daily limit reached; it resets at 00:00 UTC",
+            ),
+        };
+        let mut resp = error_response(outcome, message);
+        let mut usage = l.usage;
+        if l.exceeded == Exceeded::Minute {
+            usage.minute_reset_secs = l.retry_after_secs;
+        }
+        let now_secs = self.clock.now_ms().div_euclid(1000);
+        rate_limit_headers(
+            resp.headers_mut(),
+            entry,
+            &usage,
+            self.legacy_headers,
+            now_secs,
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(l.retry_after_secs));
+        self.record(route, outcome, outcome.status(), start, Duration::ZERO);
+        resp
+    }
+
+    async fn management(&self, req: Request<Incoming>) -> Response<Body> {
+        let Some(m) = &self.management else {
+            self.own.management.count(Outcome::UpstreamUnavailable, 502);
+            return error_response(Outcome::UpstreamUnavailable, "no backend is configured");
+        };
+        match m.forward(req).await {
+            Ok(resp) => {
+                self.own
+                    .management
+                    .count(Outcome::Ok, resp.status().as_u16());
+                resp
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "management request failed");
+                self.own.management.count(Outcome::UpstreamUnavailable, 502);
+                error_response(
+                    Outcome::UpstreamUnavailable,
+                    "the billing backend is unavailable",
+                )
+            }
+        }
+    }
+
+    fn own_endpoint(&self, ready: bool) -> Response<Body> {
+        if !ready {
+            return json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec());
+        }
+        let loaded = self.replica.is_loaded();
+        let reachable = self.health.backend_reachable();
+        let status = match (loaded, reachable) {
+            (false, _) => "starting",
+            (true, true) => "ready",
+            (true, false) => "degraded",
+        };
+        let body = serde_json::json!({
+            "status": status,
+            "degraded": loaded && !reachable,
+            "backend": if reachable { "reachable" } else { "unreachable" },
+            "keys_loaded": self.replica.len(),
+            "feed_seq": self.replica.seq(),
+            "feed_head": self.replica.head(),
+            "feed_lag_seconds": self.health.feed_lag_secs(),
+            "usage_journal_batches": self.health.journal_depth.load(std::sync::atomic::Ordering::Relaxed),
+        });
+        let code = if loaded {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(code, serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+/// `path` is `prefix` or below it.
+fn under(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+        && (path.len() == prefix.len() || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// Rewrites the client's request for `target`: absolute URI, HTTP/1.1, hop-by-hop and key
+/// headers removed, identity headers set (client-sent copies replaced), `Host` = upstream.
+fn upstream_request(
+    route: &Route,
+    target: &Target,
+    req: Request<Incoming>,
+    key: Option<(&KeyEntry, KeyHeader)>,
+    upgrade: bool,
+) -> Result<Request<Body>, http::Error> {
+    let (mut parts, body) = req.into_parts();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if route.cfg.strip_prefix {
+        let pq = uri
+            .path_and_query
+            .as_ref()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let rest = pq
+            .get(route.cfg.prefix.trim_end_matches('/').len()..)
+            .unwrap_or("");
+        let rest = if rest.starts_with('/') {
+            rest.to_string()
+        } else {
+            format!("/{rest}")
+        };
+        uri.path_and_query = Some(rest.parse()?);
+    }
+    uri.scheme = Some(target.scheme.clone());
+    uri.authority = target.authority.clone();
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri)?;
+    parts.version = Version::HTTP_11;
+    let h = &mut parts.headers;
+    strip_hop_headers(h, upgrade);
+    h.remove(&X_KEY_ID);
+    h.remove(&X_USER_ID);
+    h.remove(&X_PLAN);
+    if let Some((entry, from)) = key {
+        h.remove(&X_API_KEY);
+        if from == KeyHeader::Bearer {
+            h.remove(header::AUTHORIZATION);
+        }
+        h.insert(X_KEY_ID.clone(), entry.id_header.clone());
+        h.insert(X_USER_ID.clone(), entry.user_header.clone());
+        h.insert(X_PLAN.clone(), entry.tier.plan_header.clone());
+    }
+    if !route.cfg.preserve_host {
+        if let Some(host) = &target.host {
+            h.insert(header::HOST, host.clone());
+        }
+    }
+    let max = route.cfg.max_body_bytes;
+    let body = if max > 0 {
+        Body::Limited {
+            inner: body,
+            left: max,
+        }
+    } else {
+        Body::Incoming(body)
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// `builtin:echo`: what the request looked like after the gateway's checks, as JSON.
+fn echo(req: &Request<Incoming>, key: Option<&KeyEntry>) -> Response<Body> {
+    let body = serde_json::json!({
+        "echo": true,
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query().unwrap_or(""),
+        "key_id": key.and_then(|k| k.id_header.to_str().ok()),
+        "user_id": key.and_then(|k| k.user_header.to_str().ok()),
+        "plan": key.map(|k| &*k.tier.plan),
+    });
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+/// Copies bytes both ways between an upgraded client connection and the upstream's.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut a = hyper_util::rt::TokioIo::new(client);
+    let mut b = hyper_util::rt::TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_the_allowed_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer cli_free_abc"),
+        );
+        assert_eq!(
+            extract_key(&h, KeySource::Either).map(|k| k.0),
+            Some("cli_free_abc")
+        );
+        assert!(extract_key(&h, KeySource::ApiKeyHeader).is_none());
+        h.insert(&X_API_KEY, HeaderValue::from_static("cli_pro_x"));
+        assert_eq!(
+            extract_key(&h, KeySource::Either).map(|k| k.0),
+            Some("cli_pro_x")
+        );
+        assert_eq!(
+            extract_key(&h, KeySource::Bearer).map(|k| k.0),
+            Some("cli_free_abc")
+        );
+        let mut basic = HeaderMap::new();
+        basic.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic Zm9vOmJhcg=="),
+        );
+        assert!(extract_key(&basic, KeySource::Either).is_none());
+    }
+
+    #[test]
+    fn hop_headers_go_and_named_ones_too() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_headers(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn ratelimit_text() {
+        let mut buf = itoa_buf();
+        assert_eq!(render_ratelimit(&mut buf, 7, 45), b"\"minute\";r=7;t=45");
+    }
+
+    #[test]
+    fn management_prefixes() {
+        assert!(under("/billing/create", "/billing"));
+        assert!(under("/billing", "/billing"));
+        assert!(!under("/billingx", "/billing"));
+    }
+}

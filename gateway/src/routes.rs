@@ -1,0 +1,224 @@
+//! The route table: which upstreams serve a request, by host and path prefix, with round-robin
+//! over healthy upstreams. Built from `[[routes]]` at start and on every SIGHUP, then swapped in
+//! whole (`arc-swap`), so a request sees one consistent table.
+//!
+//! Passive health: an upstream whose connect fails is skipped for `unhealthy_cooldown`; when all
+//! of a route's upstreams are cooling down, round-robin goes on over all of them.
+
+use crate::config::{Auth, KeySource, RouteConfig, Upstream};
+use crate::metrics::{Metrics, RouteMetrics};
+use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Target {
+    pub kind: Upstream,
+    pub scheme: Scheme,
+    pub authority: Option<Authority>,
+    /// `Host` sent upstream (the upstream's own authority, as nginx's `proxy_pass` does).
+    pub host: Option<HeaderValue>,
+    /// Milliseconds since `epoch` until which this upstream is skipped.
+    down_until: AtomicU64,
+}
+
+pub struct Route {
+    pub cfg: RouteConfig,
+    pub targets: Box<[Target]>,
+    next: AtomicUsize,
+    pub metrics: Arc<RouteMetrics>,
+    epoch: Instant,
+    cooldown: Duration,
+}
+
+impl Route {
+    pub fn needs_key(&self) -> bool {
+        self.cfg.auth == Auth::Key
+    }
+
+    pub fn key_source(&self) -> KeySource {
+        self.cfg.key_source
+    }
+
+    pub fn allows(&self, plan: &str) -> bool {
+        self.cfg
+            .plans
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p == plan))
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The next upstream in round-robin order, skipping those cooling down if any is healthy.
+    pub fn pick(&self) -> &Target {
+        let n = self.targets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        if n == 1 {
+            return &self.targets[0];
+        }
+        let now = self.now_ms();
+        for i in 0..n {
+            let t = &self.targets[(start + i) % n];
+            if t.down_until.load(Ordering::Relaxed) <= now {
+                return t;
+            }
+        }
+        &self.targets[start % n]
+    }
+
+    /// Marks `target` as failing connects.
+    pub fn mark_down(&self, target: &Target) {
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(self.cooldown.as_millis()).unwrap_or(0));
+        target.down_until.store(until, Ordering::Relaxed);
+    }
+
+    /// `path` matches when it equals the prefix or continues it at a segment boundary.
+    fn matches_path(&self, path: &str) -> bool {
+        let p = self.cfg.prefix.as_str();
+        path.starts_with(p)
+            && (p.ends_with('/')
+                || path.len() == p.len()
+                || path.as_bytes().get(p.len()) == Some(&b'/'))
+    }
+}
+
+pub struct RouteTable {
+    /// Host routes first, then by prefix length, longest first.
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn build(cfgs: &[RouteConfig], metrics: &Metrics, cooldown: Duration) -> RouteTable {
+        let epoch = Instant::now();
+        let mut routes: Vec<Arc<Route>> = cfgs
+            .iter()
+            .map(|c| {
+                let targets = c
+                    .upstreams
+                    .iter()
+                    .map(|u| {
+                        let (authority, host) = match u {
+                            Upstream::Http { authority } => (
+                                Some(authority.clone()),
+                                HeaderValue::from_str(authority.as_str()).ok(),
+                            ),
+                            Upstream::Echo => (None, None),
+                        };
+                        Target {
+                            kind: u.clone(),
+                            scheme: Scheme::HTTP,
+                            authority,
+                            host,
+                            down_until: AtomicU64::new(0),
+                        }
+                    })
+                    .collect();
+                Arc::new(Route {
+                    cfg: c.clone(),
+                    targets,
+                    next: AtomicUsize::new(0),
+                    metrics: metrics.route(&c.name),
+                    epoch,
+                    cooldown,
+                })
+            })
+            .collect();
+        routes.sort_by_key(|r| (r.cfg.host.is_none(), std::cmp::Reverse(r.cfg.prefix.len())));
+        RouteTable { routes }
+    }
+
+    /// The route for a request's host (without port, any case) and path.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let host = host.map(|h| {
+            h.rsplit_once(':').map_or(h, |(name, port)| {
+                if port.bytes().all(|c| c.is_ascii_digit()) {
+                    name
+                } else {
+                    h
+                }
+            })
+        });
+        self.routes.iter().find(|r| {
+            let host_ok = match (&r.cfg.host, host) {
+                (None, _) => true,
+                (Some(want), Some(have)) => want.eq_ignore_ascii_case(have),
+                (Some(_), None) => false,
+            };
+            host_ok && r.matches_path(path)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> RouteTable {
+        let cfg = crate::config::parse(text).unwrap_or_else(|e| panic!("{e:?}"));
+        RouteTable::build(&cfg.routes, &Metrics::new(), Duration::from_secs(5))
+    }
+
+    #[test]
+    fn longest_prefix_and_host_win() {
+        let t = table(
+            r#"
+[[routes]]
+name = "root"
+prefix = "/"
+upstream = "builtin:echo"
+[[routes]]
+name = "v1"
+prefix = "/v1"
+upstream = "builtin:echo"
+[[routes]]
+name = "v1-users"
+prefix = "/v1/users"
+upstream = "builtin:echo"
+[[routes]]
+name = "host"
+host = "api.example.com"
+upstream = "builtin:echo"
+"#,
+        );
+        let name =
+            |h: Option<&str>, p: &str| t.find(h, p).map(|r| r.cfg.name.clone()).unwrap_or_default();
+        assert_eq!(name(None, "/v1/users/7"), "v1-users");
+        assert_eq!(name(None, "/v1/usersx"), "v1");
+        assert_eq!(name(None, "/v1"), "v1");
+        assert_eq!(name(None, "/v10"), "root");
+        assert_eq!(name(Some("API.example.com:8080"), "/v1/users"), "host");
+        assert_eq!(name(Some("other"), "/x"), "root");
+    }
+
+    #[test]
+    fn round_robin_skips_down_upstreams() {
+        let t = table("[[routes]]\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2\", \"http://127.0.0.1:3\"]\n");
+        let r = t
+            .find(None, "/a")
+            .map(Arc::clone)
+            .unwrap_or_else(|| panic!("route"));
+        let port = |t: &Target| t.authority.as_ref().and_then(|a| a.port_u16()).unwrap_or(0);
+        let seen: Vec<u16> = (0..3).map(|_| port(r.pick())).collect();
+        assert_eq!(seen, vec![1, 2, 3]);
+        r.mark_down(&r.targets[1]);
+        let seen: Vec<u16> = (0..4).map(|_| port(r.pick())).collect();
+        assert!(!seen.contains(&2), "{seen:?}");
+    }
+}

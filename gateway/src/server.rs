@@ -1,0 +1,416 @@
+//! Start-up, listeners, reload and graceful shutdown.
+//!
+//! `run` wires the pieces (replica from the saved snapshot, backend link, quota store, usage
+//! journal), binds the main and metrics listeners, prints where they listen, and serves until
+//! SIGTERM/SIGINT. Shutdown stops accepting, drains open connections (up to
+//! `shutdown_timeout`), then flushes usage to the backend and saves the key snapshot.
+//! SIGHUP re-reads the file and swaps in new routes (and the plans they are checked against);
+//! a file with any error is refused with its error lines and the running config stays.
+
+use crate::backend::{BackendLink, HttpClient, Management, RemoteBackend};
+use crate::body::Body;
+use crate::config::{BackendMode, Config, RouteConfig};
+use crate::feed::Feed;
+use crate::health::Health;
+use crate::keys::Replica;
+use crate::metrics::{Gauge, Metrics};
+use crate::proxy::{Gateway, OwnMetrics};
+use crate::quota::{local::LocalQuota, Clock, Quota, SystemClock};
+use crate::routes::RouteTable;
+use crate::usage::{Journal, Shipper, UsageCounter};
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// The in-process backend, when `[backend] mode = "embedded"`.
+#[cfg(feature = "embedded")]
+type Embedded = tollgate_backend::Backend;
+#[cfg(not(feature = "embedded"))]
+type Embedded = std::convert::Infallible;
+
+/// This gateway's id for usage batches: configured, or generated once into `data_dir/gateway_id`.
+fn gateway_id(configured: Option<&str>, data_dir: &Path) -> Result<String, String> {
+    if let Some(id) = configured {
+        return Ok(id.to_string());
+    }
+    let path = data_dir.join("gateway_id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a gateway id: {e}"))?;
+    let id = format!(
+        "gw-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    std::fs::write(&path, format!("{id}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(id)
+}
+
+fn http_client(cfg: &Config) -> HttpClient {
+    let g = &cfg.gateway;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(g.upstream_connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(g.upstream_idle_timeout)
+        .pool_max_idle_per_host(g.upstream_pool_max_idle)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
+    let g = &cfg.gateway;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(g.client_header_timeout)
+        .max_buf_size(g.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(g.max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+fn gauges(gw: &Gateway) -> Vec<Gauge> {
+    let behind = gw.replica.head().saturating_sub(gw.replica.seq());
+    let f = |n: u64| n.to_string().parse::<f64>().unwrap_or(0.0);
+    vec![
+        Gauge { name: "tollgate_gateway_keys_loaded", help: "Keys in the replica.", value: f(u64::try_from(gw.replica.len()).unwrap_or(0)) },
+        Gauge {
+            name: "tollgate_gateway_feed_lag_seconds",
+            help: "How long the key replica may have been behind the backend (0 while the feed is connected).",
+            value: gw.health.feed_lag_secs(),
+        },
+        Gauge { name: "tollgate_gateway_feed_changes_behind", help: "Feed sequence numbers not yet applied.", value: f(behind) },
+        Gauge {
+            name: "tollgate_gateway_degraded",
+            help: "1 while the backend is unreachable and the gateway serves from its last key snapshot.",
+            value: if gw.health.backend_reachable() { 0.0 } else { 1.0 },
+        },
+        Gauge {
+            name: "tollgate_gateway_usage_journal_batches",
+            help: "Usage batches in the journal awaiting the backend's acknowledgement.",
+            value: f(gw.health.journal_depth.load(Ordering::Relaxed)),
+        },
+        Gauge { name: "tollgate_gateway_routes", help: "Configured routes.", value: f(u64::try_from(gw.routes.load().len()).unwrap_or(0)) },
+    ]
+}
+
+async fn metrics_endpoint(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let resp = match req.uri().path() {
+        "/metrics" => {
+            let text = gw.metrics.render(&gauges(&gw));
+            let mut r = Response::new(Body::full(text));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        "/health" => crate::proxy::json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
+        _ => crate::proxy::error_response(
+            crate::metrics::Outcome::RouteNotFound,
+            "only /metrics and /health here",
+        ),
+    };
+    Ok(resp)
+}
+
+/// The address to show in curl lines (a wildcard bind is reachable on loopback).
+fn shown(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
+fn print_quickstart(addr: SocketAddr, token_path: Option<PathBuf>, routes: &[RouteConfig]) {
+    let base = format!("http://{}", shown(addr));
+    let token = match &token_path {
+        Some(p) => {
+            println!("tollgate: service token in {}", p.display());
+            format!("$(cat {})", p.display())
+        }
+        None => {
+            println!("tollgate: service token from TOLLGATE_SERVICE_TOKEN");
+            "$TOLLGATE_SERVICE_TOKEN".to_string()
+        }
+    };
+    println!(
+        "tollgate: mint a key:  curl -s -X POST {base}/api/marketplace/keys/generate -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"user_id\":\"demo\",\"plan\":\"free\",\"name\":\"demo\"}}'"
+    );
+    if let Some(r) = routes
+        .iter()
+        .find(|r| r.auth == crate::config::Auth::Key && r.host.is_none())
+    {
+        let path = format!("{}/hello", r.prefix.trim_end_matches('/'));
+        println!("tollgate: call the demo route:  curl -s {base}{path} -H 'X-API-Key: <api_key from the answer above>'");
+    }
+}
+
+/// Re-reads `path` and swaps in its routes; any error keeps the running ones.
+fn reload(path: &Path, gw: &Gateway, metrics: &Metrics, cooldown: Duration) {
+    match crate::config::load(path) {
+        Ok(cfg) => {
+            let table = RouteTable::build(&cfg.routes, metrics, cooldown);
+            let n = table.len();
+            gw.routes.store(Arc::new(table));
+            tracing::info!(
+                routes = n,
+                plans = cfg.catalogue.all().len(),
+                "configuration reloaded (routes and plans; other settings need a restart)"
+            );
+        }
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("config reload refused: {e}");
+            }
+            tracing::error!(
+                errors = errors.len(),
+                "configuration NOT reloaded; the running configuration stays"
+            );
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT.
+pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String> {
+    let g = cfg.gateway.clone();
+    std::fs::create_dir_all(&g.data_dir).map_err(|e| {
+        format!(
+            "gateway.data_dir: cannot create {}: {e}",
+            g.data_dir.display()
+        )
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+
+    // Replica: what we knew last time, before asking the backend anything.
+    let replica = Arc::new(Replica::new());
+    let snapshot = g.data_dir.join("keys.snapshot");
+    let started = std::time::Instant::now();
+    match replica.load_snapshot(&snapshot) {
+        Ok(true) => tracing::info!(
+            keys = replica.len(),
+            seq = replica.seq(),
+            ms = started.elapsed().as_millis(),
+            "key snapshot loaded"
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "key snapshot unreadable; starting from the backend's feed")
+        }
+    }
+
+    let client = http_client(&cfg);
+    #[cfg_attr(not(feature = "embedded"), allow(unused_mut))]
+    let mut embedded: Option<Embedded> = None;
+    let (link, management): (Arc<dyn BackendLink>, Management) = match &cfg.backend {
+        BackendMode::Remote { url, feed_token } => {
+            let link = RemoteBackend::new(client.clone(), url.clone(), feed_token.expose())?;
+            let m = Management::remote(client.clone(), url)
+                .ok_or_else(|| "backend.url: no host".to_string())?;
+            (Arc::new(link), m)
+        }
+        #[cfg(feature = "embedded")]
+        BackendMode::Embedded => {
+            let b = crate::embedded::start(&cfg.document, &g.data_dir)
+                .await
+                .map_err(|e| e.join("\n"))?;
+            let m = Management::Embedded(crate::embedded::router(&b));
+            let link = crate::embedded::EmbeddedLink(b.clone());
+            embedded = Some(b);
+            (Arc::new(link), m)
+        }
+        #[cfg(not(feature = "embedded"))]
+        BackendMode::Embedded => {
+            return Err("backend.mode: this gateway was built without the embedded backend; set mode = \"remote\"".into());
+        }
+    };
+
+    let id = gateway_id(g.gateway_id.as_deref(), &g.data_dir)?;
+    let (journal, replayed) = Journal::open(&g.data_dir)
+        .map_err(|e| format!("usage journal in {}: {e}", g.data_dir.display()))?;
+    if !replayed.pending.is_empty() {
+        tracing::info!(
+            batches = replayed.pending.len(),
+            "usage batches from the journal will be re-sent"
+        );
+    }
+    let usage = Arc::new(UsageCounter::new());
+    let shipper = Shipper::new(
+        usage.clone(),
+        journal,
+        replayed,
+        id.clone(),
+        link.clone(),
+        metrics.clone(),
+        health.clone(),
+    );
+
+    let gw = Arc::new(Gateway {
+        routes: ArcSwap::from_pointee(RouteTable::build(
+            &cfg.routes,
+            &metrics,
+            g.unhealthy_cooldown,
+        )),
+        replica: replica.clone(),
+        quota: Quota::Local(LocalQuota::new(clock.clone())),
+        usage,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        client,
+        management: Some(management),
+        clock,
+        legacy_headers: g.legacy_ratelimit_headers,
+        own: OwnMetrics::new(&metrics),
+    });
+
+    let listener = TcpListener::bind(g.listen)
+        .await
+        .map_err(|e| format!("gateway.listen: cannot bind {}: {e}", g.listen))?;
+    let metrics_listener = TcpListener::bind(g.metrics_listen).await.map_err(|e| {
+        format!(
+            "gateway.metrics_listen: cannot bind {}: {e}",
+            g.metrics_listen
+        )
+    })?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let maddr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+    println!("tollgate: gateway listening on http://{addr}");
+    println!("tollgate: metrics listening on http://{maddr}");
+    #[cfg(feature = "embedded")]
+    if let Some(b) = &embedded {
+        print_quickstart(addr, crate::embedded::service_token_path(b), &cfg.routes);
+    }
+    #[cfg(not(feature = "embedded"))]
+    let _ = (&embedded, print_quickstart);
+    tracing::info!(gateway_id = %id, routes = cfg.routes.len(), keys = replica.len(), "gateway started");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let feed = Feed {
+        link,
+        replica: replica.clone(),
+        health,
+        metrics: metrics.clone(),
+        snapshot,
+        wait: g.feed_wait,
+    };
+    let feed_task = tokio::spawn(feed.run(stop_rx.clone()));
+    let usage_task = tokio::spawn(shipper.run(
+        g.usage_flush,
+        stop_rx.clone(),
+        g.shutdown_timeout.max(Duration::from_secs(5)),
+    ));
+    {
+        let gw = gw.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => gw.quota.sweep(),
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+
+    let builder = Arc::new(server_builder(&cfg));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, is_metrics) = tokio::select! {
+            r = listener.accept() => (r, false),
+            r = metrics_listener.accept() => (r, true),
+            _ = hup.recv() => {
+                match &config_path {
+                    Some(p) => reload(p, &gw, &metrics, g.unhealthy_cooldown),
+                    None => tracing::warn!("SIGHUP ignored: no config file to re-read"),
+                }
+                continue;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let stream = match stream {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let io = TokioIo::new(stream);
+            let result = if is_metrics {
+                let svc = hyper::service::service_fn(move |req| metrics_endpoint(gw.clone(), req));
+                watcher.watch(builder.serve_connection(io, svc)).await
+            } else {
+                let svc = hyper::service::service_fn(move |req| gw.clone().handle(req));
+                watcher
+                    .watch(builder.serve_connection_with_upgrades(io, svc))
+                    .await
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+
+    tracing::info!("shutting down: draining connections");
+    drop(listener);
+    drop(metrics_listener);
+    if tokio::time::timeout(g.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after shutdown_timeout; closing them");
+    }
+    let _ = stop_tx.send(true);
+    if let Err(e) = usage_task.await {
+        tracing::error!(error = %e, "usage task failed");
+    }
+    if let Err(e) = feed_task.await {
+        tracing::error!(error = %e, "feed task failed");
+    }
+    #[cfg(feature = "embedded")]
+    if let Some(b) = embedded.take() {
+        crate::embedded::shutdown(&b).await;
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -6,6 +6,9 @@
 //! The binaries are the ones cargo built next to this test executable (`target/<profile>/`);
 //! `cargo test --workspace` builds them because their crates have integration tests.
 
+pub mod gw;
+pub mod upstream;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

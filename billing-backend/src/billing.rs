@@ -138,6 +138,17 @@ pub async fn expiry_sweep(state: AppState, mut stop: watch::Receiver<bool>) {
                 continue;
             }
         };
+        match state.store.due_payments(now).await {
+            Ok(payments) => {
+                for p in payments {
+                    let cause = Cause::new("system", format!("instructions for {} expired", p.id));
+                    if let Err(e) = settle(&state, &p.id, &[PayStatus::Pending], PayStatus::Expired, None, &cause).await {
+                        tracing::warn!(payment = %p.id, error = %e, "expiry sweep could not expire a payment");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiry sweep could not read payments"),
+        }
         for mut sub in due {
             let what = match sub.status {
                 SubStatus::PastDue => format!("grace period of {} ended", sub.id),

@@ -33,6 +33,9 @@ pub enum Command {
     Plans,
     /// Print measured statistics.
     Stats,
+    /// SEPA bank transfers.
+    #[command(subcommand)]
+    Sepa(SepaCommand),
     /// Grant a paid plan to a user (manual provider).
     Grant {
         #[arg(long)]
@@ -46,6 +49,12 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum SepaCommand {
+    /// Import a camt.053 / camt.054 statement and print the reconciliation report.
+    Import { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -89,6 +98,13 @@ pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), Str
     let result = async {
         match command {
             Command::Serve => unreachable_serve(),
+            Command::Sepa(SepaCommand::Import { file }) => {
+                let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                let report = crate::providers::sepa::api::import_statement(&state, &name, &bytes).await.map_err(|e| e.to_string())?;
+                print(report);
+                Ok(())
+            }
             Command::Plans => {
                 let plans: Vec<_> = state.catalogue.all().iter().map(|p| crate::plans::plan_json(p, state.cfg.sepa_discount_bps)).collect();
                 print(json!({"plans": plans}));

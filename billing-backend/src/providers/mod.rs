@@ -6,18 +6,36 @@
 //! Provider settings come from the environment variables of the original module (SPEC §2).
 //! An unconfigured provider is not an error: its endpoints answer 503 `provider_not_configured`.
 
+pub mod sepa;
+
 use crate::app::AppState;
 use crate::error::ApiError;
 use axum::Router;
 
 /// The configured providers, built once at start.
 #[derive(Clone, Default)]
-pub struct Providers {}
+pub struct Providers {
+    pub sepa: Option<sepa::api::SepaConfig>,
+}
+
+/// An environment variable, `None` when unset or empty.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
 
 impl Providers {
     /// Reads provider settings from the environment; one message per bad setting.
     pub fn from_env() -> Result<Providers, Vec<String>> {
-        Ok(Providers::default())
+        let mut errors = Vec::new();
+        let sepa = sepa::api::SepaConfig::from_env(env).unwrap_or_else(|e| {
+            errors.extend(e);
+            None
+        });
+        if errors.is_empty() {
+            Ok(Providers { sepa })
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -31,4 +49,5 @@ pub fn not_configured(provider: &str, settings: &str) -> ApiError {
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .merge(sepa::api::router())
 }

@@ -334,7 +334,9 @@ pub trait BillingStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: KeyStore + UsageStore + BillingStore + PaymentStore {
+pub trait Store:
+    KeyStore + UsageStore + BillingStore + PaymentStore + crate::providers::sepa::store::SepaStore
+{
     /// A random id fixed when the database was created (the feed's `db_id`).
     fn db_id(&self) -> &str;
     async fn ping(&self) -> StoreResult<()>;

@@ -73,6 +73,8 @@ pub struct Payment {
     pub period_end: Option<i64>,
 }
 
+/// Returned once per settlement, never stored in bulk, so the variants' size difference is moot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settled {
     /// The status changed (and a period was bought or taken back where that applies).
@@ -107,6 +109,8 @@ pub trait PaymentStore: Send + Sync {
         provider_ref: &str,
         now: i64,
     ) -> StoreResult<()>;
+    /// Pending payments whose instructions expired (`expires_at` ≤ now).
+    async fn due_payments(&self, now: i64) -> StoreResult<Vec<Payment>>;
     /// Moves a payment from one of `from` to `to` (see the module doc for what that buys).
     #[allow(clippy::too_many_arguments)]
     async fn settle_payment(
@@ -397,6 +401,17 @@ impl PaymentStore for SqlStore {
             return Err(StoreError::NotFound(format!("payment {id}")));
         }
         Ok(())
+    }
+
+    async fn due_payments(&self, now: i64) -> StoreResult<Vec<Payment>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PAY_COLUMNS} FROM payments WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY id"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_err("due payments", e))?;
+        rows.iter().map(payment_from_row).collect()
     }
 
     async fn settle_payment(

@@ -170,7 +170,7 @@ CREATE TABLE meter_exports (
 
 /// SEPA statement imports: every imported entry (deduplicated by the bank's entry reference)
 /// and each import's report.
-const V3_COMMON: &str = r#"
+const V4_SEPA: &str = r#"
 CREATE TABLE sepa_entries (
   entry_ref TEXT PRIMARY KEY,
   import_id TEXT NOT NULL,
@@ -192,6 +192,26 @@ CREATE TABLE sepa_imports (
   created_at BIGINT NOT NULL)
 "#;
 
+/// Stripe: the link from a Stripe subscription to ours with the `created` time of the last
+/// event applied (out-of-order events must not move a subscription backwards), and price ids
+/// recorded by `tollgate-backend stripe sync`.
+const V3_COMMON: &str = r#"
+CREATE TABLE stripe_subscriptions (
+  stripe_sub_id TEXT PRIMARY KEY,
+  sub_id TEXT NOT NULL UNIQUE,
+  customer_id TEXT NOT NULL,
+  last_event_at BIGINT NOT NULL,
+  last_event_id TEXT,
+  created_at BIGINT NOT NULL)
+--;;
+CREATE TABLE stripe_prices (
+  plan TEXT NOT NULL,
+  cycle TEXT NOT NULL,
+  price_id TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  PRIMARY KEY (plan, cycle))
+"#;
+
 /// `(version, sqlite statements, postgres statements)`, in order.
 pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
     let split = |s: &'static str| -> Vec<&'static str> {
@@ -207,5 +227,7 @@ pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
     vec![
         (1, v1_sqlite, v1_pg),
         (2, split(V2_COMMON), split(V2_COMMON)),
+        (3, split(V3_COMMON), split(V3_COMMON)),
+        (4, split(V4_SEPA), split(V4_SEPA)),
     ]
 }

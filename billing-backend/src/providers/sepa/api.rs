@@ -1,0 +1,505 @@
+//! The SEPA bank-transfer flow over HTTP: `POST /billing/create` issues instructions (discounted
+//! amount, unique RF reference, EPC QR), an operator confirms or rejects, and camt.053/.054
+//! statement imports reconcile transfers against them. Only an exact match (reference, amount,
+//! currency, pending) activates a plan; everything else is reported for an operator decision.
+
+use super::bic::Bic;
+use super::epc_qr::{EpcTransfer, Remittance};
+use super::iban::Iban;
+use super::reconcile::{self, ExpectedPayment, Outcome, PaymentStatus};
+use super::rf::CreditorReference;
+use super::store::{ImportRecord, RecordedEntry};
+use crate::app::AppState;
+use crate::auth::ServiceAuth;
+use crate::billing::settle;
+use crate::error::ApiError;
+use crate::keys::{rfc3339, valid_user_id};
+use crate::store::{Cause, PayStatus, Payment, Settled, StoreError};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use tollgate_protocol::money::{Currency, Money};
+use tollgate_protocol::plans::Cycle;
+
+/// The receiving account, validated at start-up.
+#[derive(Clone, Debug)]
+pub struct SepaConfig {
+    pub holder: String,
+    pub iban: Iban,
+    pub bic: Option<Bic>,
+    pub expiry_days: u32,
+}
+
+pub const DEFAULT_EXPIRY_DAYS: u32 = 14;
+/// Largest statement accepted (also the camt parser's own cap).
+pub const MAX_STATEMENT_BYTES: usize = super::camt::MAX_INPUT_BYTES;
+
+impl SepaConfig {
+    /// `SEPA_HOLDER`, `SEPA_IBAN`, `SEPA_BIC`, `SEPA_EXPIRY_DAYS`. SEPA is configured when
+    /// `SEPA_IBAN` is set; a bad value is an error naming the variable.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<SepaConfig>, Vec<String>> {
+        let Some(iban_text) = get("SEPA_IBAN") else { return Ok(None) };
+        let mut errors = Vec::new();
+        let iban = Iban::parse(&iban_text).map_err(|e| errors.push(format!("SEPA_IBAN: {e}"))).ok();
+        let holder = get("SEPA_HOLDER").unwrap_or_default();
+        if holder.trim().is_empty() || holder.chars().count() > 70 || holder.chars().any(char::is_control) {
+            errors.push("SEPA_HOLDER: the account holder's name is required with SEPA_IBAN (1-70 characters)".to_string());
+        }
+        let bic = match get("SEPA_BIC") {
+            Some(b) => Bic::parse(&b).map(Some).map_err(|e| errors.push(format!("SEPA_BIC: {e}"))).unwrap_or(None),
+            None => None,
+        };
+        let expiry_days = match get("SEPA_EXPIRY_DAYS") {
+            None => DEFAULT_EXPIRY_DAYS,
+            Some(d) => match d.parse::<u32>() {
+                Ok(n) if (1..=365).contains(&n) => n,
+                _ => {
+                    errors.push(format!("SEPA_EXPIRY_DAYS: {d:?} must be a whole number of days between 1 and 365"));
+                    DEFAULT_EXPIRY_DAYS
+                }
+            },
+        };
+        match (iban, errors.is_empty()) {
+            (Some(iban), true) => Ok(Some(SepaConfig { holder: holder.trim().to_string(), iban, bic, expiry_days })),
+            _ => Err(errors),
+        }
+    }
+}
+
+fn config(state: &AppState) -> Result<&SepaConfig, ApiError> {
+    state.providers.sepa.as_ref().ok_or_else(|| crate::providers::not_configured("SEPA", "SEPA_HOLDER, SEPA_IBAN and SEPA_BIC"))
+}
+
+/// A fresh reference: `RF` + check digits + `TG` + 12 random characters of 0-9A-Z.
+fn new_reference() -> Result<CreditorReference, ApiError> {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let payload: String = std::iter::once("TG".to_string())
+        .chain(crate::ids::random_bytes(12).iter().map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]).to_string()))
+        .collect();
+    CreditorReference::from_payload(&payload).map_err(|e| ApiError::internal(format!("reference generation: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    cycle: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    amount: Option<Value>,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+fn parse_amount(v: &Value, currency: Currency) -> Result<Money, ApiError> {
+    let m = match v {
+        Value::Number(n) => Money::from_json_number(n, currency),
+        Value::String(s) => Money::parse_decimal(s, currency),
+        _ => return Err(ApiError::bad("invalid_amount", "amount must be a decimal number such as 28.57 or \"28.57\"")),
+    }
+    .map_err(|e| ApiError::bad("invalid_amount", e.to_string()))?;
+    if m.minor < super::epc_qr::MIN_AMOUNT_MINOR || m.minor > super::epc_qr::MAX_AMOUNT_MINOR {
+        return Err(ApiError::bad("invalid_amount", "a SEPA transfer amount must be between 0.01 and 999999999.99"));
+    }
+    Ok(m)
+}
+
+fn instructions(cfg: &SepaConfig, p: &Payment) -> Value {
+    let amount = Currency::parse(&p.currency).map(|c| Money::new(p.amount_minor, c).to_string()).unwrap_or_default();
+    json!({
+        "recipient_name": cfg.holder,
+        "iban": cfg.iban.grouped(),
+        "iban_compact": cfg.iban.as_str(),
+        "bic": cfg.bic.as_ref().map(|b| b.as_str().to_string()),
+        "amount": amount,
+        "amount_minor": p.amount_minor,
+        "currency": p.currency,
+        "reference": p.reference,
+        "qr_svg": format!("/billing/sepa/{}/qr.svg", p.id),
+        "qr_png": format!("/billing/sepa/{}/qr.png", p.id),
+    })
+}
+
+async fn create(_: ServiceAuth, State(state): State<AppState>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    if body.len() > state.cfg.max_body_bytes {
+        return Err(ApiError::PayloadTooLarge(state.cfg.max_body_bytes));
+    }
+    let req: CreateRequest = crate::extract::parse_json(&body)?;
+    let method = req.method.clone().unwrap_or_else(|| "sepa".to_string());
+    if !method.eq_ignore_ascii_case("sepa") {
+        return Err(ApiError::bad(
+            "unsupported_method",
+            format!("method {method:?} is not handled here: use \"sepa\" (card payments: /api/v1/billing/checkout, PayPal: /billing/paypal/order)"),
+        ));
+    }
+    let cfg = config(&state)?;
+    let user_id = req.user_id.clone().ok_or_else(|| ApiError::bad("invalid_body", "user_id is required"))?;
+    valid_user_id(&user_id)?;
+    let (amount, plan, cycle, description) = match &req.plan {
+        Some(plan_id) => {
+            if req.amount.is_some() || req.currency.is_some() {
+                return Err(ApiError::bad("amount_not_allowed", "the amount of a plan is decided by the server; send plan and cycle only"));
+            }
+            let plan = state.catalogue.get(plan_id).ok_or_else(|| {
+                ApiError::bad("unknown_plan", format!("unknown plan {plan_id:?}; plans are {}", state.catalogue.ids().join(", ")))
+            })?;
+            if !plan.is_paid() {
+                return Err(ApiError::bad("invalid_plan", format!("{:?} is free; nothing to pay", plan.id)));
+            }
+            let cycle_text = req.cycle.clone().unwrap_or_else(|| "monthly".to_string());
+            let cycle = Cycle::parse(&cycle_text)
+                .ok_or_else(|| ApiError::bad("unknown_cycle", format!("unknown cycle {cycle_text:?}; cycles are monthly, yearly")))?;
+            let price = plan.price(cycle).discounted_bps(state.cfg.sepa_discount_bps).map_err(|e| ApiError::internal(e.to_string()))?;
+            if price.currency != Currency::EUR {
+                return Err(ApiError::bad("unsupported_currency", "SEPA credit transfers are in EUR; this plan is priced in another currency"));
+            }
+            (price, Some(plan.id.clone()), Some(cycle.as_str().to_string()), format!("{} ({}) by SEPA transfer", plan.name, cycle.as_str()))
+        }
+        None => {
+            if req.cycle.is_some() {
+                return Err(ApiError::bad("invalid_body", "cycle needs a plan"));
+            }
+            let currency = Currency::parse(req.currency.as_deref().unwrap_or("EUR")).map_err(|e| ApiError::bad("invalid_currency", e.to_string()))?;
+            if currency != Currency::EUR {
+                return Err(ApiError::bad("unsupported_currency", "SEPA credit transfers are in EUR"));
+            }
+            let amount = parse_amount(req.amount.as_ref().ok_or_else(|| ApiError::bad("invalid_body", "give plan and cycle, or amount and currency"))?, currency)?;
+            let description = req.description.clone().unwrap_or_else(|| "Payment by SEPA transfer".to_string());
+            if description.chars().count() > 140 || description.chars().any(char::is_control) {
+                return Err(ApiError::bad("invalid_body", "description must be at most 140 characters without control characters"));
+            }
+            (amount, None, None, description)
+        }
+    };
+    let now = state.now();
+    let mut last_err = None;
+    // References are random; on the (astronomically unlikely) collision, draw again.
+    for _ in 0..3 {
+        let reference = new_reference()?;
+        let payment = Payment {
+            id: crate::ids::prefixed("pay"),
+            user_id: user_id.clone(),
+            amount_minor: amount.minor,
+            currency: amount.currency.to_string(),
+            method: "sepa".to_string(),
+            status: PayStatus::Pending,
+            provider_ref: None,
+            reference: Some(reference.as_str().to_string()),
+            fee_minor: Some(0),
+            plan: plan.clone(),
+            cycle: cycle.clone(),
+            subscription_id: None,
+            description: description.clone(),
+            created_at: now,
+            updated_at: now,
+            expires_at: Some(now + i64::from(cfg.expiry_days) * 86_400),
+            period_start: None,
+            period_end: None,
+        };
+        match state.store.create_payment(&payment, &Cause::new("api", "POST /billing/create")).await {
+            Ok(()) => {
+                return Ok(Json(json!({
+                    "success": true,
+                    "payment_id": payment.id,
+                    "method": "SEPA Bank Transfer",
+                    "instructions": instructions(cfg, &payment),
+                    "status": "PENDING",
+                    "plan": payment.plan,
+                    "cycle": payment.cycle,
+                    "expires_at": payment.expires_at.map(rfc3339),
+                })))
+            }
+            Err(StoreError::Conflict(e)) => last_err = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::internal(format!("could not draw a unique reference: {}", last_err.unwrap_or_default())))
+}
+
+async fn pending_payment(state: &AppState, payment_id: &str) -> Result<Payment, ApiError> {
+    let p = state.store.get_payment(payment_id).await.map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::not_found("payment_not_found", format!("payment {payment_id:?} not found")),
+        other => other.into(),
+    })?;
+    if p.method != "sepa" {
+        return Err(ApiError::not_found("payment_not_found", format!("payment {payment_id:?} is not a SEPA transfer")));
+    }
+    Ok(p)
+}
+
+fn epc_payload(cfg: &SepaConfig, p: &Payment) -> Result<super::epc_qr::EpcPayload, ApiError> {
+    let reference = p.reference.as_deref().and_then(|r| CreditorReference::parse(r).ok());
+    let amount = Money::new(p.amount_minor, Currency::parse(&p.currency).map_err(|e| ApiError::internal(e.to_string()))?);
+    let transfer = EpcTransfer {
+        bic: cfg.bic.clone(),
+        beneficiary_name: cfg.holder.clone(),
+        iban: cfg.iban.clone(),
+        amount,
+        purpose: None,
+        remittance: reference.map(Remittance::Structured).unwrap_or(Remittance::None),
+        note: None,
+    };
+    transfer.payload().map_err(|e| ApiError::internal(format!("EPC payload: {e}")))
+}
+
+/// The QR code of pending instructions. Public: the payment id (96 random bits) is the
+/// capability, and the image shows nothing the instructions do not (so the portal can embed it).
+async fn qr_image(state: &AppState, payment_id: &str, png: bool) -> Result<Response, ApiError> {
+    let cfg = config(state)?;
+    let p = pending_payment(state, payment_id).await?;
+    if p.status != PayStatus::Pending {
+        return Err(ApiError::conflict("payment_not_pending", format!("payment {} is {}; its transfer instructions are no longer valid", p.id, p.status.as_str())));
+    }
+    let payload = epc_payload(cfg, &p)?;
+    let no_store = (header::CACHE_CONTROL, "no-store");
+    if png {
+        let bytes = payload.to_png(8).map_err(|e| ApiError::internal(format!("QR PNG: {e}")))?;
+        Ok(([(header::CONTENT_TYPE, "image/png"), no_store], bytes).into_response())
+    } else {
+        let svg = payload.to_svg(8).map_err(|e| ApiError::internal(format!("QR SVG: {e}")))?;
+        Ok(([(header::CONTENT_TYPE, "image/svg+xml"), no_store], svg).into_response())
+    }
+}
+
+async fn qr_svg(State(state): State<AppState>, Path(payment_id): Path<String>) -> Result<Response, ApiError> {
+    qr_image(&state, &payment_id, false).await
+}
+
+async fn qr_png(State(state): State<AppState>, Path(payment_id): Path<String>) -> Result<Response, ApiError> {
+    qr_image(&state, &payment_id, true).await
+}
+
+pub fn payment_json(p: &Payment) -> Value {
+    json!({
+        "payment_id": p.id,
+        "user_id": p.user_id,
+        "amount_minor": p.amount_minor,
+        "currency": p.currency,
+        "amount": Currency::parse(&p.currency).map(|c| Money::new(p.amount_minor, c).to_string()).unwrap_or_default(),
+        "method": p.method,
+        "status": p.status.as_str(),
+        "reference": p.reference,
+        "plan": p.plan,
+        "cycle": p.cycle,
+        "subscription_id": p.subscription_id,
+        "period_start": p.period_start.map(rfc3339),
+        "period_end": p.period_end.map(rfc3339),
+        "created_at": rfc3339(p.created_at),
+        "expires_at": p.expires_at.map(rfc3339),
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecisionRequest {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn decide(state: &AppState, payment_id: &str, body: &[u8], to: PayStatus) -> Result<Json<Value>, ApiError> {
+    config(state)?;
+    let req: DecisionRequest = if body.iter().all(u8::is_ascii_whitespace) { DecisionRequest::default() } else { crate::extract::parse_json(body)? };
+    if req.note.as_ref().is_some_and(|n| n.chars().count() > 500) {
+        return Err(ApiError::bad("invalid_body", "note must be at most 500 characters"));
+    }
+    let p = pending_payment(state, payment_id).await?;
+    let verb = if to == PayStatus::Succeeded { "confirm" } else { "reject" };
+    let cause = Cause::new("api", format!("POST /billing/sepa/{}/{verb} {}", p.id, req.note.unwrap_or_default()).trim().to_string());
+    match settle(state, &p.id, &[PayStatus::Pending, PayStatus::Expired], to, None, &cause).await? {
+        Settled::Applied { payment, .. } => Ok(Json(json!({"success": true, "changed": true, "payment": payment_json(&payment)}))),
+        Settled::Unchanged(payment) if payment.status == to => Ok(Json(json!({"success": true, "changed": false, "payment": payment_json(&payment)}))),
+        Settled::Unchanged(payment) => Err(ApiError::conflict(
+            "payment_already_decided",
+            format!("payment {} is already {}; it cannot be {verb}ed", payment.id, payment.status.as_str()),
+        )),
+    }
+}
+
+async fn confirm(_: ServiceAuth, State(state): State<AppState>, Path(payment_id): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    decide(&state, &payment_id, &body, PayStatus::Succeeded).await
+}
+
+async fn reject(_: ServiceAuth, State(state): State<AppState>, Path(payment_id): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    decide(&state, &payment_id, &body, PayStatus::Failed).await
+}
+
+fn expected_status(s: PayStatus) -> PaymentStatus {
+    match s {
+        PayStatus::Pending => PaymentStatus::Pending,
+        PayStatus::Succeeded => PaymentStatus::Succeeded,
+        // An operator rejected it, or it lapsed: a transfer for it is reported, never applied.
+        PayStatus::Expired | PayStatus::Failed | PayStatus::Refunded => PaymentStatus::Expired,
+    }
+}
+
+/// Imports a camt.053/.054 statement and returns its report (HTTP upload and CLI).
+pub async fn import_statement(state: &AppState, file_name: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+    let cfg = config(state)?;
+    let doc = super::camt::parse(bytes).map_err(|e| ApiError::bad("invalid_statement", e.to_string()))?;
+    let mut payments: HashMap<String, Payment> = HashMap::new();
+    for r in reconcile::references_to_look_up(&doc.transactions) {
+        if let Some(p) = state.store.payment_by_reference(r.as_str()).await? {
+            payments.insert(r.as_str().to_string(), p);
+        }
+    }
+    let expected = |r: &CreditorReference| -> Option<ExpectedPayment> {
+        let p = payments.get(r.as_str())?;
+        let currency = Currency::parse(&p.currency).ok()?;
+        Some(ExpectedPayment { amount: Money::new(p.amount_minor, currency), status: expected_status(p.status) })
+    };
+    let keys: Vec<String> = doc.transactions.iter().map(|t| t.entry_key.clone()).collect();
+    let known = state.store.known_entries(&keys).await?;
+    let lines = reconcile::reconcile(&doc.transactions, Some(&cfg.iban), &expected, &known);
+    let import_id = crate::ids::prefixed("imp");
+    let now = state.now();
+    let mut report_lines = Vec::with_capacity(lines.len());
+    let mut activated = 0usize;
+    for line in &lines {
+        let tx = line.transaction;
+        let reference = match &line.outcome {
+            Outcome::Matched { reference, .. }
+            | Outcome::UnderPaid { reference, .. }
+            | Outcome::OverPaid { reference, .. }
+            | Outcome::WrongCurrency { reference, .. }
+            | Outcome::AfterExpiry { reference, .. }
+            | Outcome::AlreadyPaid { reference, .. } => Some(reference.as_str().to_string()),
+            Outcome::Unmatched { .. } | Outcome::Duplicate { .. } | Outcome::Ignored { .. } => None,
+        };
+        let payment = reference.as_deref().and_then(|r| payments.get(r));
+        let mut code = line.outcome.code().to_string();
+        if let (true, Some(p)) = (line.outcome.activates(), payment) {
+            let cause = Cause::new("statement", format!("{file_name} entry {} (import {import_id})", tx.entry_key));
+            match settle(state, &p.id, &[PayStatus::Pending], PayStatus::Succeeded, Some(0), &cause).await? {
+                Settled::Applied { .. } => activated += 1,
+                // Paid meanwhile (an operator, or a concurrent import): report it as such.
+                Settled::Unchanged(_) => code = "already_paid".to_string(),
+            }
+        }
+        if line.outcome.records_entry() {
+            let recorded = state
+                .store
+                .record_entry(&RecordedEntry {
+                    entry_ref: tx.entry_key.clone(),
+                    import_id: import_id.clone(),
+                    payment_id: payment.map(|p| p.id.clone()),
+                    amount_minor: tx.amount.minor,
+                    currency: tx.amount.currency.to_string(),
+                    reference: reference.clone(),
+                    debtor: tx.debtor_name.clone(),
+                    outcome: code.clone(),
+                    created_at: now,
+                })
+                .await?;
+            if !recorded {
+                code = "duplicate".to_string();
+            }
+        }
+        report_lines.push(json!({
+            "entry": tx.entry_key,
+            "outcome": code,
+            "needs_operator": line.outcome.needs_operator(),
+            "amount": tx.amount.to_string(),
+            "reference": reference,
+            "payment_id": payment.map(|p| p.id.clone()),
+            "debtor": tx.debtor_name,
+            "booking_date": tx.booking_date.as_ref().map(|d| d.to_string()),
+            "detail": line.outcome,
+        }));
+    }
+    let summary = reconcile::summarize(&lines);
+    let report = json!({
+        "import_id": import_id,
+        "file_name": file_name,
+        "message": format!("{:?}", doc.kind),
+        "imported_at": rfc3339(now),
+        "activated": activated,
+        "summary": summary,
+        "lines": report_lines,
+    });
+    state
+        .store
+        .save_import(&ImportRecord {
+            id: import_id,
+            file_name: file_name.to_string(),
+            file_sha256: hex::encode(Sha256::digest(bytes)),
+            report: report.to_string(),
+            created_at: now,
+        })
+        .await?;
+    Ok(report)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+async fn import(_: ServiceAuth, State(state): State<AppState>, Query(q): Query<ImportQuery>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad("invalid_statement", "send the camt.053 or camt.054 XML as the request body"));
+    }
+    let name = q.name.unwrap_or_else(|| "upload.xml".to_string());
+    if name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad("invalid_query", "name must be at most 200 characters"));
+    }
+    import_statement(&state, &name, &body).await.map(Json)
+}
+
+async fn get_import(_: ServiceAuth, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let rec = state.store.get_import(&id).await.map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::not_found("import_not_found", format!("statement import {id:?} not found")),
+        other => other.into(),
+    })?;
+    Ok(Json(serde_json::from_str(&rec.report).unwrap_or(Value::Null)))
+}
+
+async fn list_imports(_: ServiceAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let list = state.store.list_imports(50).await?;
+    let items: Vec<Value> = list
+        .iter()
+        .map(|r| {
+            let report: Value = serde_json::from_str(&r.report).unwrap_or(Value::Null);
+            json!({"import_id": r.id, "file_name": r.file_name, "sha256": r.file_sha256, "imported_at": rfc3339(r.created_at), "summary": report["summary"]})
+        })
+        .collect();
+    Ok(Json(json!({"imports": items})))
+}
+
+async fn get_payment(_: ServiceAuth, State(state): State<AppState>, Path(payment_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let p = state.store.get_payment(&payment_id).await.map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::not_found("payment_not_found", format!("payment {payment_id:?} not found")),
+        other => other.into(),
+    })?;
+    Ok(Json(payment_json(&p)))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/billing/create", post(create))
+        .route("/billing/payments/{payment_id}", get(get_payment))
+        .route("/billing/sepa/{payment_id}/qr.svg", get(qr_svg))
+        .route("/billing/sepa/{payment_id}/qr.png", get(qr_png))
+        .route("/billing/sepa/{payment_id}/confirm", post(confirm))
+        .route("/billing/sepa/{payment_id}/reject", post(reject))
+        .route(
+            "/billing/sepa/import",
+            post(import).layer(axum::extract::DefaultBodyLimit::max(MAX_STATEMENT_BYTES)),
+        )
+        .route("/billing/sepa/imports", get(list_imports))
+        .route("/billing/sepa/imports/{import_id}", get(get_import))
+}

@@ -718,6 +718,21 @@ upstreams = ["http://127.0.0.1:9"]
     }
 
     #[test]
+    fn example_files_are_valid() {
+        for (name, text) in [
+            ("gateway.toml", include_str!("../../config/gateway.toml")),
+            (
+                "quickstart.toml",
+                include_str!("../../config/quickstart.toml"),
+            ),
+        ] {
+            if let Err(e) = parse(text) {
+                panic!("config/{name}: {e:?}");
+            }
+        }
+    }
+
+    #[test]
     fn remote_mode_needs_url_and_token() {
         let c = parse(
             "[backend]\nmode = \"remote\"\nurl = \"http://127.0.0.1:8081\"\nfeed_token = \"t\"\n",

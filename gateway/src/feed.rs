@@ -57,7 +57,8 @@ impl Feed {
                 && self.replica.is_loaded()
                 && self.replica.seq() >= self.replica.head();
             // Come back in time to save a pending snapshot instead of sitting in a long poll.
-            let wait = match (caught_up, dirty, last_save) {
+            // After a failure, probe without waiting so recovery shows in /ready at once.
+            let wait = match (caught_up && !failing, dirty, last_save) {
                 (false, _, _) => Duration::ZERO,
                 (true, true, Some(at)) => SAVE_EVERY
                     .saturating_sub(at.elapsed())

@@ -33,7 +33,12 @@ impl Gateway {
     /// `gateway_extra` goes into `[gateway]`.
     pub fn embedded_with(routes: &str, gateway_extra: &str) -> Gateway {
         let dir = TempDir::new("gw");
-        let text = config_text(&dir, "[backend]\nmode = \"embedded\"\n", routes, gateway_extra);
+        let text = config_text(
+            &dir,
+            "[backend]\nmode = \"embedded\"\n",
+            routes,
+            gateway_extra,
+        );
         Gateway::start_in(dir, &text)
     }
 
@@ -50,7 +55,13 @@ impl Gateway {
         let proc = start_gateway(&config);
         let url = proc.url("gateway");
         let metrics_url = proc.url("metrics");
-        Gateway { dir, proc, url, metrics_url, config }
+        Gateway {
+            dir,
+            proc,
+            url,
+            metrics_url,
+            config,
+        }
     }
 
     /// Starts the same configuration again (after a stop), keeping the data directory.
@@ -61,17 +72,31 @@ impl Gateway {
     }
 
     pub fn api(&self) -> Api {
-        Api { base: self.url.clone(), client: client() }
+        Api {
+            base: self.url.clone(),
+            client: client(),
+        }
     }
 
     pub async fn scrape(&self) -> String {
-        client().get(format!("{}/metrics", self.metrics_url)).send().await.expect("scrape").text().await.expect("text")
+        client()
+            .get(format!("{}/metrics", self.metrics_url))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
     }
 }
 
 pub fn start_gateway(config: &std::path::Path) -> Proc {
     let path = config.display().to_string();
-    Proc::start("tollgate-gateway", &["--config", &path], &[("TOLLGATE_SERVICE_TOKEN", TOKEN)])
+    Proc::start(
+        "tollgate-gateway",
+        &["--config", &path],
+        &[("TOLLGATE_SERVICE_TOKEN", TOKEN)],
+    )
 }
 
 /// A config file text: listeners on port 0, data under `dir`.
@@ -101,7 +126,12 @@ impl Backend {
         let config = dir.write("backend.toml", &text);
         let proc = start_backend(&config);
         let url = proc.url("backend");
-        Backend { dir, proc, url, config }
+        Backend {
+            dir,
+            proc,
+            url,
+            config,
+        }
     }
 
     /// Starts it again on the same port and database (after a kill).
@@ -115,13 +145,20 @@ impl Backend {
     }
 
     pub fn api(&self) -> Api {
-        Api { base: self.url.clone(), client: client() }
+        Api {
+            base: self.url.clone(),
+            client: client(),
+        }
     }
 }
 
 fn start_backend(config: &std::path::Path) -> Proc {
     let path = config.display().to_string();
-    Proc::start("tollgate-backend", &["--config", &path, "serve"], &[("TOLLGATE_SERVICE_TOKEN", TOKEN)])
+    Proc::start(
+        "tollgate-backend",
+        &["--config", &path, "serve"],
+        &[("TOLLGATE_SERVICE_TOKEN", TOKEN)],
+    )
 }
 
 /// A freshly minted key.
@@ -139,7 +176,10 @@ pub struct Api {
 
 impl Api {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(TOKEN);
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -150,7 +190,13 @@ impl Api {
     }
 
     pub async fn mint_with(&self, body: Value) -> Key {
-        let (status, v) = self.call(reqwest::Method::POST, "/api/marketplace/keys/generate", Some(body)).await;
+        let (status, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/marketplace/keys/generate",
+                Some(body),
+            )
+            .await;
         assert_eq!(status, 200, "generate: {v}");
         Key {
             api_key: v["api_key"].as_str().expect("api_key").to_string(),
@@ -159,23 +205,42 @@ impl Api {
     }
 
     pub async fn mint(&self, user: &str, plan: &str) -> Key {
-        self.mint_with(json!({"user_id": user, "plan": plan, "name": "test"})).await
+        self.mint_with(json!({"user_id": user, "plan": plan, "name": "test"}))
+            .await
     }
 
     pub async fn revoke(&self, key_id: &str) {
-        let (status, v) = self.call(reqwest::Method::DELETE, &format!("/api/marketplace/keys/{key_id}"), None).await;
+        let (status, v) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/api/marketplace/keys/{key_id}"),
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "revoke: {v}");
     }
 
     pub async fn grant(&self, user: &str, plan: &str) {
         let body = json!({"user_id": user, "plan": plan, "cycle": "monthly"});
-        let (status, v) = self.call(reqwest::Method::POST, "/api/v1/billing/subscriptions/manual", Some(body)).await;
+        let (status, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/billing/subscriptions/manual",
+                Some(body),
+            )
+            .await;
         assert!(status == 200 || status == 201, "grant: {status} {v}");
     }
 
     /// `usage.today` of a key as the backend has recorded it.
     pub async fn usage_today(&self, key_id: &str) -> u64 {
-        let (status, v) = self.call(reqwest::Method::GET, &format!("/api/marketplace/keys/{key_id}/usage"), None).await;
+        let (status, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/marketplace/keys/{key_id}/usage"),
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "usage: {v}");
         v["usage"]["today"].as_u64().expect("usage.today")
     }
@@ -183,7 +248,11 @@ impl Api {
 
 /// The value of one Prometheus sample, by name and exact label text (`route="x",status="200"`...).
 pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let want = if labels.is_empty() { name.to_string() } else { format!("{name}{{{labels}}}") };
+    let want = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
     text.lines().find_map(|l| {
         let (series, value) = l.rsplit_once(' ')?;
         (series == want).then(|| value.parse().ok()).flatten()

@@ -64,7 +64,10 @@ impl hyper::body::Body for UpBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             UpBody::Pattern { at, len } => {
@@ -89,16 +92,25 @@ impl hyper::body::Body for UpBody {
 
 fn json(v: serde_json::Value) -> Response<UpBody> {
     let mut r = Response::new(UpBody::Full(Some(Bytes::from(v.to_string()))));
-    r.headers_mut().insert("content-type", hyper::http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
-async fn handle(req: Request<Incoming>, hits: Arc<AtomicU64>) -> Result<Response<UpBody>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    hits: Arc<AtomicU64>,
+) -> Result<Response<UpBody>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     // Commands may follow a route prefix the gateway did not strip (`/v1/status/418`).
     let all: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let at = all.iter().position(|p| ["big", "status", "slow"].contains(p)).unwrap_or(0);
+    let at = all
+        .iter()
+        .position(|p| ["big", "status", "slow"].contains(p))
+        .unwrap_or(0);
     let parts = &all[at..];
     if parts.first() == Some(&"big") {
         let len = parts.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -117,7 +129,12 @@ async fn handle(req: Request<Incoming>, hits: Arc<AtomicU64>) -> Result<Response
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
         .collect();
     let method = req.method().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -154,7 +171,11 @@ impl Upstream {
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let h = hits.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
                 loop {
@@ -176,7 +197,12 @@ impl Upstream {
                 }
             });
         });
-        Upstream { addr, hits, stop: Some(tx), thread: Some(thread) }
+        Upstream {
+            addr,
+            hits,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self) -> String {

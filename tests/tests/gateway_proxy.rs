@@ -12,11 +12,19 @@ fn routes(up: &Upstream) -> String {
     [
         route("/v1", &u, "name = \"v1\""),
         route("/costly", &u, "name = \"costly\"\ncost = 4"),
-        route("/pro", &u, "name = \"pro\"\nplans = [\"pro\", \"enterprise\"]"),
+        route(
+            "/pro",
+            &u,
+            "name = \"pro\"\nplans = [\"pro\", \"enterprise\"]",
+        ),
         route("/open", &u, "name = \"open\"\nauth = \"none\""),
         route("/files", &u, "name = \"files\"\nstrip_prefix = true"),
         route("/down", &down_url(), "name = \"down\""),
-        route("/slow", &u, "name = \"slow\"\nstrip_prefix = true\ntimeout_ms = 300"),
+        route(
+            "/slow",
+            &u,
+            "name = \"slow\"\nstrip_prefix = true\ntimeout_ms = 300",
+        ),
     ]
     .concat()
 }
@@ -32,18 +40,30 @@ async fn get(url: &str, key: Option<&str>) -> reqwest::Response {
 async fn code_of(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let v: Value = resp.json().await.unwrap_or(Value::Null);
-    (status, v["error"]["code"].as_str().unwrap_or("").to_string())
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 /// RFC 3339 of unix seconds (UTC).
 fn rfc3339(unix: i64) -> String {
     let day = tollgate_protocol::day::day_index(unix);
     let s = unix - day * 86_400;
-    format!("{}T{:02}:{:02}:{:02}Z", tollgate_protocol::day::format_day(day), s / 3600, (s / 60) % 60, s % 60)
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        tollgate_protocol::day::format_day(day),
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    )
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,35 +73,75 @@ async fn every_rejection_has_its_status_and_code() {
     let api = gw.api();
     let v1 = format!("{}/v1/x", gw.url);
 
-    assert_eq!(code_of(get(&v1, None).await).await, (401, "missing_key".into()));
-    assert_eq!(code_of(get(&v1, Some("not a key")).await).await, (401, "invalid_key".into()));
-    assert_eq!(code_of(get(&v1, Some("cli_free_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")).await).await, (401, "invalid_key".into()));
-    let bearer = client().get(&v1).bearer_auth("cli_free_nope").send().await.expect("req");
+    assert_eq!(
+        code_of(get(&v1, None).await).await,
+        (401, "missing_key".into())
+    );
+    assert_eq!(
+        code_of(get(&v1, Some("not a key")).await).await,
+        (401, "invalid_key".into())
+    );
+    assert_eq!(
+        code_of(
+            get(
+                &v1,
+                Some("cli_free_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+            )
+            .await
+        )
+        .await,
+        (401, "invalid_key".into())
+    );
+    let bearer = client()
+        .get(&v1)
+        .bearer_auth("cli_free_nope")
+        .send()
+        .await
+        .expect("req");
     assert_eq!(code_of(bearer).await, (401, "invalid_key".into()));
 
     let revoked = api.mint("rej-revoked", "free").await;
-    eventually(Duration::from_secs(2), "key reaches the gateway", || async {
-        (get(&v1, Some(&revoked.api_key)).await.status() == 200).then_some(())
-    })
+    eventually(
+        Duration::from_secs(2),
+        "key reaches the gateway",
+        || async { (get(&v1, Some(&revoked.api_key)).await.status() == 200).then_some(()) },
+    )
     .await;
     api.revoke(&revoked.key_id).await;
-    eventually(Duration::from_secs(2), "revocation reaches the gateway", || async {
-        (code_of(get(&v1, Some(&revoked.api_key)).await).await == (401, "key_revoked".into())).then_some(())
-    })
+    eventually(
+        Duration::from_secs(2),
+        "revocation reaches the gateway",
+        || async {
+            (code_of(get(&v1, Some(&revoked.api_key)).await).await == (401, "key_revoked".into()))
+                .then_some(())
+        },
+    )
     .await;
 
-    let expiring = api.mint_with(json!({"user_id": "rej-exp", "plan": "free", "expires_at": rfc3339(now_secs() + 2)})).await;
+    let expiring = api
+        .mint_with(
+            json!({"user_id": "rej-exp", "plan": "free", "expires_at": rfc3339(now_secs() + 2)}),
+        )
+        .await;
     eventually(Duration::from_secs(6), "expiry is enforced", || async {
-        (code_of(get(&v1, Some(&expiring.api_key)).await).await == (401, "key_expired".into())).then_some(())
+        (code_of(get(&v1, Some(&expiring.api_key)).await).await == (401, "key_expired".into()))
+            .then_some(())
     })
     .await;
 
     let free = api.mint("rej-free", "free").await;
-    eventually(Duration::from_secs(2), "key reaches the gateway", || async {
-        (get(&format!("{}/open/x", gw.url), None).await.status() == 200
-            && get(&format!("{}/pro/x", gw.url), Some(&free.api_key)).await.status() != 401)
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(2),
+        "key reaches the gateway",
+        || async {
+            (get(&format!("{}/open/x", gw.url), None).await.status() == 200
+                && get(&format!("{}/pro/x", gw.url), Some(&free.api_key))
+                    .await
+                    .status()
+                    != 401)
+                .then_some(())
+        },
+    )
     .await;
     let pro = get(&format!("{}/pro/x", gw.url), Some(&free.api_key)).await;
     assert!(pro.headers().contains_key("ratelimit-policy"));
@@ -90,28 +150,58 @@ async fn every_rejection_has_its_status_and_code() {
     for i in 0..10 {
         let r = get(&v1, Some(&free.api_key)).await;
         assert_eq!(r.status(), 200, "request {i}");
-        assert_eq!(r.headers()["ratelimit-policy"], "\"minute\";q=10;w=60, \"day\";q=50;w=86400");
+        assert_eq!(
+            r.headers()["ratelimit-policy"],
+            "\"minute\";q=10;w=60, \"day\";q=50;w=86400"
+        );
         let rl = r.headers()["ratelimit"].to_str().unwrap_or("").to_string();
-        assert!(rl.starts_with(&format!("\"minute\";r={};t=", 9 - i)), "{rl}");
+        assert!(
+            rl.starts_with(&format!("\"minute\";r={};t=", 9 - i)),
+            "{rl}"
+        );
     }
     let limited = get(&v1, Some(&free.api_key)).await;
-    let retry: u64 = limited.headers()["retry-after"].to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
-    assert!(limited.headers()["ratelimit"].to_str().unwrap_or("").starts_with("\"minute\";r=0;"));
+    assert!(limited.headers()["ratelimit"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("\"minute\";r=0;"));
     assert_eq!(code_of(limited).await, (429, "rate_limited".into()));
 
-    let daily = api.mint_with(json!({"user_id": "rej-daily", "plan": "free", "daily_limit": 3})).await;
-    eventually(Duration::from_secs(2), "key reaches the gateway", || async {
-        (get(&format!("{}/pro/x", gw.url), Some(&daily.api_key)).await.status() == 403).then_some(())
-    })
+    let daily = api
+        .mint_with(json!({"user_id": "rej-daily", "plan": "free", "daily_limit": 3}))
+        .await;
+    eventually(
+        Duration::from_secs(2),
+        "key reaches the gateway",
+        || async {
+            (get(&format!("{}/pro/x", gw.url), Some(&daily.api_key))
+                .await
+                .status()
+                == 403)
+                .then_some(())
+        },
+    )
     .await;
     for _ in 0..3 {
         assert_eq!(get(&v1, Some(&daily.api_key)).await.status(), 200);
     }
     let over = get(&v1, Some(&daily.api_key)).await;
-    let retry: i64 = over.headers()["retry-after"].to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let retry: i64 = over.headers()["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let to_midnight = tollgate_protocol::day::next_midnight(now_secs()) - now_secs();
-    assert!((retry - to_midnight).abs() <= 2, "Retry-After {retry}, midnight in {to_midnight}");
+    assert!(
+        (retry - to_midnight).abs() <= 2,
+        "Retry-After {retry}, midnight in {to_midnight}"
+    );
     assert_eq!(code_of(over).await, (429, "daily_limit_exceeded".into()));
 }
 
@@ -141,12 +231,23 @@ async fn upstream_sees_identity_headers_and_never_the_key() {
     assert_eq!(h["x-tollgate-user-id"], "ident-user");
     assert_eq!(h["x-tollgate-plan"], "free");
     assert!(h.get("x-api-key").is_none(), "{h}");
-    assert_eq!(h["authorization"], "Basic dXNlcjpwdw==", "an unrelated Authorization passes through");
+    assert_eq!(
+        h["authorization"], "Basic dXNlcjpwdw==",
+        "an unrelated Authorization passes through"
+    );
     assert_eq!(echo["path"], "/v1/echo");
     assert_eq!(echo["query"], "q=1");
-    assert!(!echo.to_string().contains(&key.api_key), "the key leaked upstream: {echo}");
+    assert!(
+        !echo.to_string().contains(&key.api_key),
+        "the key leaked upstream: {echo}"
+    );
 
-    let r = client().get(&url).bearer_auth(&key.api_key).send().await.expect("bearer");
+    let r = client()
+        .get(&url)
+        .bearer_auth(&key.api_key)
+        .send()
+        .await
+        .expect("bearer");
     assert_eq!(r.status(), 200);
     let echo: Value = r.json().await.expect("json");
     assert!(echo["headers"].get("authorization").is_none(), "{echo}");
@@ -162,21 +263,39 @@ async fn rejected_requests_consume_nothing_and_cost_counts() {
     let costly = format!("{}/costly/x", gw.url);
     let v1 = format!("{}/v1/x", gw.url);
     eventually(Duration::from_secs(2), "key usable", || async {
-        (get(&format!("{}/pro/x", gw.url), Some(&key.api_key)).await.status() == 403).then_some(())
+        (get(&format!("{}/pro/x", gw.url), Some(&key.api_key))
+            .await
+            .status()
+            == 403)
+            .then_some(())
     })
     .await;
     let hits = up.hits();
     assert_eq!(get(&costly, Some(&key.api_key)).await.status(), 200); // 4
     assert_eq!(get(&costly, Some(&key.api_key)).await.status(), 200); // 8
     for _ in 0..20 {
-        assert_eq!(code_of(get(&costly, Some(&key.api_key)).await).await, (429, "rate_limited".into()));
+        assert_eq!(
+            code_of(get(&costly, Some(&key.api_key)).await).await,
+            (429, "rate_limited".into())
+        );
     }
-    assert_eq!(get(&v1, Some(&key.api_key)).await.status(), 200, "9: the 20 rejections took nothing");
+    assert_eq!(
+        get(&v1, Some(&key.api_key)).await.status(),
+        200,
+        "9: the 20 rejections took nothing"
+    );
     let last = get(&v1, Some(&key.api_key)).await;
     assert_eq!(last.status(), 200);
-    assert!(last.headers()["ratelimit"].to_str().unwrap_or("").starts_with("\"minute\";r=0;"));
+    assert!(last.headers()["ratelimit"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("\"minute\";r=0;"));
     assert_eq!(code_of(get(&v1, Some(&key.api_key)).await).await.0, 429);
-    assert_eq!(up.hits() - hits, 4, "only admitted requests reach the upstream");
+    assert_eq!(
+        up.hits() - hits,
+        4,
+        "only admitted requests reach the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,8 +311,16 @@ async fn plan_restricted_route_admits_paid_plans_only() {
         (get(&url, Some(&pro.api_key)).await.status() == 200).then_some(())
     })
     .await;
-    assert_eq!(code_of(get(&url, Some(&free.api_key)).await).await, (403, "plan_not_allowed".into()));
-    assert_eq!(get(&format!("{}/v1/x", gw.url), Some(&free.api_key)).await.status(), 200);
+    assert_eq!(
+        code_of(get(&url, Some(&free.api_key)).await).await,
+        (403, "plan_not_allowed".into())
+    );
+    assert_eq!(
+        get(&format!("{}/v1/x", gw.url), Some(&free.api_key))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,15 +339,28 @@ async fn upstream_down_or_slow_is_refunded() {
         assert_eq!(code_of(r).await, (502, "upstream_unavailable".into()));
     }
     for _ in 0..3 {
-        assert_eq!(code_of(get(&format!("{}/slow/slow/2000", gw.url), Some(&key.api_key)).await).await, (504, "upstream_timeout".into()));
+        assert_eq!(
+            code_of(get(&format!("{}/slow/slow/2000", gw.url), Some(&key.api_key)).await).await,
+            (504, "upstream_timeout".into())
+        );
     }
     let v1 = format!("{}/v1/x", gw.url);
     for i in 0..10 {
-        assert_eq!(get(&v1, Some(&key.api_key)).await.status(), 200, "request {i}: failed requests were refunded");
+        assert_eq!(
+            get(&v1, Some(&key.api_key)).await.status(),
+            200,
+            "request {i}: failed requests were refunded"
+        );
     }
-    assert_eq!(code_of(get(&v1, Some(&key.api_key)).await).await.1, "rate_limited");
+    assert_eq!(
+        code_of(get(&v1, Some(&key.api_key)).await).await.1,
+        "rate_limited"
+    );
     let text = gw.scrape().await;
-    assert_eq!(metric(&text, "tollgate_gateway_refunded_units_total", ""), Some(18.0));
+    assert_eq!(
+        metric(&text, "tollgate_gateway_refunded_units_total", ""),
+        Some(18.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +378,13 @@ async fn twenty_megabyte_bodies_stream_intact() {
         let url = url.clone();
         let key = key.api_key.clone();
         async move {
-            let r = client().post(&url).header("X-API-Key", key).body(body).send().await.ok()?;
+            let r = client()
+                .post(&url)
+                .header("X-API-Key", key)
+                .body(body)
+                .send()
+                .await
+                .ok()?;
             (r.status() == 200).then_some(())?;
             r.json::<Value>().await.ok()
         }
@@ -247,13 +393,21 @@ async fn twenty_megabyte_bodies_stream_intact() {
     .0;
     assert_eq!(echo["path"], "/upload");
     assert_eq!(echo["bytes"].as_u64(), Some(N as u64));
-    assert_eq!(echo["fnv"].as_str(), Some(format!("{:016x}", fnv.0).as_str()));
+    assert_eq!(
+        echo["fnv"].as_str(),
+        Some(format!("{:016x}", fnv.0).as_str())
+    );
 
     let r = get(&format!("{}/files/big/{N}", gw.url), Some(&key.api_key)).await;
     assert_eq!(r.status(), 200);
     let got = r.bytes().await.expect("download");
     assert_eq!(got.len(), N);
-    assert!(got.iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)), "downloaded bytes differ");
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern_byte(i as u64)),
+        "downloaded bytes differ"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +417,15 @@ async fn validate_endpoint_counts_one_unit() {
     let key = gw.api().mint("val-user", "free").await;
     let url = format!("{}/api/marketplace/keys/validate", gw.url);
     let first = eventually(Duration::from_secs(2), "key known", || async {
-        let v: Value = client().post(&url).json(&json!({"api_key": key.api_key})).send().await.ok()?.json().await.ok()?;
+        let v: Value = client()
+            .post(&url)
+            .json(&json!({"api_key": key.api_key}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (v["valid"] == true).then_some(v)
     })
     .await
@@ -274,18 +436,61 @@ async fn validate_endpoint_counts_one_unit() {
     assert_eq!(first["daily_limit"], 50);
     assert_eq!(first["remaining"], 49);
     assert_eq!(first["rate_limit"], 10);
-    let by_header: Value = client().post(&url).header("X-API-Key", &key.api_key).send().await.expect("v").json().await.expect("j");
+    let by_header: Value = client()
+        .post(&url)
+        .header("X-API-Key", &key.api_key)
+        .send()
+        .await
+        .expect("v")
+        .json()
+        .await
+        .expect("j");
     assert_eq!(by_header["usage_today"], 2);
     for _ in 0..8 {
-        assert_eq!(get(&format!("{}/v1/x", gw.url), Some(&key.api_key)).await.status(), 200);
+        assert_eq!(
+            get(&format!("{}/v1/x", gw.url), Some(&key.api_key))
+                .await
+                .status(),
+            200
+        );
     }
-    let limited: Value = client().post(&url).json(&json!({"api_key": key.api_key})).send().await.expect("v").json().await.expect("j");
+    let limited: Value = client()
+        .post(&url)
+        .json(&json!({"api_key": key.api_key}))
+        .send()
+        .await
+        .expect("v")
+        .json()
+        .await
+        .expect("j");
     assert_eq!(limited["valid"], false);
     assert_eq!(limited["code"], "rate_limited");
-    assert!(limited["retry_after"].as_u64().is_some_and(|s| (1..=60).contains(&s)), "{limited}");
-    let unknown: Value = client().post(&url).json(&json!({"api_key": "cli_free_nope"})).send().await.expect("v").json().await.expect("j");
-    assert_eq!((unknown["valid"].clone(), unknown["code"].clone()), (json!(false), json!("invalid_key")));
-    let bad = client().post(&url).header("content-type", "application/json").body("{not json").send().await.expect("v");
+    assert!(
+        limited["retry_after"]
+            .as_u64()
+            .is_some_and(|s| (1..=60).contains(&s)),
+        "{limited}"
+    );
+    let unknown: Value = client()
+        .post(&url)
+        .json(&json!({"api_key": "cli_free_nope"}))
+        .send()
+        .await
+        .expect("v")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(
+        (unknown["valid"].clone(), unknown["code"].clone()),
+        (json!(false), json!("invalid_key"))
+    );
+    let bad = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("v");
     assert_eq!(bad.status(), 400);
 }
 
@@ -297,7 +502,11 @@ async fn prometheus_counters_equal_what_was_sent() {
     let v1 = format!("{}/v1/x", gw.url);
     // Wait for the key through a route that is not counted below.
     eventually(Duration::from_secs(2), "key usable", || async {
-        (get(&format!("{}/pro/x", gw.url), Some(&key.api_key)).await.status() == 403).then_some(())
+        (get(&format!("{}/pro/x", gw.url), Some(&key.api_key))
+            .await
+            .status()
+            == 403)
+            .then_some(())
     })
     .await;
     for _ in 0..8 {
@@ -307,7 +516,12 @@ async fn prometheus_counters_equal_what_was_sent() {
         assert_eq!(get(&v1, None).await.status(), 401);
     }
     for _ in 0..2 {
-        assert_eq!(get(&format!("{}/v1/status/418", gw.url), Some(&key.api_key)).await.status(), 418);
+        assert_eq!(
+            get(&format!("{}/v1/status/418", gw.url), Some(&key.api_key))
+                .await
+                .status(),
+            418
+        );
     }
     for _ in 0..4 {
         assert_eq!(get(&v1, Some(&key.api_key)).await.status(), 429);
@@ -317,14 +531,37 @@ async fn prometheus_counters_equal_what_was_sent() {
     }
     let text = gw.scrape().await;
     let m = |labels: &str| metric(&text, "tollgate_gateway_requests_total", labels);
-    assert_eq!(m("route=\"v1\",status=\"200\",code=\"ok\""), Some(8.0), "{text}");
+    assert_eq!(
+        m("route=\"v1\",status=\"200\",code=\"ok\""),
+        Some(8.0),
+        "{text}"
+    );
     assert_eq!(m("route=\"v1\",status=\"418\",code=\"ok\""), Some(2.0));
-    assert_eq!(m("route=\"v1\",status=\"401\",code=\"missing_key\""), Some(3.0));
-    assert_eq!(m("route=\"v1\",status=\"429\",code=\"rate_limited\""), Some(4.0));
+    assert_eq!(
+        m("route=\"v1\",status=\"401\",code=\"missing_key\""),
+        Some(3.0)
+    );
+    assert_eq!(
+        m("route=\"v1\",status=\"429\",code=\"rate_limited\""),
+        Some(4.0)
+    );
     assert_eq!(m("route=\"open\",status=\"200\",code=\"ok\""), Some(5.0));
-    assert_eq!(metric_sum(&text, "tollgate_gateway_requests_total", &["route=\"v1\""]), 17.0);
-    assert_eq!(metric(&text, "tollgate_gateway_admitted_units_total", ""), Some(10.0));
-    assert_eq!(metric(&text, "tollgate_gateway_upstream_seconds_count", "route=\"v1\""), Some(10.0));
+    assert_eq!(
+        metric_sum(&text, "tollgate_gateway_requests_total", &["route=\"v1\""]),
+        17.0
+    );
+    assert_eq!(
+        metric(&text, "tollgate_gateway_admitted_units_total", ""),
+        Some(10.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_gateway_upstream_seconds_count",
+            "route=\"v1\""
+        ),
+        Some(10.0)
+    );
     assert_eq!(metric(&text, "tollgate_gateway_keys_loaded", ""), Some(1.0));
     assert!(metric(&text, "tollgate_gateway_overhead_seconds_count", "").is_some_and(|n| n >= 22.0));
     assert_eq!(metric(&text, "tollgate_gateway_degraded", ""), Some(0.0));

@@ -6,6 +6,7 @@
 //! Provider settings come from the environment variables of the original module (SPEC §2).
 //! An unconfigured provider is not an error: its endpoints answer 503 `provider_not_configured`.
 
+pub mod paypal;
 pub mod sepa;
 
 use crate::app::AppState;
@@ -16,6 +17,7 @@ use axum::Router;
 #[derive(Clone, Default)]
 pub struct Providers {
     pub sepa: Option<sepa::api::SepaConfig>,
+    pub paypal: Option<std::sync::Arc<paypal::PayPal>>,
 }
 
 /// An environment variable, `None` when unset or empty.
@@ -31,8 +33,15 @@ impl Providers {
             errors.extend(e);
             None
         });
+        let paypal = paypal::PayPal::from_env().unwrap_or_else(|e| {
+            errors.extend(e);
+            None
+        });
         if errors.is_empty() {
-            Ok(Providers { sepa })
+            Ok(Providers {
+                sepa,
+                paypal: paypal.map(std::sync::Arc::new),
+            })
         } else {
             Err(errors)
         }
@@ -50,4 +59,5 @@ pub fn not_configured(provider: &str, settings: &str) -> ApiError {
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(sepa::api::router())
+        .merge(paypal::router())
 }

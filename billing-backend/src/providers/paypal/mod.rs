@@ -1,0 +1,1408 @@
+//! PayPal (REST): Orders v2 checkout that buys one plan period, and verified webhooks.
+//!
+//! # Flow
+//! 1. `POST /billing/paypal/order` `{user_id, plan, cycle}` (service token): the server prices
+//!    the plan from the catalogue (pro monthly → `"29.00"` EUR), records a pending `pay_…`
+//!    payment with the plan and cycle, and creates a PayPal order whose `custom_id` and
+//!    `invoice_id` are that payment id, with `PayPal-Request-Id: tollgate-order-<payment id>`
+//!    (a retry, ours or the client's with the same `Idempotency-Key`, reuses it, so PayPal
+//!    answers with the same order). PayPal's order id becomes the payment's provider reference.
+//!    The answer carries the approve (`approve`, or `payer-action`) link.
+//! 2. The buyer approves at PayPal and returns to `PAYPAL_RETURN_URL` (default
+//!    `<public_url>/billing/paypal/return`, which captures too).
+//! 3. `POST /billing/paypal/capture/{order_id}` (service token) captures with
+//!    `PayPal-Request-Id: tollgate-capture-<payment id>`, checks the captured amount and
+//!    currency against the payment exactly, then `billing::settle` moves the payment to
+//!    `succeeded`, which buys one period (extending the current one when paid early). A second
+//!    call meets `ORDER_ALREADY_CAPTURED` (or PayPal's replay), reads the order, finds the
+//!    payment already settled and grants nothing. A `PENDING` capture leaves the payment
+//!    pending until `PAYMENT.CAPTURE.COMPLETED`. A captured amount that differs from ours never
+//!    grants: the payment is marked `failed` with the difference in the ledger and the call
+//!    answers 409 `amount_mismatch` (the operator refunds it in PayPal).
+//! 4. `POST /billing/paypal/webhook` is verified before it is trusted (see [`webhook`]),
+//!    deduplicated by event id, and handles `PAYMENT.CAPTURE.COMPLETED` (amount checked),
+//!    `.DENIED` (→ failed), `.PENDING` (nothing), `.REFUNDED` and `.REVERSED` (a full refund
+//!    → refunded, which takes back the period the payment bought; a partial one is recorded
+//!    on the event and keeps the period). Other event types are acknowledged and ignored.
+//!
+//! # Client-chosen amounts (the original `{intent, purchase_units}` form)
+//! The original body is accepted for compatibility and creates a **plain payment without a
+//! plan**: it is recorded and captured like any other, but a successful capture grants
+//! nothing. A body that names a `plan` (or `cycle`) *and* carries an amount (either form) is
+//! **refused** with 400 `client_amount_not_allowed`: plans are priced by the server only. The
+//! user of an original-form order is `user_id`, else `purchase_units[0].custom_id`; PayPal's
+//! `custom_id`/`invoice_id` are always our payment id.
+//!
+//! # Webhook verification: offline
+//! We verify signatures ourselves (RSA-SHA256 over `transmission_id|time|webhook_id|crc32`,
+//! key from PayPal's certificate, fetched only from https `*.paypal.com` and cached) rather
+//! than calling `verify-webhook-signature`: no OAuth round trip to PayPal per event, so a slow
+//! or rate-limited PayPal API does not turn into failed deliveries, and nothing the event
+//! claims is sent back out. The certificate is authenticated by TLS to PayPal's own host.
+//!
+//! # Access token
+//! Client-credentials tokens are cached until shortly before `expires_in`; one refresh runs
+//! at a time (a tokio mutex around the refresh, readers take the cached value without
+//! waiting). A 401 from PayPal mid-flow invalidates that token and retries the call once.
+//!
+//! Settings: `PAYPAL_CLIENT_ID`, `PAYPAL_SECRET`, `PAYPAL_BASE` (default sandbox),
+//! `PAYPAL_WEBHOOK_ID`, `PAYPAL_RETURN_URL`, `PAYPAL_CANCEL_URL`.
+
+pub mod webhook;
+pub mod wire;
+
+use crate::app::AppState;
+use crate::auth::ServiceAuth;
+use crate::billing;
+use crate::config::Secret;
+use crate::error::{json_error, ApiError};
+use crate::keys::{rfc3339, valid_user_id};
+use crate::store::{Cause, PayStatus, Payment, Settled, StoreError};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+use tollgate_protocol::money::{Currency, Money};
+use tollgate_protocol::plans::Cycle;
+use wire::{Amount, Capture, CaptureOutcome, ErrorBody, Order};
+
+pub const SANDBOX_BASE: &str = "https://api-m.sandbox.paypal.com";
+const SETTINGS: &str = "PAYPAL_CLIENT_ID and PAYPAL_SECRET";
+/// PayPal keeps an unpaid order for three days; our pending payment expires with it.
+const ORDER_LIFETIME_SECS: i64 = 3 * 86_400;
+
+/// The configured PayPal account: settings, HTTP client, token cache, certificate cache.
+pub struct PayPal {
+    base: String,
+    client_id: String,
+    secret: Secret,
+    webhook_id: Option<String>,
+    return_url: Option<String>,
+    cancel_url: Option<String>,
+    http: reqwest::Client,
+    token: TokenCache,
+    certs: webhook::CertSource,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    value: Secret,
+    generation: u64,
+    refresh_at: Instant,
+}
+
+/// The access token: readers take the cached one; one task at a time refreshes it.
+#[derive(Default)]
+struct TokenCache {
+    current: RwLock<Option<CachedToken>>,
+    /// Held only while fetching a new token; counts generations.
+    refresh: tokio::sync::Mutex<u64>,
+}
+
+impl TokenCache {
+    fn fresh(&self) -> Option<CachedToken> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|t| t.refresh_at > Instant::now())
+            .cloned()
+    }
+
+    /// Forgets the token PayPal refused, unless a newer one replaced it already.
+    fn invalidate(&self, generation: u64) {
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if cur.as_ref().is_some_and(|t| t.generation == generation) {
+            *cur = None;
+        }
+    }
+}
+
+/// A failed PayPal call. Never shown to clients as is.
+#[derive(Debug)]
+pub enum PayPalError {
+    Unreachable(String),
+    /// PayPal refused our client id and secret.
+    Credentials(String),
+    Api {
+        status: u16,
+        body: ErrorBody,
+    },
+    Decode(String),
+}
+
+impl PayPalError {
+    fn status(&self) -> Option<u16> {
+        match self {
+            PayPalError::Api { status, .. } => Some(*status),
+            PayPalError::Unreachable(_) | PayPalError::Credentials(_) | PayPalError::Decode(_) => {
+                None
+            }
+        }
+    }
+
+    fn has_issue(&self, issue: &str) -> bool {
+        match self {
+            PayPalError::Api { body, .. } => body.has_issue(issue),
+            PayPalError::Unreachable(_) | PayPalError::Credentials(_) | PayPalError::Decode(_) => {
+                false
+            }
+        }
+    }
+
+    fn issue(&self) -> String {
+        match self {
+            PayPalError::Api { body, .. } => body.code(),
+            PayPalError::Unreachable(_) | PayPalError::Credentials(_) | PayPalError::Decode(_) => {
+                "UNKNOWN".into()
+            }
+        }
+    }
+
+    /// Logs the failure with context and turns it into a client error that reveals nothing.
+    fn into_api(self, context: &str) -> ApiError {
+        match self {
+            PayPalError::Unreachable(e) => {
+                tracing::warn!(%context, error = %e, "PayPal unreachable");
+                ApiError::Unavailable {
+                    code: "provider_unavailable",
+                    message: "PayPal could not be reached; retry later".into(),
+                }
+            }
+            PayPalError::Credentials(e) => {
+                tracing::error!(%context, error = %e, "PayPal refused our credentials");
+                ApiError::Unavailable {
+                    code: "provider_unavailable",
+                    message:
+                        "PayPal refused this server's credentials (PAYPAL_CLIENT_ID, PAYPAL_SECRET)"
+                            .into(),
+                }
+            }
+            PayPalError::Api { status, body } => {
+                tracing::warn!(%context, status, issue = %body.code(), debug_id = ?body.debug_id, "PayPal refused a request");
+                ApiError::Unavailable {
+                    code: "provider_error",
+                    message: format!("PayPal refused the request ({})", body.code()),
+                }
+            }
+            PayPalError::Decode(e) => {
+                tracing::error!(%context, error = %e, "unexpected PayPal answer");
+                ApiError::Unavailable {
+                    code: "provider_error",
+                    message: "PayPal sent an answer this server does not understand".into(),
+                }
+            }
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// An absolute http(s) URL; plain http only on loopback (tests, local fakes).
+fn check_http_url(name: &str, value: &str, errors: &mut Vec<String>) {
+    match reqwest::Url::parse(value) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+        Ok(u) if u.scheme() == "http" && webhook::is_loopback(&u) => {}
+        Ok(_) => errors.push(format!(
+            "{name}: {value:?} must be an https URL (http only on localhost)"
+        )),
+        Err(e) => errors.push(format!("{name}: {value:?} is not a URL ({e})")),
+    }
+}
+
+impl PayPal {
+    /// Reads the PayPal settings; `None` when PayPal is not configured.
+    pub fn from_env() -> Result<Option<PayPal>, Vec<String>> {
+        let id = env("PAYPAL_CLIENT_ID");
+        let secret = env("PAYPAL_SECRET");
+        let (client_id, secret) = match (id, secret) {
+            (Some(i), Some(s)) => (i, Secret::new(s)),
+            (None, None) => return Ok(None),
+            (Some(_), None) => {
+                return Err(vec![
+                    "PAYPAL_SECRET: required when PAYPAL_CLIENT_ID is set".into()
+                ])
+            }
+            (None, Some(_)) => {
+                return Err(vec![
+                    "PAYPAL_CLIENT_ID: required when PAYPAL_SECRET is set".into()
+                ])
+            }
+        };
+        let mut errors = Vec::new();
+        let base = env("PAYPAL_BASE").unwrap_or_else(|| SANDBOX_BASE.to_string());
+        check_http_url("PAYPAL_BASE", &base, &mut errors);
+        let return_url = env("PAYPAL_RETURN_URL");
+        if let Some(u) = &return_url {
+            check_http_url("PAYPAL_RETURN_URL", u, &mut errors);
+        }
+        let cancel_url = env("PAYPAL_CANCEL_URL");
+        if let Some(u) = &cancel_url {
+            check_http_url("PAYPAL_CANCEL_URL", u, &mut errors);
+        }
+        let webhook_id = env("PAYPAL_WEBHOOK_ID");
+        if webhook_id
+            .as_ref()
+            .is_some_and(|w| w.len() > 64 || w.contains('|') || w.chars().any(char::is_control))
+        {
+            errors.push(
+                "PAYPAL_WEBHOOK_ID: must be PayPal's webhook id (at most 64 characters)".into(),
+            );
+        }
+        let test_prefix = env("TOLLGATE_TEST_PAYPAL_CERT_PREFIX");
+        if let Some(p) = &test_prefix {
+            match reqwest::Url::parse(p) {
+                Ok(u) if webhook::is_loopback(&u) => {
+                    tracing::warn!(prefix = %p, "PayPal webhook certificates are also accepted from a loopback test prefix")
+                }
+                _ => errors.push(format!(
+                    "TOLLGATE_TEST_PAYPAL_CERT_PREFIX: {p:?} must be a URL on localhost (tests only)"
+                )),
+            }
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| vec![format!("PayPal HTTP client: {e}")])?;
+        let certs = webhook::CertSource::new(test_prefix).map_err(|e| vec![e])?;
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Some(PayPal {
+            base: base.trim_end_matches('/').to_string(),
+            client_id,
+            secret,
+            webhook_id,
+            return_url,
+            cancel_url,
+            http,
+            token: TokenCache::default(),
+            certs,
+        }))
+    }
+
+    pub fn is_live(&self) -> bool {
+        !self.base.contains("sandbox")
+    }
+
+    async fn token(&self) -> Result<CachedToken, PayPalError> {
+        if let Some(t) = self.token.fresh() {
+            return Ok(t);
+        }
+        let mut generation = self.token.refresh.lock().await;
+        // Another task may have refreshed while this one waited.
+        if let Some(t) = self.token.fresh() {
+            return Ok(t);
+        }
+        let (value, expires_in) = self.fetch_token().await?;
+        *generation += 1;
+        let lifetime = Duration::from_secs(expires_in.min(86_400 * 30));
+        // Refresh shortly before expiry: two minutes early, or halfway for short-lived tokens.
+        let margin = (lifetime / 2).min(Duration::from_secs(120));
+        let t = CachedToken {
+            value,
+            generation: *generation,
+            refresh_at: Instant::now() + lifetime - margin,
+        };
+        *self
+            .token
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
+        Ok(t)
+    }
+
+    async fn fetch_token(&self) -> Result<(Secret, u64), PayPalError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/oauth2/token", self.base))
+            .basic_auth(&self.client_id, Some(self.secret.expose()))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Accept", "application/json")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .map_err(|e| PayPalError::Unreachable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| PayPalError::Unreachable(e.to_string()))?;
+        match status {
+            200 => {
+                let t: wire::TokenResponse = serde_json::from_slice(&body)
+                    .map_err(|e| PayPalError::Decode(format!("token answer: {e}")))?;
+                Ok((Secret::new(t.access_token), t.expires_in))
+            }
+            401 | 403 => Err(PayPalError::Credentials(format!(
+                "token endpoint answered {status}"
+            ))),
+            _ => Err(PayPalError::Api {
+                status,
+                body: serde_json::from_slice(&body).unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// One authenticated call; a 401 (token expired early) refreshes the token and retries once
+    /// with the same `PayPal-Request-Id`.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        request_id: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Bytes), PayPalError> {
+        for attempt in 0..2 {
+            let token = self.token().await?;
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(token.value.expose())
+                .header("Accept", "application/json")
+                .header("Prefer", "return=representation");
+            if let Some(id) = request_id {
+                req = req.header("PayPal-Request-Id", id);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| PayPalError::Unreachable(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| PayPalError::Unreachable(e.to_string()))?;
+            if status == 401 && attempt == 0 {
+                tracing::info!(%path, "PayPal refused the cached access token; refreshing it once");
+                self.token.invalidate(token.generation);
+                continue;
+            }
+            if status == 401 {
+                return Err(PayPalError::Credentials(
+                    "PayPal refused a freshly issued access token".into(),
+                ));
+            }
+            return Ok((status, bytes));
+        }
+        Err(PayPalError::Credentials("no usable access token".into()))
+    }
+
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        request_id: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<T, PayPalError> {
+        let (status, bytes) = self.call(method, path, request_id, body).await?;
+        if (200..300).contains(&status) {
+            serde_json::from_slice(&bytes).map_err(|e| PayPalError::Decode(format!("{path}: {e}")))
+        } else {
+            Err(PayPalError::Api {
+                status,
+                body: serde_json::from_slice(&bytes).unwrap_or_default(),
+            })
+        }
+    }
+
+    pub async fn create_order(
+        &self,
+        order: &wire::CreateOrder,
+        request_id: &str,
+    ) -> Result<Order, PayPalError> {
+        let body = serde_json::to_value(order).map_err(|e| PayPalError::Decode(e.to_string()))?;
+        self.call_json(
+            reqwest::Method::POST,
+            "/v2/checkout/orders",
+            Some(request_id),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn get_order(&self, order_id: &str) -> Result<Order, PayPalError> {
+        self.call_json(
+            reqwest::Method::GET,
+            &format!("/v2/checkout/orders/{order_id}"),
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub async fn capture_order(
+        &self,
+        order_id: &str,
+        request_id: &str,
+    ) -> Result<Order, PayPalError> {
+        self.call_json(
+            reqwest::Method::POST,
+            &format!("/v2/checkout/orders/{order_id}/capture"),
+            Some(request_id),
+            Some(&json!({})),
+        )
+        .await
+    }
+
+    pub async fn get_capture(&self, capture_id: &str) -> Result<Capture, PayPalError> {
+        self.call_json(
+            reqwest::Method::GET,
+            &format!("/v2/payments/captures/{capture_id}"),
+            None,
+            None,
+        )
+        .await
+    }
+
+    fn urls(&self, state: &AppState) -> (String, String) {
+        let root = state
+            .cfg
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", state.cfg.listen));
+        let root = root.trim_end_matches('/');
+        (
+            self.return_url
+                .clone()
+                .unwrap_or_else(|| format!("{root}/billing/paypal/return")),
+            self.cancel_url
+                .clone()
+                .unwrap_or_else(|| format!("{root}/billing/paypal/cancel")),
+        )
+    }
+}
+
+fn paypal(state: &AppState) -> Result<&PayPal, ApiError> {
+    state
+        .providers
+        .paypal
+        .as_deref()
+        .ok_or_else(|| super::not_configured("PayPal", SETTINGS))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orders
+
+/// Both body forms of `POST /billing/paypal/order`, told apart by `purchase_units`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderRequest {
+    user_id: Option<String>,
+    plan: Option<String>,
+    cycle: Option<String>,
+    /// Refused next to a plan; present only so the refusal can say why.
+    amount: Option<Value>,
+    currency: Option<String>,
+    intent: Option<String>,
+    purchase_units: Option<Vec<LegacyUnit>>,
+    description: Option<String>,
+}
+
+/// A purchase unit of the original form. Other PayPal fields (items, shipping...) are accepted
+/// and not forwarded.
+#[derive(Deserialize)]
+struct LegacyUnit {
+    amount: LegacyAmount,
+    custom_id: Option<String>,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LegacyAmount {
+    currency_code: String,
+    value: Value,
+}
+
+/// What an order is for, decided before anything is written.
+struct OrderPlan {
+    user_id: String,
+    money: Money,
+    plan: Option<(String, Cycle)>,
+    description: String,
+}
+
+fn refuse_client_amount() -> ApiError {
+    ApiError::bad(
+        "client_amount_not_allowed",
+        "an order for a plan is priced by the server: send {user_id, plan, cycle} without an amount \
+         (an original-form order with purchase_units and no plan is recorded as a plain payment that grants nothing)",
+    )
+}
+
+fn decide(state: &AppState, req: OrderRequest) -> Result<OrderPlan, ApiError> {
+    let names_plan = req.plan.is_some() || req.cycle.is_some();
+    let Some(units) = req.purchase_units else {
+        if req.intent.is_some() {
+            return Err(ApiError::bad(
+                "invalid_body",
+                "purchase_units: required with intent (or send {user_id, plan, cycle})",
+            ));
+        }
+        if req.amount.is_some() || req.currency.is_some() {
+            return Err(refuse_client_amount());
+        }
+        let user_id = req
+            .user_id
+            .ok_or_else(|| ApiError::bad("invalid_body", "user_id: missing field"))?;
+        valid_user_id(&user_id)?;
+        let plan_id = req
+            .plan
+            .ok_or_else(|| ApiError::bad("invalid_body", "plan: missing field"))?;
+        let plan = state.catalogue.get(&plan_id).ok_or_else(|| {
+            ApiError::bad(
+                "unknown_plan",
+                format!(
+                    "unknown plan {plan_id:?}; plans are {}",
+                    state.catalogue.ids().join(", ")
+                ),
+            )
+        })?;
+        let cycle_text = req.cycle.unwrap_or_else(|| "monthly".to_string());
+        let cycle = Cycle::parse(&cycle_text).ok_or_else(|| {
+            ApiError::bad(
+                "unknown_cycle",
+                format!("unknown cycle {cycle_text:?}; cycles are monthly, yearly"),
+            )
+        })?;
+        let money = plan.price(cycle);
+        if !plan.is_paid() || money.minor <= 0 {
+            return Err(ApiError::bad(
+                "invalid_plan",
+                format!("{:?} has no {} price to pay", plan.id, cycle.as_str()),
+            ));
+        }
+        let description = format!("{} plan, {}", plan.name, cycle.as_str());
+        return Ok(OrderPlan {
+            user_id,
+            money,
+            plan: Some((plan.id.clone(), cycle)),
+            description,
+        });
+    };
+    // The original form: a client-chosen amount, so never a plan.
+    if names_plan || req.amount.is_some() || req.currency.is_some() {
+        return Err(refuse_client_amount());
+    }
+    let intent = req.intent.unwrap_or_else(|| "CAPTURE".to_string());
+    if intent != "CAPTURE" {
+        return Err(ApiError::bad(
+            "invalid_body",
+            format!("intent: {intent:?} is not supported; only \"CAPTURE\""),
+        ));
+    }
+    let [unit] = <[LegacyUnit; 1]>::try_from(units).map_err(|_| {
+        ApiError::bad(
+            "invalid_body",
+            "purchase_units: exactly one purchase unit is supported",
+        )
+    })?;
+    let currency = Currency::parse(&unit.amount.currency_code).map_err(|e| {
+        ApiError::bad(
+            "invalid_amount",
+            format!("purchase_units[0].amount.currency_code: {e}"),
+        )
+    })?;
+    let parsed = match &unit.amount.value {
+        Value::String(s) => Money::parse_decimal(s, currency),
+        Value::Number(n) => Money::from_json_number(n, currency),
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_amount",
+                "purchase_units[0].amount.value: expected a decimal string such as \"29.00\"",
+            ))
+        }
+    };
+    let money = parsed.map_err(|e| {
+        ApiError::bad(
+            "invalid_amount",
+            format!("purchase_units[0].amount.value: {e}"),
+        )
+    })?;
+    if money.minor <= 0 {
+        return Err(ApiError::bad(
+            "invalid_amount",
+            "purchase_units[0].amount.value: must be more than zero",
+        ));
+    }
+    let user_id = req.user_id.or(unit.custom_id).ok_or_else(|| {
+        ApiError::bad(
+            "invalid_body",
+            "user_id: missing (or purchase_units[0].custom_id)",
+        )
+    })?;
+    valid_user_id(&user_id)?;
+    let description = unit
+        .description
+        .or(req.description)
+        .unwrap_or_else(|| "Payment".to_string());
+    if description.chars().count() > 100 || description.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "invalid_body",
+            "description: at most 100 characters without control characters",
+        ));
+    }
+    Ok(OrderPlan {
+        user_id,
+        money,
+        plan: None,
+        description,
+    })
+}
+
+/// Our payment id for a request: random, or derived from the client's `Idempotency-Key` so
+/// a retried POST finds the payment (and PayPal the `PayPal-Request-Id`) it made before.
+fn payment_id_for(headers: &HeaderMap) -> Result<(String, bool), ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok((crate::ids::prefixed("pay"), false));
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::bad(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        })?;
+    let digest = Sha256::digest(format!("paypal-order\n{key}").as_bytes());
+    Ok((format!("pay_{}", &hex::encode(digest)[..24]), true))
+}
+
+fn order_json(order: &Order, payment: &Payment) -> Value {
+    let mut links: Vec<Value> = order
+        .links
+        .iter()
+        .map(|l| json!({"href": l.href, "rel": l.rel, "method": l.method}))
+        .collect();
+    let approve = order.approve_link().map(str::to_string);
+    // Clients of the original module look for rel "approve"; PayPal says "payer-action" when a
+    // payment source is given. Same page.
+    if !order.links.iter().any(|l| l.rel == "approve") {
+        if let Some(href) = &approve {
+            links.push(json!({"href": href, "rel": "approve", "method": "GET"}));
+        }
+    }
+    let money = Money::new(
+        payment.amount_minor,
+        Currency::parse(&payment.currency).unwrap_or(Currency::EUR),
+    );
+    json!({
+        "id": order.id,
+        "status": order.status.as_str(),
+        "links": links,
+        "approve_url": approve,
+        "payment_id": payment.id,
+        "user_id": payment.user_id,
+        "plan": payment.plan,
+        "cycle": payment.cycle,
+        "amount": Amount::from_money(money),
+        "amount_minor": payment.amount_minor,
+        "currency": payment.currency,
+    })
+}
+
+async fn create_order(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let pp = paypal(&state)?;
+    let req: OrderRequest = crate::extract::parse_json(&body)?;
+    let decided = decide(&state, req)?;
+    let (payment_id, keyed) = payment_id_for(&headers)?;
+    let now = state.now();
+    let new = Payment {
+        id: payment_id.clone(),
+        user_id: decided.user_id.clone(),
+        amount_minor: decided.money.minor,
+        currency: decided.money.currency.as_str().to_string(),
+        method: "paypal".into(),
+        status: PayStatus::Pending,
+        provider_ref: None,
+        reference: None,
+        fee_minor: None,
+        plan: decided.plan.as_ref().map(|(p, _)| p.clone()),
+        cycle: decided.plan.as_ref().map(|(_, c)| c.as_str().to_string()),
+        subscription_id: None,
+        description: decided.description.clone(),
+        created_at: now,
+        updated_at: now,
+        expires_at: Some(now + ORDER_LIFETIME_SECS),
+        period_start: None,
+        period_end: None,
+    };
+    let cause = Cause::new("api", "POST /billing/paypal/order");
+    let payment = match state.store.create_payment(&new, &cause).await {
+        Ok(()) => new,
+        Err(StoreError::Conflict(_)) if keyed => {
+            let old = state.store.get_payment(&payment_id).await?;
+            let same = old.user_id == new.user_id
+                && old.amount_minor == new.amount_minor
+                && old.currency == new.currency
+                && old.plan == new.plan
+                && old.cycle == new.cycle
+                && old.method == new.method;
+            if !same {
+                return Err(ApiError::conflict(
+                    "idempotency_mismatch",
+                    "this Idempotency-Key was used for a different order",
+                ));
+            }
+            if let Some(order_id) = &old.provider_ref {
+                let order = pp
+                    .get_order(order_id)
+                    .await
+                    .map_err(|e| e.into_api("reading a replayed PayPal order"))?;
+                return Ok(Json(order_json(&order, &old)));
+            }
+            old
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (return_url, cancel_url) = pp.urls(&state);
+    let request = wire::CreateOrder {
+        intent: "CAPTURE",
+        purchase_units: vec![wire::PurchaseUnitRequest {
+            reference_id: "default".into(),
+            custom_id: payment.id.clone(),
+            invoice_id: payment.id.clone(),
+            description: decided.description.chars().take(127).collect(),
+            amount: Amount::from_money(decided.money),
+        }],
+        payment_source: wire::PaymentSource {
+            paypal: wire::PayPalSource {
+                experience_context: wire::ExperienceContext {
+                    return_url,
+                    cancel_url,
+                    user_action: "PAY_NOW",
+                    shipping_preference: "NO_SHIPPING",
+                },
+            },
+        },
+    };
+    let request_id = format!("tollgate-order-{}", payment.id);
+    let order = match pp.create_order(&request, &request_id).await {
+        Ok(o) => o,
+        Err(e) => {
+            // The payment stays pending without an order; a retry with the same
+            // Idempotency-Key resumes it, otherwise it expires with the order lifetime.
+            return Err(e.into_api("creating a PayPal order"));
+        }
+    };
+    if !wire::valid_resource_id(&order.id) {
+        return Err(PayPalError::Decode(format!("order id {:?}", order.id))
+            .into_api("creating a PayPal order"));
+    }
+    state
+        .store
+        .set_payment_provider_ref(&payment.id, &order.id, state.now())
+        .await?;
+    tracing::info!(payment = %payment.id, order = %order.id, amount = %decided.money, plan = ?payment.plan, "PayPal order created");
+    let mut payment = payment;
+    payment.provider_ref = Some(order.id.clone());
+    Ok(Json(order_json(&order, &payment)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Captures
+
+/// What a capture means for one payment.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Paid {
+        fee: Option<i64>,
+    },
+    Waiting,
+    Failed,
+    Refunded,
+    /// Not the money we asked for: never grants.
+    Mismatch(String),
+}
+
+fn judge(payment: &Payment, capture: &Capture) -> Verdict {
+    let outcome = wire::capture_outcome(capture.status);
+    let expected = Currency::parse(&payment.currency)
+        .map(|c| Money::new(payment.amount_minor, c))
+        .ok();
+    let check = || -> Result<(), String> {
+        if let Some(c) = &capture.custom_id {
+            if c != &payment.id {
+                return Err(format!(
+                    "capture {} belongs to {c:?}, not {}",
+                    capture.id, payment.id
+                ));
+            }
+        }
+        let Some(expected) = expected else {
+            return Err(format!("payment currency {:?} unknown", payment.currency));
+        };
+        match capture.amount.to_money() {
+            Ok(got) if got == expected => Ok(()),
+            Ok(got) => Err(format!(
+                "PayPal captured {got} (capture {}), the order was for {expected}",
+                capture.id
+            )),
+            Err(e) => Err(format!(
+                "PayPal captured an unreadable amount {:?} {:?} ({e})",
+                capture.amount.value, capture.amount.currency_code
+            )),
+        }
+    };
+    match outcome {
+        CaptureOutcome::Paid => match check() {
+            Ok(()) => Verdict::Paid {
+                fee: expected.and_then(|m| capture.fee(m.currency)),
+            },
+            Err(why) => Verdict::Mismatch(why),
+        },
+        CaptureOutcome::Waiting => Verdict::Waiting,
+        CaptureOutcome::Failed => Verdict::Failed,
+        CaptureOutcome::Refunded => Verdict::Refunded,
+    }
+}
+
+const OPEN: &[PayStatus] = &[PayStatus::Pending, PayStatus::Expired];
+
+/// Applies a verdict through `billing::settle` (idempotent: a settled payment is unchanged).
+async fn apply(
+    state: &AppState,
+    payment: &Payment,
+    verdict: &Verdict,
+    cause: &Cause,
+) -> Result<(Payment, bool), ApiError> {
+    let settled = match verdict {
+        Verdict::Paid { fee } => {
+            billing::settle(state, &payment.id, OPEN, PayStatus::Succeeded, *fee, cause).await?
+        }
+        Verdict::Failed => {
+            billing::settle(state, &payment.id, OPEN, PayStatus::Failed, None, cause).await?
+        }
+        Verdict::Mismatch(why) => {
+            let cause = Cause::new(
+                &cause.kind,
+                format!("{} amount_mismatch: {why}", cause.reference),
+            );
+            tracing::warn!(payment = %payment.id, %why, "PayPal amount mismatch: payment failed, nothing granted");
+            billing::settle(state, &payment.id, OPEN, PayStatus::Failed, None, &cause).await?
+        }
+        Verdict::Refunded => {
+            billing::settle(
+                state,
+                &payment.id,
+                &[
+                    PayStatus::Pending,
+                    PayStatus::Expired,
+                    PayStatus::Succeeded,
+                    PayStatus::Failed,
+                ],
+                PayStatus::Refunded,
+                None,
+                cause,
+            )
+            .await?
+        }
+        Verdict::Waiting => return Ok((state.store.get_payment(&payment.id).await?, false)),
+    };
+    Ok(match settled {
+        Settled::Applied { payment, .. } => (payment, true),
+        Settled::Unchanged(p) => (p, false),
+    })
+}
+
+fn capture_json(order: &Order, capture: Option<&Capture>, p: &Payment, changed: bool) -> Value {
+    json!({
+        "id": order.id,
+        "status": order.status.as_str(),
+        "capture_id": capture.map(|c| c.id.clone()),
+        "capture_status": capture.map(|c| c.status.as_str()),
+        "payment_id": p.id,
+        "payment_status": p.status.as_str(),
+        "user_id": p.user_id,
+        "plan": p.plan,
+        "cycle": p.cycle,
+        "amount_minor": p.amount_minor,
+        "currency": p.currency,
+        "fee_minor": p.fee_minor,
+        "subscription_id": p.subscription_id,
+        "period_start": p.period_start.map(rfc3339),
+        "period_end": p.period_end.map(rfc3339),
+        "changed": changed,
+    })
+}
+
+/// Captures an order and settles its payment; shared by the API and the buyer's return.
+async fn capture(state: &AppState, order_id: &str, via: &str) -> Result<Response, ApiError> {
+    let pp = paypal(state)?;
+    let unknown = || {
+        ApiError::not_found(
+            "order_not_found",
+            format!("no PayPal order {order_id:?} was created by this server"),
+        )
+    };
+    if !wire::valid_resource_id(order_id) {
+        return Err(unknown());
+    }
+    let payment = state
+        .store
+        .payment_by_provider_ref("paypal", order_id)
+        .await?
+        .ok_or_else(unknown)?;
+    let request_id = format!("tollgate-capture-{}", payment.id);
+    let order = match pp.capture_order(order_id, &request_id).await {
+        Ok(o) => o,
+        Err(e) if e.has_issue("ORDER_ALREADY_CAPTURED") => pp
+            .get_order(order_id)
+            .await
+            .map_err(|e| e.into_api("reading a captured PayPal order"))?,
+        Err(e) if e.has_issue("ORDER_NOT_APPROVED") || e.has_issue("PAYER_ACTION_REQUIRED") => {
+            return Err(ApiError::conflict(
+                "order_not_approved",
+                format!("the buyer has not approved PayPal order {order_id} yet; send them to its approve link"),
+            ))
+        }
+        Err(e) if e.status() == Some(404) => return Err(unknown()),
+        Err(e) if e.status() == Some(422) => {
+            let issue = e.issue();
+            tracing::info!(order = %order_id, %issue, "PayPal refused a capture");
+            return Err(ApiError::conflict(
+                "capture_refused",
+                format!("PayPal refused to capture order {order_id} ({issue}); the payment stays pending and the buyer may approve again"),
+            ));
+        }
+        Err(e) => return Err(e.into_api("capturing a PayPal order")),
+    };
+    let Some(capture) = order.captures().next().cloned() else {
+        let p = state.store.get_payment(&payment.id).await?;
+        return Ok(Json(capture_json(&order, None, &p, false)).into_response());
+    };
+    let verdict = judge(&payment, &capture);
+    let cause = Cause::new(
+        "api",
+        format!("{via} order={order_id} capture={}", capture.id),
+    );
+    let (p, changed) = apply(state, &payment, &verdict, &cause).await?;
+    match verdict {
+        Verdict::Mismatch(why) => Ok(json_error(
+            StatusCode::CONFLICT,
+            "amount_mismatch",
+            format!(
+                "{why}; payment {} is marked failed and nothing was granted (refund it in PayPal)",
+                p.id
+            ),
+        )),
+        Verdict::Failed => Ok(json_error(
+            StatusCode::CONFLICT,
+            "capture_declined",
+            format!(
+                "PayPal declined capture {} of order {order_id}; payment {} failed",
+                capture.id, p.id
+            ),
+        )),
+        Verdict::Paid { .. } | Verdict::Waiting | Verdict::Refunded => {
+            if changed {
+                tracing::info!(payment = %p.id, order = %order_id, status = %p.status.as_str(), "PayPal capture settled");
+            }
+            Ok(Json(capture_json(&order, Some(&capture), &p, changed)).into_response())
+        }
+    }
+}
+
+async fn capture_handler(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+) -> Result<Response, ApiError> {
+    capture(
+        &state,
+        &order_id,
+        &format!("POST /billing/paypal/capture/{order_id}"),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct ReturnQuery {
+    token: Option<String>,
+}
+
+/// The buyer's return from PayPal (`?token=<order id>`): captures, like the API call. Public,
+/// because the buyer's browser carries no service token; capturing an approved order is what
+/// its buyer asked for, and every effect is idempotent.
+async fn return_handler(
+    State(state): State<AppState>,
+    Query(q): Query<ReturnQuery>,
+) -> Result<Response, ApiError> {
+    let order_id = q.token.unwrap_or_default();
+    capture(&state, &order_id, "GET /billing/paypal/return").await
+}
+
+/// The buyer cancelled at PayPal: nothing to do (the pending payment expires with the order).
+async fn cancel_handler(
+    State(state): State<AppState>,
+    Query(q): Query<ReturnQuery>,
+) -> Result<Json<Value>, ApiError> {
+    paypal(&state)?;
+    Ok(Json(
+        json!({"status": "cancelled", "order_id": q.token, "message": "the PayPal payment was cancelled; nothing was charged"}),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks
+
+async fn webhook_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let pp = paypal(&state)?;
+    let Some(webhook_id) = pp.webhook_id.as_deref() else {
+        return Err(super::not_configured(
+            "PayPal webhooks",
+            "PAYPAL_WEBHOOK_ID",
+        ));
+    };
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let t = webhook::Transmission {
+        id: h("paypal-transmission-id"),
+        time: h("paypal-transmission-time"),
+        sig: h("paypal-transmission-sig"),
+        cert_url: h("paypal-cert-url"),
+        auth_algo: h("paypal-auth-algo"),
+    };
+    let now_real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    match pp.certs.verify(&t, webhook_id, &body, now_real).await {
+        Ok(()) => {}
+        Err(webhook::VerifyError::Rejected(why)) => {
+            tracing::warn!(%why, transmission = %t.id.chars().take(64).collect::<String>(), "PayPal webhook rejected");
+            return Err(ApiError::bad(
+                "invalid_signature",
+                format!("PayPal webhook not verified: {why}"),
+            ));
+        }
+        Err(webhook::VerifyError::Unavailable(why)) => {
+            tracing::warn!(%why, "PayPal webhook could not be verified now");
+            return Err(ApiError::Unavailable {
+                code: "provider_unavailable",
+                message: "the PayPal signing certificate could not be fetched; retry later".into(),
+            });
+        }
+    }
+    let event: wire::Event = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("invalid_event", format!("PayPal event: {e}")))?;
+    if event.id.is_empty() || event.id.len() > 128 {
+        return Err(ApiError::bad(
+            "invalid_event",
+            "PayPal event id: 1-128 characters",
+        ));
+    }
+    let payload = String::from_utf8_lossy(&body);
+    let fresh = state
+        .store
+        .claim_event(
+            "paypal",
+            &event.id,
+            &event.event_type,
+            &payload,
+            state.now(),
+        )
+        .await?;
+    if !fresh {
+        return Ok(Json(
+            json!({"received": true, "duplicate": true, "event_id": event.id}),
+        ));
+    }
+    match handle_event(&state, pp, &event).await {
+        Ok(outcome) => {
+            state
+                .store
+                .finish_event("paypal", &event.id, &outcome)
+                .await?;
+            tracing::info!(event = %event.id, kind = %event.event_type, %outcome, "PayPal event handled");
+            Ok(Json(
+                json!({"received": true, "event_id": event.id, "outcome": outcome}),
+            ))
+        }
+        Err(e) => {
+            // Let PayPal's retry be processed.
+            if let Err(release) = state.store.release_event("paypal", &event.id).await {
+                tracing::error!(event = %event.id, error = %release, "could not release a failed PayPal event");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Our payment for a capture or refund: by PayPal's order id, else by our id in custom_id.
+async fn payment_for(
+    state: &AppState,
+    order_id: Option<&str>,
+    ours: &[Option<&str>],
+) -> Result<Option<Payment>, ApiError> {
+    if let Some(order_id) = order_id.filter(|o| wire::valid_resource_id(o)) {
+        if let Some(p) = state
+            .store
+            .payment_by_provider_ref("paypal", order_id)
+            .await?
+        {
+            return Ok(Some(p));
+        }
+    }
+    for id in ours.iter().flatten() {
+        if !id.starts_with("pay_") || id.len() > 64 {
+            continue;
+        }
+        match state.store.get_payment(id).await {
+            Ok(p) if p.method == "paypal" => return Ok(Some(p)),
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
+async fn handle_event(
+    state: &AppState,
+    pp: &PayPal,
+    event: &wire::Event,
+) -> Result<String, ApiError> {
+    let cause = Cause::new(
+        "webhook",
+        format!("paypal {} {}", event.event_type, event.id),
+    );
+    match event.event_type.as_str() {
+        "PAYMENT.CAPTURE.COMPLETED"
+        | "PAYMENT.CAPTURE.DENIED"
+        | "PAYMENT.CAPTURE.DECLINED"
+        | "PAYMENT.CAPTURE.PENDING" => {
+            let capture: Capture = serde_json::from_value(event.resource.clone())
+                .map_err(|e| ApiError::bad("invalid_event", format!("resource: {e}")))?;
+            let Some(payment) = payment_for(
+                state,
+                capture.order_id(),
+                &[capture.custom_id.as_deref(), capture.invoice_id.as_deref()],
+            )
+            .await?
+            else {
+                return Ok(format!(
+                    "ignored: capture {} is not for a payment of ours",
+                    capture.id
+                ));
+            };
+            let verdict = judge(&payment, &capture);
+            let (p, changed) = apply(state, &payment, &verdict, &cause).await?;
+            Ok(match verdict {
+                Verdict::Mismatch(why) => format!("amount_mismatch: {why}; {} failed", p.id),
+                _ => format!(
+                    "{} {} ({})",
+                    p.id,
+                    p.status.as_str(),
+                    if changed { "changed" } else { "unchanged" }
+                ),
+            })
+        }
+        "PAYMENT.CAPTURE.REFUNDED" | "PAYMENT.CAPTURE.REVERSED" => {
+            let refund: wire::Refund = serde_json::from_value(event.resource.clone())
+                .map_err(|e| ApiError::bad("invalid_event", format!("resource: {e}")))?;
+            if !wire::refund_done(refund.status) {
+                return Ok(format!(
+                    "refund {} not completed: nothing changes",
+                    refund.id
+                ));
+            }
+            // The refund names our payment in custom_id/invoice_id; else ask PayPal about the
+            // refunded capture.
+            let mut capture = None;
+            let mut payment = payment_for(
+                state,
+                None,
+                &[refund.custom_id.as_deref(), refund.invoice_id.as_deref()],
+            )
+            .await?;
+            if payment.is_none() {
+                if let Some(cid) = refund.capture_id() {
+                    let c = pp
+                        .get_capture(cid)
+                        .await
+                        .map_err(|e| e.into_api("reading a refunded PayPal capture"))?;
+                    payment = payment_for(state, c.order_id(), &[c.custom_id.as_deref()]).await?;
+                    capture = Some(c);
+                }
+            }
+            let Some(payment) = payment else {
+                return Ok(format!(
+                    "ignored: refund {} is not for a payment of ours",
+                    refund.id
+                ));
+            };
+            let full = match refund.amount.as_ref().map(Amount::to_money) {
+                Some(Ok(m)) => {
+                    m.currency.as_str() == payment.currency && m.minor >= payment.amount_minor
+                }
+                _ => false,
+            };
+            let full = if full {
+                true
+            } else {
+                // Several partial refunds can add up: PayPal's capture status says.
+                let c = match capture {
+                    Some(c) => Some(c),
+                    None => match refund.capture_id() {
+                        Some(cid) => Some(
+                            pp.get_capture(cid)
+                                .await
+                                .map_err(|e| e.into_api("reading a refunded PayPal capture"))?,
+                        ),
+                        None => None,
+                    },
+                };
+                c.is_some_and(|c| c.status == wire::CaptureStatus::Refunded)
+            };
+            if !full {
+                return Ok(format!(
+                    "partial refund {} of {}: the period it bought is kept",
+                    refund.id, payment.id
+                ));
+            }
+            let (p, changed) = apply(state, &payment, &Verdict::Refunded, &cause).await?;
+            Ok(format!(
+                "{} {} ({})",
+                p.id,
+                p.status.as_str(),
+                if changed { "changed" } else { "unchanged" }
+            ))
+        }
+        other => Ok(format!("ignored: {other}")),
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/billing/paypal/order", post(create_order))
+        .route("/billing/paypal/capture/{order_id}", post(capture_handler))
+        .route("/billing/paypal/webhook", post(webhook_handler))
+        .route("/billing/paypal/return", get(return_handler))
+        .route("/billing/paypal/cancel", get(cancel_handler))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment(amount_minor: i64) -> Payment {
+        Payment {
+            id: "pay_0123456789abcdef01234567".into(),
+            user_id: "alice".into(),
+            amount_minor,
+            currency: "EUR".into(),
+            method: "paypal".into(),
+            status: PayStatus::Pending,
+            provider_ref: Some("5O190127TN364715T".into()),
+            reference: None,
+            fee_minor: None,
+            plan: Some("pro".into()),
+            cycle: Some("monthly".into()),
+            subscription_id: None,
+            description: "Pro plan, monthly".into(),
+            created_at: 0,
+            updated_at: 0,
+            expires_at: None,
+            period_start: None,
+            period_end: None,
+        }
+    }
+
+    fn capture(status: &str, value: &str, custom_id: Option<&str>) -> Capture {
+        serde_json::from_value(json!({
+            "id": "3C679366HH908993F", "status": status,
+            "amount": {"currency_code": "EUR", "value": value},
+            "custom_id": custom_id,
+            "seller_receivable_breakdown": {"paypal_fee": {"currency_code": "EUR", "value": "1.16"}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn captures_are_judged_on_the_exact_amount() {
+        let p = payment(2900);
+        let ours = Some(p.id.as_str());
+        assert_eq!(
+            judge(&p, &capture("COMPLETED", "29.00", ours)),
+            Verdict::Paid { fee: Some(116) }
+        );
+        assert!(matches!(
+            judge(&p, &capture("COMPLETED", "28.99", ours)),
+            Verdict::Mismatch(_)
+        ));
+        assert!(matches!(
+            judge(&p, &capture("COMPLETED", "290.00", ours)),
+            Verdict::Mismatch(_)
+        ));
+        assert!(matches!(
+            judge(&p, &capture("COMPLETED", "29.00", Some("pay_other"))),
+            Verdict::Mismatch(_)
+        ));
+        assert_eq!(
+            judge(&p, &capture("PENDING", "29.00", ours)),
+            Verdict::Waiting
+        );
+        assert_eq!(
+            judge(&p, &capture("DECLINED", "29.00", ours)),
+            Verdict::Failed
+        );
+        assert_eq!(
+            judge(&p, &capture("REFUNDED", "29.00", ours)),
+            Verdict::Refunded
+        );
+        let mut usd = capture("COMPLETED", "29.00", ours);
+        usd.amount.currency_code = "USD".into();
+        assert!(matches!(judge(&p, &usd), Verdict::Mismatch(_)));
+    }
+
+    #[test]
+    fn idempotency_keys_give_stable_payment_ids() {
+        let mut h = HeaderMap::new();
+        let (a, keyed) = payment_id_for(&h).unwrap_or_default();
+        assert!(!keyed && a.starts_with("pay_") && a.len() == 28);
+        h.insert(
+            "idempotency-key",
+            "order-1".parse().unwrap_or_else(|_| panic!()),
+        );
+        let (b, keyed) = payment_id_for(&h).unwrap_or_default();
+        let (c, _) = payment_id_for(&h).unwrap_or_default();
+        assert!(keyed && b == c && b.len() == 28);
+        h.insert(
+            "idempotency-key",
+            "order-2".parse().unwrap_or_else(|_| panic!()),
+        );
+        assert_ne!(payment_id_for(&h).unwrap_or_default().0, b);
+    }
+}

@@ -22,6 +22,12 @@ for v in TOLLGATE_TEST_POSTGRES_URL TOLLGATE_TEST_REDIS_URL; do
   fi
 done
 
+# Stripe end-to-end tests start localstripe (PyPI, GPL: a separate process, never vendored) from
+# a venv under the target directory, one fresh instance per test on 127.0.0.1. Mandatory in CI.
+if LOCALSTRIPE_PY="$(scripts/localstripe.sh install)" && [ -n "$LOCALSTRIPE_PY" ]; then
+  export LOCALSTRIPE_PYTHON="$LOCALSTRIPE_PY"
+fi
+
 # The end-to-end tests start the real binaries from the same target directory.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast "$@"

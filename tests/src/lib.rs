@@ -7,6 +7,8 @@
 //! `cargo test --workspace` builds them because their crates have integration tests.
 
 pub mod gw;
+pub mod stripe;
+pub mod stripe_fake;
 pub mod upstream;
 
 use std::collections::HashMap;

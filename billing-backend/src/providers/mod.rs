@@ -8,6 +8,7 @@
 
 pub mod paypal;
 pub mod sepa;
+pub mod stripe;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -18,6 +19,8 @@ use axum::Router;
 pub struct Providers {
     pub sepa: Option<sepa::api::SepaConfig>,
     pub paypal: Option<std::sync::Arc<paypal::PayPal>>,
+    /// Present when `STRIPE_SECRET_KEY` (or `STRIPE_API_KEY`) is set.
+    pub stripe: Option<std::sync::Arc<stripe::Stripe>>,
 }
 
 /// An environment variable, `None` when unset or empty.
@@ -37,15 +40,25 @@ impl Providers {
             errors.extend(e);
             None
         });
+        let stripe = stripe::Stripe::from_env().unwrap_or_else(|e| {
+            errors.extend(e);
+            None
+        });
         if errors.is_empty() {
             Ok(Providers {
                 sepa,
                 paypal: paypal.map(std::sync::Arc::new),
+                stripe: stripe.map(std::sync::Arc::new),
             })
         } else {
             Err(errors)
         }
     }
+}
+
+/// Starts the providers' background work (the Stripe meter export).
+pub fn spawn_background(state: &AppState, stop: tokio::sync::watch::Receiver<bool>) {
+    stripe::spawn_background(state, stop);
 }
 
 /// The error every endpoint of an unconfigured provider answers with.
@@ -60,4 +73,5 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(sepa::api::router())
         .merge(paypal::router())
+        .merge(stripe::router())
 }

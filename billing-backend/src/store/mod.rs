@@ -335,7 +335,12 @@ pub trait BillingStore: Send + Sync {
 
 #[async_trait]
 pub trait Store:
-    KeyStore + UsageStore + BillingStore + PaymentStore + crate::providers::sepa::store::SepaStore
+    KeyStore
+    + UsageStore
+    + BillingStore
+    + PaymentStore
+    + crate::providers::sepa::store::SepaStore
+    + crate::providers::stripe::store::StripeStore
 {
     /// A random id fixed when the database was created (the feed's `db_id`).
     fn db_id(&self) -> &str;

@@ -607,7 +607,13 @@ async fn generated_service_token_is_written_private_and_printed() {
 #[tokio::test]
 async fn cli_commands_act_on_the_same_database() {
     let dir = TempDir::new("cli");
-    let cfg = dir.write("b.toml", &format!("[backend]\ndata_dir = \"{}\"\n", dir.path().join("data").display()));
+    let cfg = dir.write(
+        "b.toml",
+        &format!(
+            "[backend]\ndata_dir = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    );
     let run = |args: &[&str]| -> Value {
         let mut full = vec!["--config", cfg.to_str().unwrap_or_default()];
         full.extend_from_slice(args);
@@ -616,23 +622,48 @@ async fn cli_commands_act_on_the_same_database() {
             .env("TOLLGATE_SERVICE_TOKEN", TOKEN)
             .output()
             .expect("run cli");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
     };
     let plans = run(&["plans"]);
     assert_eq!(plans["plans"].as_array().map(Vec::len), Some(3));
     let created = run(&["keys", "create", "--user", "zoe", "--name", "cli key"]);
     let key_id = created["key_id"].as_str().unwrap_or_default().to_string();
-    assert!(created["api_key"].as_str().is_some_and(|k| k.starts_with("cli_free_")));
-    let granted = run(&["grant", "--user", "zoe", "--plan", "pro", "--reason", "support ticket 42"]);
+    assert!(created["api_key"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("cli_free_")));
+    let granted = run(&[
+        "grant",
+        "--user",
+        "zoe",
+        "--plan",
+        "pro",
+        "--reason",
+        "support ticket 42",
+    ]);
     assert_eq!(granted["status"], json!("active"));
     let listed = run(&["keys", "list", "--user", "zoe"]);
-    assert_eq!(listed["keys"][0]["plan"], json!("pro"), "the grant moved the existing key");
+    assert_eq!(
+        listed["keys"][0]["plan"],
+        json!("pro"),
+        "the grant moved the existing key"
+    );
     let rotated = run(&["keys", "rotate", &key_id, "--grace", "60"]);
     assert_ne!(rotated["api_key"], created["api_key"]);
     assert!(rotated["previous_valid_until"].is_string());
     let revoked = run(&["keys", "revoke", &key_id]);
     assert_eq!(revoked["success"], json!(true));
     let stats = run(&["stats"]);
-    assert_eq!((stats["total_api_keys"].clone(), stats["active_api_keys"].clone()), (json!(1), json!(0)));
+    assert_eq!(
+        (
+            stats["total_api_keys"].clone(),
+            stats["active_api_keys"].clone()
+        ),
+        (json!(1), json!(0))
+    );
 }

@@ -43,46 +43,72 @@ pub const MAX_STATEMENT_BYTES: usize = super::camt::MAX_INPUT_BYTES;
 impl SepaConfig {
     /// `SEPA_HOLDER`, `SEPA_IBAN`, `SEPA_BIC`, `SEPA_EXPIRY_DAYS`. SEPA is configured when
     /// `SEPA_IBAN` is set; a bad value is an error naming the variable.
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<SepaConfig>, Vec<String>> {
-        let Some(iban_text) = get("SEPA_IBAN") else { return Ok(None) };
+    pub fn from_env(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<SepaConfig>, Vec<String>> {
+        let Some(iban_text) = get("SEPA_IBAN") else {
+            return Ok(None);
+        };
         let mut errors = Vec::new();
-        let iban = Iban::parse(&iban_text).map_err(|e| errors.push(format!("SEPA_IBAN: {e}"))).ok();
+        let iban = Iban::parse(&iban_text)
+            .map_err(|e| errors.push(format!("SEPA_IBAN: {e}")))
+            .ok();
         let holder = get("SEPA_HOLDER").unwrap_or_default();
-        if holder.trim().is_empty() || holder.chars().count() > 70 || holder.chars().any(char::is_control) {
+        if holder.trim().is_empty()
+            || holder.chars().count() > 70
+            || holder.chars().any(char::is_control)
+        {
             errors.push("SEPA_HOLDER: the account holder's name is required with SEPA_IBAN (1-70 characters)".to_string());
         }
         let bic = match get("SEPA_BIC") {
-            Some(b) => Bic::parse(&b).map(Some).map_err(|e| errors.push(format!("SEPA_BIC: {e}"))).unwrap_or(None),
+            Some(b) => Bic::parse(&b)
+                .map(Some)
+                .map_err(|e| errors.push(format!("SEPA_BIC: {e}")))
+                .unwrap_or(None),
             None => None,
         };
         let expiry_days = match get("SEPA_EXPIRY_DAYS") {
             None => DEFAULT_EXPIRY_DAYS,
-            Some(d) => match d.parse::<u32>() {
-                Ok(n) if (1..=365).contains(&n) => n,
-                _ => {
-                    errors.push(format!("SEPA_EXPIRY_DAYS: {d:?} must be a whole number of days between 1 and 365"));
-                    DEFAULT_EXPIRY_DAYS
+            Some(d) => {
+                match d.parse::<u32>() {
+                    Ok(n) if (1..=365).contains(&n) => n,
+                    _ => {
+                        errors.push(format!("SEPA_EXPIRY_DAYS: {d:?} must be a whole number of days between 1 and 365"));
+                        DEFAULT_EXPIRY_DAYS
+                    }
                 }
-            },
+            }
         };
         match (iban, errors.is_empty()) {
-            (Some(iban), true) => Ok(Some(SepaConfig { holder: holder.trim().to_string(), iban, bic, expiry_days })),
+            (Some(iban), true) => Ok(Some(SepaConfig {
+                holder: holder.trim().to_string(),
+                iban,
+                bic,
+                expiry_days,
+            })),
             _ => Err(errors),
         }
     }
 }
 
 fn config(state: &AppState) -> Result<&SepaConfig, ApiError> {
-    state.providers.sepa.as_ref().ok_or_else(|| crate::providers::not_configured("SEPA", "SEPA_HOLDER, SEPA_IBAN and SEPA_BIC"))
+    state.providers.sepa.as_ref().ok_or_else(|| {
+        crate::providers::not_configured("SEPA", "SEPA_HOLDER, SEPA_IBAN and SEPA_BIC")
+    })
 }
 
 /// A fresh reference: `RF` + check digits + `TG` + 12 random characters of 0-9A-Z.
 fn new_reference() -> Result<CreditorReference, ApiError> {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let payload: String = std::iter::once("TG".to_string())
-        .chain(crate::ids::random_bytes(12).iter().map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]).to_string()))
+        .chain(
+            crate::ids::random_bytes(12)
+                .iter()
+                .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]).to_string()),
+        )
         .collect();
-    CreditorReference::from_payload(&payload).map_err(|e| ApiError::internal(format!("reference generation: {e}")))
+    CreditorReference::from_payload(&payload)
+        .map_err(|e| ApiError::internal(format!("reference generation: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -108,17 +134,27 @@ fn parse_amount(v: &Value, currency: Currency) -> Result<Money, ApiError> {
     let m = match v {
         Value::Number(n) => Money::from_json_number(n, currency),
         Value::String(s) => Money::parse_decimal(s, currency),
-        _ => return Err(ApiError::bad("invalid_amount", "amount must be a decimal number such as 28.57 or \"28.57\"")),
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_amount",
+                "amount must be a decimal number such as 28.57 or \"28.57\"",
+            ))
+        }
     }
     .map_err(|e| ApiError::bad("invalid_amount", e.to_string()))?;
     if m.minor < super::epc_qr::MIN_AMOUNT_MINOR || m.minor > super::epc_qr::MAX_AMOUNT_MINOR {
-        return Err(ApiError::bad("invalid_amount", "a SEPA transfer amount must be between 0.01 and 999999999.99"));
+        return Err(ApiError::bad(
+            "invalid_amount",
+            "a SEPA transfer amount must be between 0.01 and 999999999.99",
+        ));
     }
     Ok(m)
 }
 
 fn instructions(cfg: &SepaConfig, p: &Payment) -> Value {
-    let amount = Currency::parse(&p.currency).map(|c| Money::new(p.amount_minor, c).to_string()).unwrap_or_default();
+    let amount = Currency::parse(&p.currency)
+        .map(|c| Money::new(p.amount_minor, c).to_string())
+        .unwrap_or_default();
     json!({
         "recipient_name": cfg.holder,
         "iban": cfg.iban.grouped(),
@@ -133,7 +169,11 @@ fn instructions(cfg: &SepaConfig, p: &Payment) -> Value {
     })
 }
 
-async fn create(_: ServiceAuth, State(state): State<AppState>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+async fn create(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
     if body.len() > state.cfg.max_body_bytes {
         return Err(ApiError::PayloadTooLarge(state.cfg.max_body_bytes));
     }
@@ -146,40 +186,88 @@ async fn create(_: ServiceAuth, State(state): State<AppState>, body: axum::body:
         ));
     }
     let cfg = config(&state)?;
-    let user_id = req.user_id.clone().ok_or_else(|| ApiError::bad("invalid_body", "user_id is required"))?;
+    let user_id = req
+        .user_id
+        .clone()
+        .ok_or_else(|| ApiError::bad("invalid_body", "user_id is required"))?;
     valid_user_id(&user_id)?;
     let (amount, plan, cycle, description) = match &req.plan {
         Some(plan_id) => {
             if req.amount.is_some() || req.currency.is_some() {
-                return Err(ApiError::bad("amount_not_allowed", "the amount of a plan is decided by the server; send plan and cycle only"));
+                return Err(ApiError::bad(
+                    "amount_not_allowed",
+                    "the amount of a plan is decided by the server; send plan and cycle only",
+                ));
             }
             let plan = state.catalogue.get(plan_id).ok_or_else(|| {
-                ApiError::bad("unknown_plan", format!("unknown plan {plan_id:?}; plans are {}", state.catalogue.ids().join(", ")))
+                ApiError::bad(
+                    "unknown_plan",
+                    format!(
+                        "unknown plan {plan_id:?}; plans are {}",
+                        state.catalogue.ids().join(", ")
+                    ),
+                )
             })?;
             if !plan.is_paid() {
-                return Err(ApiError::bad("invalid_plan", format!("{:?} is free; nothing to pay", plan.id)));
+                return Err(ApiError::bad(
+                    "invalid_plan",
+                    format!("{:?} is free; nothing to pay", plan.id),
+                ));
             }
             let cycle_text = req.cycle.clone().unwrap_or_else(|| "monthly".to_string());
-            let cycle = Cycle::parse(&cycle_text)
-                .ok_or_else(|| ApiError::bad("unknown_cycle", format!("unknown cycle {cycle_text:?}; cycles are monthly, yearly")))?;
-            let price = plan.price(cycle).discounted_bps(state.cfg.sepa_discount_bps).map_err(|e| ApiError::internal(e.to_string()))?;
+            let cycle = Cycle::parse(&cycle_text).ok_or_else(|| {
+                ApiError::bad(
+                    "unknown_cycle",
+                    format!("unknown cycle {cycle_text:?}; cycles are monthly, yearly"),
+                )
+            })?;
+            let price = plan
+                .price(cycle)
+                .discounted_bps(state.cfg.sepa_discount_bps)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             if price.currency != Currency::EUR {
-                return Err(ApiError::bad("unsupported_currency", "SEPA credit transfers are in EUR; this plan is priced in another currency"));
+                return Err(ApiError::bad(
+                    "unsupported_currency",
+                    "SEPA credit transfers are in EUR; this plan is priced in another currency",
+                ));
             }
-            (price, Some(plan.id.clone()), Some(cycle.as_str().to_string()), format!("{} ({}) by SEPA transfer", plan.name, cycle.as_str()))
+            (
+                price,
+                Some(plan.id.clone()),
+                Some(cycle.as_str().to_string()),
+                format!("{} ({}) by SEPA transfer", plan.name, cycle.as_str()),
+            )
         }
         None => {
             if req.cycle.is_some() {
                 return Err(ApiError::bad("invalid_body", "cycle needs a plan"));
             }
-            let currency = Currency::parse(req.currency.as_deref().unwrap_or("EUR")).map_err(|e| ApiError::bad("invalid_currency", e.to_string()))?;
+            let currency = Currency::parse(req.currency.as_deref().unwrap_or("EUR"))
+                .map_err(|e| ApiError::bad("invalid_currency", e.to_string()))?;
             if currency != Currency::EUR {
-                return Err(ApiError::bad("unsupported_currency", "SEPA credit transfers are in EUR"));
+                return Err(ApiError::bad(
+                    "unsupported_currency",
+                    "SEPA credit transfers are in EUR",
+                ));
             }
-            let amount = parse_amount(req.amount.as_ref().ok_or_else(|| ApiError::bad("invalid_body", "give plan and cycle, or amount and currency"))?, currency)?;
-            let description = req.description.clone().unwrap_or_else(|| "Payment by SEPA transfer".to_string());
+            let amount = parse_amount(
+                req.amount.as_ref().ok_or_else(|| {
+                    ApiError::bad(
+                        "invalid_body",
+                        "give plan and cycle, or amount and currency",
+                    )
+                })?,
+                currency,
+            )?;
+            let description = req
+                .description
+                .clone()
+                .unwrap_or_else(|| "Payment by SEPA transfer".to_string());
             if description.chars().count() > 140 || description.chars().any(char::is_control) {
-                return Err(ApiError::bad("invalid_body", "description must be at most 140 characters without control characters"));
+                return Err(ApiError::bad(
+                    "invalid_body",
+                    "description must be at most 140 characters without control characters",
+                ));
             }
             (amount, None, None, description)
         }
@@ -209,7 +297,11 @@ async fn create(_: ServiceAuth, State(state): State<AppState>, body: axum::body:
             period_start: None,
             period_end: None,
         };
-        match state.store.create_payment(&payment, &Cause::new("api", "POST /billing/create")).await {
+        match state
+            .store
+            .create_payment(&payment, &Cause::new("api", "POST /billing/create"))
+            .await
+        {
             Ok(()) => {
                 return Ok(Json(json!({
                     "success": true,
@@ -226,33 +318,56 @@ async fn create(_: ServiceAuth, State(state): State<AppState>, body: axum::body:
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::internal(format!("could not draw a unique reference: {}", last_err.unwrap_or_default())))
+    Err(ApiError::internal(format!(
+        "could not draw a unique reference: {}",
+        last_err.unwrap_or_default()
+    )))
 }
 
 async fn pending_payment(state: &AppState, payment_id: &str) -> Result<Payment, ApiError> {
-    let p = state.store.get_payment(payment_id).await.map_err(|e| match e {
-        StoreError::NotFound(_) => ApiError::not_found("payment_not_found", format!("payment {payment_id:?} not found")),
-        other => other.into(),
-    })?;
+    let p = state
+        .store
+        .get_payment(payment_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(_) => ApiError::not_found(
+                "payment_not_found",
+                format!("payment {payment_id:?} not found"),
+            ),
+            other => other.into(),
+        })?;
     if p.method != "sepa" {
-        return Err(ApiError::not_found("payment_not_found", format!("payment {payment_id:?} is not a SEPA transfer")));
+        return Err(ApiError::not_found(
+            "payment_not_found",
+            format!("payment {payment_id:?} is not a SEPA transfer"),
+        ));
     }
     Ok(p)
 }
 
 fn epc_payload(cfg: &SepaConfig, p: &Payment) -> Result<super::epc_qr::EpcPayload, ApiError> {
-    let reference = p.reference.as_deref().and_then(|r| CreditorReference::parse(r).ok());
-    let amount = Money::new(p.amount_minor, Currency::parse(&p.currency).map_err(|e| ApiError::internal(e.to_string()))?);
+    let reference = p
+        .reference
+        .as_deref()
+        .and_then(|r| CreditorReference::parse(r).ok());
+    let amount = Money::new(
+        p.amount_minor,
+        Currency::parse(&p.currency).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
     let transfer = EpcTransfer {
         bic: cfg.bic.clone(),
         beneficiary_name: cfg.holder.clone(),
         iban: cfg.iban.clone(),
         amount,
         purpose: None,
-        remittance: reference.map(Remittance::Structured).unwrap_or(Remittance::None),
+        remittance: reference
+            .map(Remittance::Structured)
+            .unwrap_or(Remittance::None),
         note: None,
     };
-    transfer.payload().map_err(|e| ApiError::internal(format!("EPC payload: {e}")))
+    transfer
+        .payload()
+        .map_err(|e| ApiError::internal(format!("EPC payload: {e}")))
 }
 
 /// The QR code of pending instructions. Public: the payment id (96 random bits) is the
@@ -261,24 +376,41 @@ async fn qr_image(state: &AppState, payment_id: &str, png: bool) -> Result<Respo
     let cfg = config(state)?;
     let p = pending_payment(state, payment_id).await?;
     if p.status != PayStatus::Pending {
-        return Err(ApiError::conflict("payment_not_pending", format!("payment {} is {}; its transfer instructions are no longer valid", p.id, p.status.as_str())));
+        return Err(ApiError::conflict(
+            "payment_not_pending",
+            format!(
+                "payment {} is {}; its transfer instructions are no longer valid",
+                p.id,
+                p.status.as_str()
+            ),
+        ));
     }
     let payload = epc_payload(cfg, &p)?;
     let no_store = (header::CACHE_CONTROL, "no-store");
     if png {
-        let bytes = payload.to_png(8).map_err(|e| ApiError::internal(format!("QR PNG: {e}")))?;
+        let bytes = payload
+            .to_png(8)
+            .map_err(|e| ApiError::internal(format!("QR PNG: {e}")))?;
         Ok(([(header::CONTENT_TYPE, "image/png"), no_store], bytes).into_response())
     } else {
-        let svg = payload.to_svg(8).map_err(|e| ApiError::internal(format!("QR SVG: {e}")))?;
+        let svg = payload
+            .to_svg(8)
+            .map_err(|e| ApiError::internal(format!("QR SVG: {e}")))?;
         Ok(([(header::CONTENT_TYPE, "image/svg+xml"), no_store], svg).into_response())
     }
 }
 
-async fn qr_svg(State(state): State<AppState>, Path(payment_id): Path<String>) -> Result<Response, ApiError> {
+async fn qr_svg(
+    State(state): State<AppState>,
+    Path(payment_id): Path<String>,
+) -> Result<Response, ApiError> {
     qr_image(&state, &payment_id, false).await
 }
 
-async fn qr_png(State(state): State<AppState>, Path(payment_id): Path<String>) -> Result<Response, ApiError> {
+async fn qr_png(
+    State(state): State<AppState>,
+    Path(payment_id): Path<String>,
+) -> Result<Response, ApiError> {
     qr_image(&state, &payment_id, true).await
 }
 
@@ -309,30 +441,82 @@ struct DecisionRequest {
     note: Option<String>,
 }
 
-async fn decide(state: &AppState, payment_id: &str, body: &[u8], to: PayStatus) -> Result<Json<Value>, ApiError> {
+async fn decide(
+    state: &AppState,
+    payment_id: &str,
+    body: &[u8],
+    to: PayStatus,
+) -> Result<Json<Value>, ApiError> {
     config(state)?;
-    let req: DecisionRequest = if body.iter().all(u8::is_ascii_whitespace) { DecisionRequest::default() } else { crate::extract::parse_json(body)? };
+    let req: DecisionRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DecisionRequest::default()
+    } else {
+        crate::extract::parse_json(body)?
+    };
     if req.note.as_ref().is_some_and(|n| n.chars().count() > 500) {
-        return Err(ApiError::bad("invalid_body", "note must be at most 500 characters"));
+        return Err(ApiError::bad(
+            "invalid_body",
+            "note must be at most 500 characters",
+        ));
     }
     let p = pending_payment(state, payment_id).await?;
-    let verb = if to == PayStatus::Succeeded { "confirm" } else { "reject" };
-    let cause = Cause::new("api", format!("POST /billing/sepa/{}/{verb} {}", p.id, req.note.unwrap_or_default()).trim().to_string());
-    match settle(state, &p.id, &[PayStatus::Pending, PayStatus::Expired], to, None, &cause).await? {
-        Settled::Applied { payment, .. } => Ok(Json(json!({"success": true, "changed": true, "payment": payment_json(&payment)}))),
-        Settled::Unchanged(payment) if payment.status == to => Ok(Json(json!({"success": true, "changed": false, "payment": payment_json(&payment)}))),
+    let verb = if to == PayStatus::Succeeded {
+        "confirm"
+    } else {
+        "reject"
+    };
+    let cause = Cause::new(
+        "api",
+        format!(
+            "POST /billing/sepa/{}/{verb} {}",
+            p.id,
+            req.note.unwrap_or_default()
+        )
+        .trim()
+        .to_string(),
+    );
+    match settle(
+        state,
+        &p.id,
+        &[PayStatus::Pending, PayStatus::Expired],
+        to,
+        None,
+        &cause,
+    )
+    .await?
+    {
+        Settled::Applied { payment, .. } => Ok(Json(
+            json!({"success": true, "changed": true, "payment": payment_json(&payment)}),
+        )),
+        Settled::Unchanged(payment) if payment.status == to => Ok(Json(
+            json!({"success": true, "changed": false, "payment": payment_json(&payment)}),
+        )),
         Settled::Unchanged(payment) => Err(ApiError::conflict(
             "payment_already_decided",
-            format!("payment {} is already {}; it cannot be {verb}ed", payment.id, payment.status.as_str()),
+            format!(
+                "payment {} is already {}; it cannot be {verb}ed",
+                payment.id,
+                payment.status.as_str()
+            ),
         )),
     }
 }
 
-async fn confirm(_: ServiceAuth, State(state): State<AppState>, Path(payment_id): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+async fn confirm(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Path(payment_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
     decide(&state, &payment_id, &body, PayStatus::Succeeded).await
 }
 
-async fn reject(_: ServiceAuth, State(state): State<AppState>, Path(payment_id): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+async fn reject(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Path(payment_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
     decide(&state, &payment_id, &body, PayStatus::Failed).await
 }
 
@@ -346,9 +530,14 @@ fn expected_status(s: PayStatus) -> PaymentStatus {
 }
 
 /// Imports a camt.053/.054 statement and returns its report (HTTP upload and CLI).
-pub async fn import_statement(state: &AppState, file_name: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+pub async fn import_statement(
+    state: &AppState,
+    file_name: &str,
+    bytes: &[u8],
+) -> Result<Value, ApiError> {
     let cfg = config(state)?;
-    let doc = super::camt::parse(bytes).map_err(|e| ApiError::bad("invalid_statement", e.to_string()))?;
+    let doc =
+        super::camt::parse(bytes).map_err(|e| ApiError::bad("invalid_statement", e.to_string()))?;
     let mut payments: HashMap<String, Payment> = HashMap::new();
     for r in reconcile::references_to_look_up(&doc.transactions) {
         if let Some(p) = state.store.payment_by_reference(r.as_str()).await? {
@@ -358,9 +547,16 @@ pub async fn import_statement(state: &AppState, file_name: &str, bytes: &[u8]) -
     let expected = |r: &CreditorReference| -> Option<ExpectedPayment> {
         let p = payments.get(r.as_str())?;
         let currency = Currency::parse(&p.currency).ok()?;
-        Some(ExpectedPayment { amount: Money::new(p.amount_minor, currency), status: expected_status(p.status) })
+        Some(ExpectedPayment {
+            amount: Money::new(p.amount_minor, currency),
+            status: expected_status(p.status),
+        })
     };
-    let keys: Vec<String> = doc.transactions.iter().map(|t| t.entry_key.clone()).collect();
+    let keys: Vec<String> = doc
+        .transactions
+        .iter()
+        .map(|t| t.entry_key.clone())
+        .collect();
     let known = state.store.known_entries(&keys).await?;
     let lines = reconcile::reconcile(&doc.transactions, Some(&cfg.iban), &expected, &known);
     let import_id = crate::ids::prefixed("imp");
@@ -381,8 +577,20 @@ pub async fn import_statement(state: &AppState, file_name: &str, bytes: &[u8]) -
         let payment = reference.as_deref().and_then(|r| payments.get(r));
         let mut code = line.outcome.code().to_string();
         if let (true, Some(p)) = (line.outcome.activates(), payment) {
-            let cause = Cause::new("statement", format!("{file_name} entry {} (import {import_id})", tx.entry_key));
-            match settle(state, &p.id, &[PayStatus::Pending], PayStatus::Succeeded, Some(0), &cause).await? {
+            let cause = Cause::new(
+                "statement",
+                format!("{file_name} entry {} (import {import_id})", tx.entry_key),
+            );
+            match settle(
+                state,
+                &p.id,
+                &[PayStatus::Pending],
+                PayStatus::Succeeded,
+                Some(0),
+                &cause,
+            )
+            .await?
+            {
                 Settled::Applied { .. } => activated += 1,
                 // Paid meanwhile (an operator, or a concurrent import): report it as such.
                 Settled::Unchanged(_) => code = "already_paid".to_string(),
@@ -449,26 +657,49 @@ struct ImportQuery {
     name: Option<String>,
 }
 
-async fn import(_: ServiceAuth, State(state): State<AppState>, Query(q): Query<ImportQuery>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+async fn import(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Query(q): Query<ImportQuery>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::bad("invalid_statement", "send the camt.053 or camt.054 XML as the request body"));
+        return Err(ApiError::bad(
+            "invalid_statement",
+            "send the camt.053 or camt.054 XML as the request body",
+        ));
     }
     let name = q.name.unwrap_or_else(|| "upload.xml".to_string());
     if name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad("invalid_query", "name must be at most 200 characters"));
+        return Err(ApiError::bad(
+            "invalid_query",
+            "name must be at most 200 characters",
+        ));
     }
     import_statement(&state, &name, &body).await.map(Json)
 }
 
-async fn get_import(_: ServiceAuth, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_import(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let rec = state.store.get_import(&id).await.map_err(|e| match e {
-        StoreError::NotFound(_) => ApiError::not_found("import_not_found", format!("statement import {id:?} not found")),
+        StoreError::NotFound(_) => ApiError::not_found(
+            "import_not_found",
+            format!("statement import {id:?} not found"),
+        ),
         other => other.into(),
     })?;
-    Ok(Json(serde_json::from_str(&rec.report).unwrap_or(Value::Null)))
+    Ok(Json(
+        serde_json::from_str(&rec.report).unwrap_or(Value::Null),
+    ))
 }
 
-async fn list_imports(_: ServiceAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list_imports(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
     let list = state.store.list_imports(50).await?;
     let items: Vec<Value> = list
         .iter()
@@ -480,11 +711,22 @@ async fn list_imports(_: ServiceAuth, State(state): State<AppState>) -> Result<J
     Ok(Json(json!({"imports": items})))
 }
 
-async fn get_payment(_: ServiceAuth, State(state): State<AppState>, Path(payment_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let p = state.store.get_payment(&payment_id).await.map_err(|e| match e {
-        StoreError::NotFound(_) => ApiError::not_found("payment_not_found", format!("payment {payment_id:?} not found")),
-        other => other.into(),
-    })?;
+async fn get_payment(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Path(payment_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = state
+        .store
+        .get_payment(&payment_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(_) => ApiError::not_found(
+                "payment_not_found",
+                format!("payment {payment_id:?} not found"),
+            ),
+            other => other.into(),
+        })?;
     Ok(Json(payment_json(&p)))
 }
 

@@ -24,11 +24,11 @@
 
 use tollgate_protocol::money;
 
+pub mod api;
 pub mod bic;
 pub mod camt;
 pub mod epc_qr;
 pub mod iban;
 pub mod reconcile;
 pub mod rf;
-pub mod api;
 pub mod store;

@@ -56,11 +56,12 @@ impl SepaStore for SqlStore {
     async fn known_entries(&self, entry_refs: &[String]) -> StoreResult<HashSet<String>> {
         let mut out = HashSet::new();
         for r in entry_refs {
-            let found: Option<String> = sqlx::query_scalar("SELECT entry_ref FROM sepa_entries WHERE entry_ref = $1")
-                .bind(r)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_err("sepa entries", e))?;
+            let found: Option<String> =
+                sqlx::query_scalar("SELECT entry_ref FROM sepa_entries WHERE entry_ref = $1")
+                    .bind(r)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| db_err("sepa entries", e))?;
             if let Some(f) = found {
                 out.insert(f);
             }
@@ -103,12 +104,14 @@ impl SepaStore for SqlStore {
     }
 
     async fn get_import(&self, id: &str) -> StoreResult<ImportRecord> {
-        let row = sqlx::query("SELECT id, file_name, file_sha256, report, created_at FROM sepa_imports WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_err("sepa import", e))?
-            .ok_or_else(|| StoreError::NotFound(format!("statement import {id}")))?;
+        let row = sqlx::query(
+            "SELECT id, file_name, file_sha256, report, created_at FROM sepa_imports WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_err("sepa import", e))?
+        .ok_or_else(|| StoreError::NotFound(format!("statement import {id}")))?;
         import_from_row(&row)
     }
 

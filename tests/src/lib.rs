@@ -7,6 +7,7 @@
 //! `cargo test --workspace` builds them because their crates have integration tests.
 
 pub mod gw;
+pub mod paypal_fake;
 pub mod stripe;
 pub mod stripe_fake;
 pub mod upstream;

@@ -737,3 +737,126 @@ async fn unconfigured_paypal_answers_503() {
     assert_eq!(st, 200);
     assert_eq!(status["providers"]["paypal"]["configured"], json!(false));
 }
+
+/// The walk through the gateway (embedded backend) with a real upstream: a free key
+/// admits 10 a minute; order pro monthly, approve, capture (all through the gateway); within a
+/// second the same key admits 100 a minute at the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_gateway_a_capture_lifts_the_key_to_pro() {
+    use tollgate_e2e::gw::{config_text, route, Api, TOKEN as GW_TOKEN};
+    let fake = PayPalFake::start(3600).await;
+    let upstream = tollgate_e2e::upstream::Upstream::start();
+    let dir = TempDir::new("paypal-gw");
+    let text = config_text(
+        &dir,
+        "[backend]\nmode = \"embedded\"\n",
+        &route("/api", &upstream.url(), ""),
+        "",
+    );
+    let config = dir.write("gateway.toml", &text);
+    let env = fake.backend_env();
+    let mut all: Vec<(&str, &str)> = vec![("TOLLGATE_SERVICE_TOKEN", GW_TOKEN)];
+    all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let proc = Proc::start(
+        "tollgate-gateway",
+        &["--config", config.to_str().unwrap_or_default()],
+        &all,
+    );
+    let gw = tokio::task::block_in_place(|| proc.url("gateway"));
+    let api = Api {
+        base: gw.clone(),
+        client: client(),
+    };
+    let key = api.mint("paypal-gw-user", "free").await;
+    let hit = |k: String| {
+        let url = format!("{gw}/api/thing");
+        async move {
+            let r = client()
+                .get(url)
+                .header("x-api-key", k)
+                .send()
+                .await
+                .expect("call");
+            let policy = r
+                .headers()
+                .get("ratelimit-policy")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            (r.status().as_u16(), policy)
+        }
+    };
+    eventually(Duration::from_secs(1), "the key at the gateway", || {
+        let k = key.api_key.clone();
+        let hit = &hit;
+        async move { (hit(k).await.0 == 200).then_some(()) }
+    })
+    .await;
+    let mut admitted = 1;
+    for _ in 0..12 {
+        let (status, policy) = hit(key.api_key.clone()).await;
+        if status == 200 {
+            admitted += 1;
+            assert!(policy.contains("q=10;"), "{policy}");
+        }
+    }
+    assert_eq!(admitted, 10, "the free minute limit");
+
+    // Order, approve and capture through the gateway's management routes.
+    let order_url = format!("{gw}/billing/paypal/order");
+    let o: Value = client()
+        .post(&order_url)
+        .bearer_auth(GW_TOKEN)
+        .json(&json!({"user_id": "paypal-gw-user", "plan": "pro", "cycle": "monthly"}))
+        .send()
+        .await
+        .expect("order")
+        .json()
+        .await
+        .expect("order json");
+    let order_id = o["id"].as_str().expect("order id").to_string();
+    assert_eq!(
+        fake.order(&order_id).expect("at PayPal")["purchase_units"][0]["amount"]["value"],
+        json!("29.00")
+    );
+    approve(o["approve_url"].as_str().expect("approve url")).await;
+    let resp = client()
+        .post(format!("{gw}/billing/paypal/capture/{order_id}"))
+        .bearer_auth(GW_TOKEN)
+        .send()
+        .await
+        .expect("capture");
+    assert_eq!(resp.status().as_u16(), 200);
+    let c: Value = resp.json().await.expect("capture json");
+    assert_eq!(c["payment_status"], json!("succeeded"), "{c}");
+    let (_, took) = eventually(Duration::from_secs(1), "pro tier at the gateway", || {
+        let k = key.api_key.clone();
+        let hit = &hit;
+        async move {
+            let (status, policy) = hit(k).await;
+            (status == 200 && policy.contains("q=100;")).then_some(())
+        }
+    })
+    .await;
+    eprintln!("paypal capture → 100/min at the gateway after {took:?}");
+    let mut total = admitted + 1;
+    for _ in 0..110 {
+        if hit(key.api_key.clone()).await.0 == 200 {
+            total += 1;
+        }
+    }
+    assert_eq!(total, 100, "exactly the pro minute limit");
+    // A replayed capture through the gateway grants nothing more.
+    let again: Value = client()
+        .post(format!("{gw}/billing/paypal/capture/{order_id}"))
+        .bearer_auth(GW_TOKEN)
+        .send()
+        .await
+        .expect("capture")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["changed"], json!(false), "{again}");
+    assert_eq!(again["period_end"], c["period_end"]);
+    drop(proc);
+}

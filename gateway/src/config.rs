@@ -103,7 +103,6 @@ pub struct RouteConfig {
     pub cost: u64,
     pub key_source: KeySource,
     pub timeout: Duration,
-    pub connect_timeout: Duration,
     pub max_body_bytes: u64,
     pub strip_prefix: bool,
     pub preserve_host: bool,
@@ -499,12 +498,6 @@ fn routes(
             1,
             3_600_000,
         );
-        let connect_timeout = f.millis(
-            "connect_timeout_ms",
-            u64::try_from(gw.upstream_connect_timeout.as_millis()).unwrap_or(2_000),
-            1,
-            600_000,
-        );
         let max_body_bytes = f
             .u64("max_body_bytes", 0, u64::MAX >> 1)
             .unwrap_or(gw.max_body_bytes);
@@ -559,7 +552,6 @@ fn routes(
             cost,
             key_source,
             timeout,
-            connect_timeout,
             max_body_bytes,
             strip_prefix,
             preserve_host,

@@ -49,6 +49,18 @@ impl KeyId {
     }
 }
 
+impl KeyId {
+    /// `key_<16 hex>` as a header value, rendered without a temporary string.
+    pub fn header(self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut b = *b"key_0000000000000000";
+        for i in 0..16 {
+            b[4 + i] = HEX[usize::try_from((self.0 >> (60 - 4 * i)) & 0xf).unwrap_or(0)];
+        }
+        HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static("key_invalid"))
+    }
+}
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "key_{:016x}", self.0)
@@ -166,6 +178,19 @@ impl Tables {
         if let Ok(e) = shard.find_entry(hash_u64(h), |e| e.hash == *h) {
             e.remove();
         }
+    }
+
+    /// Adds a key known to be new to tables not yet shared (snapshot loading): no locks taken.
+    fn insert_loaded(&mut self, entry: KeyEntry) {
+        let entry = Arc::new(entry);
+        let h = entry.hash;
+        self.by_id
+            .get_mut()
+            .insert_unique(entry.id.mix(), entry.clone(), |e| e.id.mix());
+        self.shards[usize::from(h.0[31]) % SHARDS]
+            .get_mut()
+            .insert_unique(hash_u64(&h), entry, |e| hash_u64(&e.hash));
+        *self.len.get_mut() += 1;
     }
 
     /// Inserts or replaces one key (the feed task is the only caller).
@@ -358,7 +383,7 @@ impl Replica {
         Some(KeyEntry {
             hash: k.hash,
             id,
-            id_header: header_value(&k.key_id),
+            id_header: id.header(),
             user_header: header_value(&k.user_id),
             tier: self.tier(&k.plan, k.limits),
             expires_at: k.expires_at,
@@ -396,41 +421,48 @@ impl Replica {
         let db_id = read_str(&mut r)?;
         let seq = read_u64(&mut r)?;
         let count = usize::try_from(read_u64(&mut r)?).map_err(|_| bad("count"))?;
-        let tables = Tables::with_capacity(count);
+        let mut tables = Tables::with_capacity(count);
+        // Loading is single-threaded into tables nobody else sees yet: no locks, reused buffers,
+        // and consecutive keys usually share a tier (no interning lookup for them).
+        let mut plan_buf = Vec::new();
+        let mut user_buf = Vec::new();
+        let mut last_tier: Option<Arc<Tier>> = None;
         for _ in 0..count {
             let mut hash = [0u8; 32];
             r.read_exact(&mut hash)?;
             let id = KeyId(read_u64(&mut r)?);
             let flags = read_u8(&mut r)?;
             let expires = read_u64(&mut r)?;
-            let per_minute = read_u64(&mut r)?;
-            let per_day = read_u64(&mut r)?;
-            let plan = read_str(&mut r)?;
-            let user = read_str(&mut r)?;
-            let tier = self.tier(
-                &plan,
-                Limits {
-                    per_minute,
-                    per_day,
-                },
-            );
+            let limits = Limits {
+                per_minute: read_u64(&mut r)?,
+                per_day: read_u64(&mut r)?,
+            };
+            read_bytes(&mut r, &mut plan_buf)?;
+            read_bytes(&mut r, &mut user_buf)?;
+            let plan = std::str::from_utf8(&plan_buf).map_err(|_| bad("plan is not utf-8"))?;
+            let user = std::str::from_utf8(&user_buf).map_err(|_| bad("user id is not utf-8"))?;
+            let tier = match &last_tier {
+                Some(t) if t.limits == limits && &*t.plan == plan => t.clone(),
+                _ => {
+                    let t = self.tier(plan, limits);
+                    last_tier = Some(t.clone());
+                    t
+                }
+            };
             let expires_at = if flags & 2 != 0 {
                 Some(i64::from_le_bytes(expires.to_le_bytes()))
             } else {
                 None
             };
-            tables.apply(
-                KeyEntry {
-                    hash: KeyHash(hash),
-                    id,
-                    id_header: header_value(&id.to_string()),
-                    user_header: header_value(&user),
-                    tier,
-                    expires_at,
-                    revoked: flags & 1 != 0,
-                },
-                None,
-            );
+            tables.insert_loaded(KeyEntry {
+                hash: KeyHash(hash),
+                id,
+                id_header: id.header(),
+                user_header: header_value(user),
+                tier,
+                expires_at,
+                revoked: flags & 1 != 0,
+            });
         }
         let grace_count = read_u64(&mut r)?;
         {
@@ -515,6 +547,20 @@ fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
     let mut b = [0u8; 8];
     r.read_exact(&mut b)?;
     Ok(u64::from_le_bytes(b))
+}
+
+fn read_bytes(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    let len = usize::try_from(u32::from_le_bytes(b)).unwrap_or(usize::MAX);
+    if len > 1 << 20 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "snapshot: string too long",
+        ));
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf)
 }
 
 fn read_str(r: &mut impl Read) -> std::io::Result<String> {
@@ -678,6 +724,48 @@ mod tests {
         std::fs::write(&path, b"garbage!").ok();
         assert!(r2.load_snapshot(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Writes a snapshot of `TOLLGATE_BENCH_KEYS` (default 1 M) keys to `TOLLGATE_BENCH_SNAPSHOT`,
+    /// for measuring a gateway's RSS and load time with that many keys (issue 5's memory figure):
+    /// `cargo test --release -p tollgate-gateway -- --ignored write_bench_snapshot`.
+    #[test]
+    #[ignore]
+    fn write_bench_snapshot() {
+        let Some(path) = std::env::var_os("TOLLGATE_BENCH_SNAPSHOT") else {
+            return;
+        };
+        let n: u64 = std::env::var("TOLLGATE_BENCH_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let r = Replica::new();
+        let t = Tables::with_capacity(usize::try_from(n).unwrap_or(0));
+        let plans = [
+            ("free", FREE),
+            (
+                "pro",
+                Limits {
+                    per_minute: 100,
+                    per_day: 5000,
+                },
+            ),
+        ];
+        for i in 1..=n {
+            let (plan, limits) = plans[usize::from(i % 10 == 0)];
+            r.apply_into(&t, &feed_key(i, plan, limits));
+        }
+        r.install(t, "bench-db", n);
+        let start = std::time::Instant::now();
+        assert_eq!(
+            r.save_snapshot(Path::new(&path)).ok(),
+            Some(usize::try_from(n).unwrap_or(0))
+        );
+        eprintln!("wrote {n} keys in {:?}", start.elapsed());
+        let r2 = Replica::new();
+        let start = std::time::Instant::now();
+        assert!(r2.load_snapshot(Path::new(&path)).unwrap_or(false));
+        eprintln!("loaded {} keys in {:?}", r2.len(), start.elapsed());
     }
 
     #[test]

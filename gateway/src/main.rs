@@ -27,9 +27,12 @@ fn init_logs(json: bool) {
         "error" => tracing::Level::ERROR,
         _ => tracing::Level::INFO,
     };
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal, never in files or journald.
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     if json {
         builder.json().init();

@@ -4,7 +4,8 @@
 //! - `/slow/<ms>/...`: the echo after `<ms>` milliseconds;
 //! - `/big/<bytes>`: a streamed body of `<bytes>` pattern bytes (see [`pattern_byte`]);
 //! - `POST /upload`: reads the whole body as it streams and answers `{bytes, fnv}` (FNV-1a 64);
-//! - `/status/<code>`: an empty answer with that status.
+//! - `/status/<code>`: an empty answer with that status;
+//! - `.../upgrade` with an `Upgrade` header: 101, then every byte sent is echoed back.
 //!
 //! The commands may also follow a prefix (`/v1/status/418`).
 //!
@@ -100,10 +101,34 @@ fn json(v: serde_json::Value) -> Response<UpBody> {
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     hits: Arc<AtomicU64>,
 ) -> Result<Response<UpBody>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
+    if req.uri().path().ends_with("/upgrade") && req.headers().contains_key("upgrade") {
+        // Switch protocols, then echo every byte back on the raw connection.
+        let protocol = req.headers()["upgrade"].clone();
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = on.await else { return };
+            let mut io = hyper_util::rt::TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r = Response::new(UpBody::Full(None));
+        *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut().insert(
+            "connection",
+            hyper::http::HeaderValue::from_static("upgrade"),
+        );
+        r.headers_mut().insert("upgrade", protocol);
+        return Ok(r);
+    }
     let path = req.uri().path().to_string();
     // Commands may follow a route prefix the gateway did not strip (`/v1/status/418`).
     let all: Vec<&str> = path.trim_start_matches('/').split('/').collect();

@@ -1,5 +1,6 @@
 //! The `tollgate-backend` command line: `serve`, and operator commands that act on the same
-//! database directly (`keys create|list|revoke|rotate`, `plans`, `stats`, `grant`).
+//! database directly (`keys create|list|revoke|rotate`, `plans`, `stats`, `grant`,
+//! `sepa import`, `stripe sync`).
 
 use crate::app::Backend;
 use crate::config::BackendConfig;
@@ -36,6 +37,9 @@ pub enum Command {
     /// SEPA bank transfers.
     #[command(subcommand)]
     Sepa(SepaCommand),
+    /// Stripe.
+    #[command(subcommand)]
+    Stripe(StripeCommand),
     /// Grant a paid plan to a user (manual provider).
     Grant {
         #[arg(long)]
@@ -55,6 +59,13 @@ pub enum Command {
 pub enum SepaCommand {
     /// Import a camt.053 / camt.054 statement and print the reconciliation report.
     Import { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum StripeCommand {
+    /// Create (or find, by lookup key) the products and prices of every paid plan and cycle
+    /// on Stripe and record them for subscriptions and Checkout; a second run changes nothing.
+    Sync,
 }
 
 #[derive(Subcommand)]
@@ -103,6 +114,16 @@ pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), Str
                 let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
                 let report = crate::providers::sepa::api::import_statement(&state, &name, &bytes).await.map_err(|e| e.to_string())?;
                 print(report);
+                Ok(())
+            }
+            Command::Stripe(StripeCommand::Sync) => {
+                let stripe = state.providers.stripe.clone().ok_or_else(|| {
+                    "stripe sync: Stripe is not configured (set STRIPE_SECRET_KEY)".to_string()
+                })?;
+                let lines = crate::providers::stripe::sync::sync(&state, &stripe)
+                    .await
+                    .map_err(|e| format!("stripe sync: {e}"))?;
+                print(crate::providers::stripe::sync::report(&lines));
                 Ok(())
             }
             Command::Plans => {

@@ -8,7 +8,7 @@
 use crate::gw::TOKEN;
 use crate::{client, Proc, TempDir};
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -150,6 +150,17 @@ impl Drop for Localstripe {
 
 /// The default catalogue as `[[plans]]`, with Stripe price ids for pro.
 pub fn plans_toml(pro_monthly: &str, pro_yearly: &str) -> String {
+    catalogue_toml(
+        2900,
+        &format!(
+            "provider_prices = {{ stripe_monthly = \"{pro_monthly}\", stripe_yearly = \"{pro_yearly}\" }}"
+        ),
+    )
+}
+
+/// The default catalogue with pro at `pro_monthly_minor` a month and `pro_extra` added to its
+/// `[[plans]]` table (e.g. `provider_prices = {...}`, or nothing).
+pub fn catalogue_toml(pro_monthly_minor: i64, pro_extra: &str) -> String {
     format!(
         r#"
 [[plans]]
@@ -164,12 +175,12 @@ max_keys_per_user = 2
 [[plans]]
 id = "pro"
 name = "Pro"
-price_monthly_minor = 2900
+price_monthly_minor = {pro_monthly_minor}
 price_yearly_minor = 29000
 rate_limit_per_minute = 100
 daily_limit = 5000
 max_keys_per_user = 10
-provider_prices = {{ stripe_monthly = "{pro_monthly}", stripe_yearly = "{pro_yearly}" }}
+{pro_extra}
 
 [[plans]]
 id = "enterprise"
@@ -181,6 +192,19 @@ daily_limit = 50000
 max_keys_per_user = 50
 "#
     )
+}
+
+/// The environment a backend (or a gateway with the embedded backend) needs to talk to Stripe
+/// at `stripe_base` with the test secrets.
+pub fn stripe_env(stripe_base: &str) -> Vec<(String, String)> {
+    [
+        ("STRIPE_SECRET_KEY", SECRET_KEY),
+        ("STRIPE_API_BASE", stripe_base),
+        ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// A `tollgate-backend serve` talking to Stripe at `stripe_base`, with the test clock on.
@@ -198,27 +222,86 @@ impl StripeBackend {
         plans: &str,
     ) -> StripeBackend {
         let dir = TempDir::new("stripe-backend");
-        let text = format!(
-            "[backend]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{plans}\n",
-            dir.path().join("data").display()
-        );
-        let config = dir.write("backend.toml", &text);
+        let config = backend_config(&dir, plans);
+        StripeBackend::start_with(dir, &config, stripe_base, extra_env)
+    }
+
+    /// Serves `config` (from [`backend_config`]) in `dir`.
+    pub fn start_with(
+        dir: TempDir,
+        config: &Path,
+        stripe_base: Option<&str>,
+        extra_env: &[(&str, &str)],
+    ) -> StripeBackend {
+        let stripe = stripe_base.map(stripe_env).unwrap_or_default();
         let mut env: Vec<(&str, &str)> = vec![
             ("TOLLGATE_SERVICE_TOKEN", TOKEN),
             ("TOLLGATE_TEST_CLOCK", "1"),
         ];
-        if let Some(base) = stripe_base {
-            env.extend([
-                ("STRIPE_SECRET_KEY", SECRET_KEY),
-                ("STRIPE_API_BASE", base),
-                ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
-            ]);
-        }
+        env.extend(stripe.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         env.extend_from_slice(extra_env);
         let path = config.display().to_string();
         let proc = Proc::start("tollgate-backend", &["--config", &path, "serve"], &env);
         let url = proc.url("backend");
         StripeBackend { dir, proc, url }
+    }
+}
+
+/// A backend configuration file in `dir`: loopback listener, SQLite under `dir/data`, `plans`.
+pub fn backend_config(dir: &TempDir, plans: &str) -> PathBuf {
+    let text = format!(
+        "[backend]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{plans}\n",
+        dir.path().join("data").display()
+    );
+    dir.write("backend.toml", &text)
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct CliRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// stdout as JSON (the backend's commands print one JSON document).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs `tollgate-backend --config <config> <args>` to completion with only `env` from the
+/// `TOLLGATE_*`/`STRIPE_*` family. It waits on a blocking thread, so in-test fakes on this
+/// runtime keep answering the command meanwhile.
+pub async fn backend_cli(config: &Path, args: &[&str], env: &[(String, String)]) -> CliRun {
+    let mut cmd = Command::new(crate::bin_path("tollgate-backend"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if ["TOLLGATE_", "STRIPE_", "PAYPAL_", "SEPA_"]
+            .iter()
+            .any(|p| k.starts_with(p))
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("TOLLGATE_SERVICE_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run tollgate-backend");
+    CliRun {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
     }
 }
 

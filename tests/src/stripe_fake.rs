@@ -14,6 +14,12 @@
 //! - `POST /v1/billing/meter_events` (`event_name`, `payload[stripe_customer_id]`,
 //!   `payload[value]`, `identifier`, `timestamp` within 35 days back / 5 minutes ahead); a
 //!   duplicate identifier is refused.
+//! - Products and Prices: `POST /v1/products` (`name`, `metadata`, optional custom `id`),
+//!   `GET /v1/products` (`active`, `limit` 1-100 default 10, `starting_after`, newest first,
+//!   `has_more`), `GET /v1/products/{id}`; `POST /v1/prices` (`product`, `unit_amount`,
+//!   `currency`, `recurring[interval|interval_count]`, `lookup_key` unique in the account unless
+//!   `transfer_lookup_key=true` moves it, `nickname`, `metadata`), `GET /v1/prices` (`active`,
+//!   `product`, `lookup_keys[]`, `limit`, `starting_after`), `GET /v1/prices/{id}`.
 //! - Fault injection: [`StripeFake::lose_responses`] processes the next requests but answers a
 //!   proxy's 502 instead, as when a response is lost on the way back.
 
@@ -36,6 +42,9 @@ struct Inner {
     sessions: BTreeMap<String, Value>,
     subscriptions: BTreeMap<String, Value>,
     meter_events: Vec<Value>,
+    /// In creation order (lists answer newest first).
+    products: Vec<Value>,
+    prices: Vec<Value>,
     identifiers: HashMap<String, ()>,
     lose: u32,
     webhook: Option<(String, String)>,
@@ -136,6 +145,15 @@ impl StripeFake {
     /// Requests seen so far: (method, path, Idempotency-Key).
     pub fn requests(&self) -> Vec<(String, String, Option<String>)> {
         self.lock().log.clone()
+    }
+
+    /// Products and prices Stripe holds, in creation order.
+    pub fn products(&self) -> Vec<Value> {
+        self.lock().products.clone()
+    }
+
+    pub fn prices(&self) -> Vec<Value> {
+        self.lock().prices.clone()
     }
 
     pub fn session(&self, id: &str) -> Option<Value> {
@@ -286,7 +304,12 @@ async fn dispatch(
         );
         return reply(s, b, false);
     }
-    let params = unflatten(&form(&body));
+    // GET parameters come in the query string, POST parameters in the form body.
+    let params = if method == Method::GET {
+        unflatten(&form(uri.query().unwrap_or("").as_bytes()))
+    } else {
+        unflatten(&form(&body))
+    };
     let canon = {
         let mut pairs = form(&body);
         pairs.sort();
@@ -339,6 +362,54 @@ fn reply(status: StatusCode, body: String, replayed: bool) -> Response {
     r
 }
 
+fn missing(param: &str) -> (StatusCode, String) {
+    err(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        Some("parameter_missing"),
+        Some(param),
+        &format!("Missing required param: {param}."),
+    )
+}
+
+fn no_such(what: &str, id: &str) -> (StatusCode, String) {
+    err(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("resource_missing"),
+        Some("id"),
+        &format!("No such {what}: '{id}'"),
+    )
+}
+
+/// A list page: `limit` (1-100, default 10) objects after `starting_after`, and `has_more`.
+fn page(url: &str, all: Vec<Value>, p: &Value) -> (StatusCode, String) {
+    let limit = match p["limit"].as_str().map(str::parse::<usize>) {
+        None => 10,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("parameter_invalid_integer"),
+                Some("limit"),
+                "limit must be between 1 and 100",
+            )
+        }
+    };
+    let start = match p["starting_after"].as_str() {
+        None => 0,
+        Some(after) => match all.iter().position(|x| x["id"] == after) {
+            Some(i) => i + 1,
+            None => return no_such("object", after),
+        },
+    };
+    let rest = &all[start.min(all.len())..];
+    let data: Vec<Value> = rest.iter().take(limit).cloned().collect();
+    let body = json!({"object": "list", "url": url, "has_more": rest.len() > limit, "data": data});
+    (StatusCode::OK, body.to_string())
+}
+
 fn route(fake: &StripeFake, method: &Method, path: &str, p: &Value) -> (StatusCode, String) {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let mut g = fake.lock();
@@ -350,6 +421,152 @@ fn route(fake: &StripeFake, method: &Method, path: &str, p: &Value) -> (StatusCo
             g.customers.insert(id, c.clone());
             (StatusCode::OK, c.to_string())
         }
+        ("POST", ["v1", "products"]) => {
+            let Some(name) = p["name"].as_str().filter(|n| !n.is_empty()) else {
+                return missing("name");
+            };
+            let id = match p["id"].as_str() {
+                Some(id) => {
+                    if g.products.iter().any(|x| x["id"] == id) {
+                        return err(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request_error",
+                            Some("resource_already_exists"),
+                            Some("id"),
+                            "Product already exists.",
+                        );
+                    }
+                    id.to_string()
+                }
+                None => {
+                    g.seq += 1;
+                    format!("prod_fake{}", g.seq)
+                }
+            };
+            let active = p["active"].as_str() != Some("false");
+            let prod = json!({"id": id, "object": "product", "name": name, "active": active,
+                "description": p.get("description").cloned().unwrap_or(Value::Null),
+                "metadata": p.get("metadata").cloned().unwrap_or(json!({})), "created": now(), "livemode": false});
+            g.products.push(prod.clone());
+            (StatusCode::OK, prod.to_string())
+        }
+        ("GET", ["v1", "products"]) => {
+            let active = p["active"].as_str().map(|a| a == "true");
+            let all: Vec<Value> = g
+                .products
+                .iter()
+                .rev()
+                .filter(|x| active.is_none_or(|a| x["active"] == a))
+                .cloned()
+                .collect();
+            page("/v1/products", all, p)
+        }
+        ("GET", ["v1", "products", id]) => match g.products.iter().find(|x| x["id"] == *id) {
+            Some(x) => (StatusCode::OK, x.to_string()),
+            None => no_such("product", id),
+        },
+        ("POST", ["v1", "prices"]) => {
+            let Some(product) = p["product"].as_str() else {
+                return missing("product");
+            };
+            if !g.products.iter().any(|x| x["id"] == product) {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    Some("product"),
+                    &format!("No such product: '{product}'"),
+                );
+            }
+            let Some(currency) = p["currency"].as_str().filter(|c| c.len() == 3) else {
+                return missing("currency");
+            };
+            let Some(amount) = p["unit_amount"]
+                .as_str()
+                .and_then(|a| a.parse::<i64>().ok())
+            else {
+                return missing("unit_amount");
+            };
+            if amount < 0 {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    Some("parameter_invalid_integer"),
+                    Some("unit_amount"),
+                    "Invalid non-negative integer",
+                );
+            }
+            let recurring = match p["recurring"]["interval"].as_str() {
+                None => Value::Null,
+                Some(i) if ["day", "week", "month", "year"].contains(&i) => {
+                    let count = p["recurring"]["interval_count"]
+                        .as_str()
+                        .and_then(|c| c.parse::<i64>().ok())
+                        .unwrap_or(1);
+                    json!({"interval": i, "interval_count": count, "usage_type": "licensed"})
+                }
+                Some(_) => {
+                    return err(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        Some("parameter_invalid_string"),
+                        Some("recurring[interval]"),
+                        "Invalid interval",
+                    )
+                }
+            };
+            let lookup_key = p["lookup_key"].as_str().map(str::to_string);
+            if let Some(k) = &lookup_key {
+                let holder = g.prices.iter().position(|x| x["lookup_key"] == k.as_str());
+                if let Some(i) = holder {
+                    if p["transfer_lookup_key"].as_str() == Some("true") {
+                        g.prices[i]["lookup_key"] = Value::Null;
+                    } else {
+                        let other = g.prices[i]["id"].as_str().unwrap_or_default().to_string();
+                        return err(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request_error",
+                            None,
+                            Some("lookup_key"),
+                            &format!("A price (`{other}`) already uses that lookup key."),
+                        );
+                    }
+                }
+            }
+            g.seq += 1;
+            let id = format!("price_fake{}", g.seq);
+            let price = json!({"id": id, "object": "price", "active": true, "product": product,
+                "unit_amount": amount, "unit_amount_decimal": amount.to_string(), "currency": currency.to_ascii_lowercase(),
+                "recurring": recurring, "type": if recurring.is_null() { "one_time" } else { "recurring" },
+                "lookup_key": lookup_key, "nickname": p.get("nickname").cloned().unwrap_or(Value::Null),
+                "metadata": p.get("metadata").cloned().unwrap_or(json!({})), "created": now(), "livemode": false});
+            g.prices.push(price.clone());
+            (StatusCode::OK, price.to_string())
+        }
+        ("GET", ["v1", "prices"]) => {
+            let active = p["active"].as_str().map(|a| a == "true");
+            let keys: Option<Vec<&str>> = p["lookup_keys"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect());
+            let product = p["product"].as_str();
+            let all: Vec<Value> = g
+                .prices
+                .iter()
+                .rev()
+                .filter(|x| active.is_none_or(|a| x["active"] == a))
+                .filter(|x| product.is_none_or(|pr| x["product"] == pr))
+                .filter(|x| {
+                    keys.as_ref()
+                        .is_none_or(|k| x["lookup_key"].as_str().is_some_and(|l| k.contains(&l)))
+                })
+                .cloned()
+                .collect();
+            page("/v1/prices", all, p)
+        }
+        ("GET", ["v1", "prices", id]) => match g.prices.iter().find(|x| x["id"] == *id) {
+            Some(x) => (StatusCode::OK, x.to_string()),
+            None => no_such("price", id),
+        },
         ("POST", ["v1", "checkout", "sessions"]) => {
             let mode = p["mode"].as_str().unwrap_or("");
             if !["payment", "subscription", "setup"].contains(&mode) {

@@ -855,3 +855,588 @@ async fn without_stripe_configuration_every_stripe_endpoint_answers_503() {
         "{v}"
     );
 }
+
+/// One request with `api_key` to the gateway's keyed route: (status, `RateLimit-Policy`).
+async fn hit(gw: &str, api_key: &str) -> (u16, String) {
+    let r = tollgate_e2e::client()
+        .get(format!("{gw}/api/thing"))
+        .header("x-api-key", api_key)
+        .send()
+        .await
+        .expect("call through the gateway");
+    let policy = r
+        .headers()
+        .get("ratelimit-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (r.status().as_u16(), policy)
+}
+
+/// Sends `n` requests and counts the admitted ones, asserting each carries `policy`.
+async fn admitted_of(gw: &str, api_key: &str, n: usize, policy: &str) -> usize {
+    let mut admitted = 0;
+    for _ in 0..n {
+        let (status, p) = hit(gw, api_key).await;
+        assert!(p.contains(policy), "{status}: {p}");
+        match status {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    admitted
+}
+
+/// Our subscription's status for `user`, read through `api`.
+async fn sub_status(api: &Api, user: &str) -> String {
+    api.subscriptions(user).await["subscriptions"][0]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits (up to 20 s: localstripe posts its events about a second late) until the user's
+/// subscription has `status`, and returns when the last read that still saw another status
+/// began: the webhook was applied after that instant, so time measured from it bounds the
+/// propagation from above.
+async fn status_changed(api: &Api, user: &str, status: &str) -> Instant {
+    let before = std::cell::Cell::new(Instant::now());
+    let before = &before;
+    eventually(
+        Duration::from_secs(20),
+        &format!("the signed webhook made the subscription {status}"),
+        || async move {
+            let asked = Instant::now();
+            if sub_status(api, user).await == status {
+                Some(())
+            } else {
+                before.set(asked);
+                None
+            }
+        },
+    )
+    .await;
+    before.get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_gateway_a_localstripe_subscription_lifts_the_key_and_cancel_drops_it() {
+    use tollgate_e2e::gw::{config_text, route, TOKEN as GW_TOKEN};
+    use tollgate_e2e::stripe::stripe_env;
+    use tollgate_e2e::{Proc, TempDir};
+    let Some(ls) = Localstripe::start().await else {
+        return;
+    };
+    ls.plan(PRO_PLAN, 2900).await;
+    let upstream = tollgate_e2e::upstream::Upstream::start();
+    let dir = TempDir::new("stripe-gw");
+    // The gateway runs the backend embedded; its catalogue prices pro with the localstripe plan.
+    let routes = format!(
+        "{}\n{}",
+        route("/api", &upstream.url(), ""),
+        plans_toml(PRO_PLAN, "tollgate-pro-yearly")
+    );
+    let text = config_text(&dir, "[backend]\nmode = \"embedded\"\n", &routes, "");
+    let config = dir.write("gateway.toml", &text);
+    let stripe = stripe_env(&ls.url);
+    let mut env: Vec<(&str, &str)> = vec![
+        ("TOLLGATE_SERVICE_TOKEN", GW_TOKEN),
+        ("STRIPE_PAYMENT_BEHAVIOR", "allow_incomplete"),
+    ];
+    env.extend(stripe.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let proc = Proc::start(
+        "tollgate-gateway",
+        &["--config", config.to_str().unwrap_or_default()],
+        &env,
+    );
+    let gw = tokio::task::block_in_place(|| proc.url("gateway"));
+    // localstripe signs its events and posts them to the gateway, which hands them to the
+    // embedded backend: the only thing between Stripe and the backend is the gateway.
+    ls.webhook(&format!("{gw}/api/v1/billing/webhook"), WEBHOOK_SECRET)
+        .await;
+    let api = Api { base: gw.clone() };
+    let user = "stripe-gw-user";
+    let (_, key) = api.mint(user).await;
+    let (_, spare) = api.mint(user).await;
+
+    // Free: exactly 10 admitted in the minute.
+    eventually(Duration::from_secs(1), "the key at the gateway", || async {
+        (hit(&gw, &key).await.0 == 200).then_some(())
+    })
+    .await;
+    let admitted = 1 + admitted_of(&gw, &key, 12, "q=10;").await;
+    assert_eq!(admitted, 10, "the free minute limit");
+
+    // Customer + subscription to pro with pm_card_visa, through the gateway.
+    let (s, c) = api
+        .call(
+            "POST",
+            "/api/v1/billing/create-customer",
+            Some(json!({"user_id": user, "email": "gw@example.com"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    let (s, sub) = api
+        .call(
+            "POST",
+            "/api/v1/billing/create-subscription",
+            Some(json!({"user_id": user, "plan": "pro", "cycle": "monthly", "payment_method": "pm_card_visa"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{sub}");
+    assert_eq!(sub["subscription"]["status"], json!("incomplete"), "{sub}");
+    let stripe_sub = sub["stripe_subscription_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(stripe_sub.starts_with("sub_"), "{sub}");
+    assert_eq!(
+        hit(&gw, &key).await.0,
+        429,
+        "creating the subscription grants nothing"
+    );
+
+    // localstripe's signed webhook reaches the backend through the gateway; within 1 s of it
+    // being applied the same key has pro limits at the gateway.
+    let applied_at = status_changed(&api, user, "active").await;
+    eventually(
+        Duration::from_secs(1),
+        "pro tier at the gateway",
+        || async {
+            let (status, policy) = hit(&gw, &key).await;
+            (status == 200 && policy.contains("q=100;")).then_some(())
+        },
+    )
+    .await;
+    let took = applied_at.elapsed();
+    eprintln!("stripe webhook via the gateway → 100/min at the gateway after {took:?}");
+    assert!(took <= Duration::from_secs(1), "{took:?}");
+    let total = admitted + 1 + admitted_of(&gw, &key, 110, "q=100;").await;
+    assert_eq!(total, 100, "exactly the pro minute limit");
+    let ledger = api.ledger(user).await;
+    let change = ledger
+        .iter()
+        .find(|e| e["kind"] == "plan_changed" && e["detail"]["to"] == "pro")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(change["cause"]["kind"], json!("webhook"), "{ledger:?}");
+
+    // Cancelled in Stripe → customer.subscription.deleted → back to free at the gateway.
+    let (s, v) = ls
+        .call("DELETE", &format!("/v1/subscriptions/{stripe_sub}"), &[])
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("canceled")), "{v}");
+    let canceled_at = status_changed(&api, user, "canceled").await;
+    eventually(
+        Duration::from_secs(1),
+        "free tier at the gateway",
+        || async { hit(&gw, &key).await.1.contains("q=10;").then_some(()) },
+    )
+    .await;
+    let took = canceled_at.elapsed();
+    eprintln!("customer.subscription.deleted via the gateway → 10/min after {took:?}");
+    assert!(took <= Duration::from_secs(1), "{took:?}");
+    // The user's other key, untouched so far, admits exactly the free 10 in its minute.
+    assert_eq!(admitted_of(&gw, &spare, 12, "q=10;").await, 10);
+    assert_eq!(hit(&gw, &key).await.0, 429, "the busy key is over 10/min");
+    drop(proc);
+}
+
+#[tokio::test]
+async fn stripe_sync_creates_the_catalogue_once_and_checkout_uses_it() {
+    use tollgate_e2e::stripe::{backend_cli, backend_config, catalogue_toml, stripe_env};
+    let fake = StripeFake::start("api_requests").await;
+    let c = tollgate_e2e::client();
+    let post = |path: &str, form: &[(&str, &str)]| {
+        c.post(format!("{}{path}", fake.url))
+            .bearer_auth(tollgate_e2e::stripe::SECRET_KEY)
+            .form(form)
+            .send()
+    };
+    // Already at Stripe: an unrelated product, and the enterprise product an operator made
+    // earlier (found by its metadata, not duplicated).
+    let r = post("/v1/products", &[("name", "Stickers")])
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = post(
+        "/v1/products",
+        &[
+            ("name", "Enterprise"),
+            ("metadata[tollgate_plan]", "enterprise"),
+        ],
+    )
+    .await
+    .expect("post");
+    let enterprise: Value = r.json().await.expect("json");
+    let enterprise = enterprise["id"].as_str().unwrap_or_default().to_string();
+
+    let dir = tollgate_e2e::TempDir::new("stripe-sync");
+    let config = backend_config(&dir, &catalogue_toml(2900, ""));
+    let env = stripe_env(&fake.url);
+    let posts = |since: usize| {
+        fake.requests()
+            .into_iter()
+            .skip(since)
+            .filter(|(m, _, _)| m == "POST")
+            .collect::<Vec<_>>()
+    };
+
+    // Without Stripe configuration the command says so and fails.
+    let off = backend_cli(&config, &["stripe", "sync"], &[]).await;
+    assert!(!off.success, "{off:?}");
+    assert!(off.stderr.contains("STRIPE_SECRET_KEY"), "{off:?}");
+
+    let first = backend_cli(&config, &["stripe", "sync"], &env).await;
+    assert!(first.success, "{first:?}");
+    let report = first.json();
+    assert_eq!(
+        (
+            report["created"].clone(),
+            report["recorded"].clone(),
+            report["changed"].clone()
+        ),
+        (json!(4), json!(4), json!(true)),
+        "{report}"
+    );
+    let lines = report["prices"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        lines.len(),
+        4,
+        "pro and enterprise, monthly and yearly: {report}"
+    );
+    assert!(lines.iter().all(|l| l["action"] == "created"), "{report}");
+    let recorded = |plan: &str, cycle: &str| -> String {
+        lines
+            .iter()
+            .find(|l| l["plan"] == plan && l["cycle"] == cycle)
+            .and_then(|l| l["price_id"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    // What Stripe now holds: one new product (pro), four prices on the right products.
+    let products = fake.products();
+    assert_eq!(products.len(), 3, "{products:?}");
+    let pro = products
+        .iter()
+        .find(|p| p["metadata"]["tollgate_plan"] == "pro")
+        .and_then(|p| p["id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let prices = fake.prices();
+    for (plan, cycle, amount, interval, product) in [
+        ("pro", "monthly", 2900, "month", &pro),
+        ("pro", "yearly", 29000, "year", &pro),
+        ("enterprise", "monthly", 19900, "month", &enterprise),
+        ("enterprise", "yearly", 199000, "year", &enterprise),
+    ] {
+        let id = recorded(plan, cycle);
+        let p = prices
+            .iter()
+            .find(|p| p["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{plan} {cycle}: {id} not at Stripe"));
+        assert_eq!(
+            (
+                p["unit_amount"].as_i64(),
+                p["currency"].as_str(),
+                p["recurring"]["interval"].as_str(),
+                p["product"].as_str(),
+                p["lookup_key"].as_str()
+            ),
+            (
+                Some(amount),
+                Some("eur"),
+                Some(interval),
+                Some(product.as_str()),
+                Some(format!("tollgate_{plan}_{cycle}").as_str())
+            ),
+            "{p}"
+        );
+    }
+    let created = posts(0);
+    assert_eq!(
+        created.len(),
+        7,
+        "2 setup + 1 product + 4 prices: {created:?}"
+    );
+    assert!(
+        created[2..].iter().all(|(_, _, k)| k.is_some()),
+        "every create carries an Idempotency-Key: {created:?}"
+    );
+
+    // A second run finds everything and changes nothing.
+    let seen = fake.requests().len();
+    let second = backend_cli(&config, &["stripe", "sync"], &env).await;
+    assert!(second.success, "{second:?}");
+    let again = second.json();
+    assert_eq!(
+        (
+            again["created"].clone(),
+            again["recorded"].clone(),
+            again["changed"].clone()
+        ),
+        (json!(0), json!(0), json!(false)),
+        "{again}"
+    );
+    assert!(
+        again["prices"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(|l| l["action"] == "found")),
+        "{again}"
+    );
+    assert!(posts(seen).is_empty(), "no creates: {:?}", posts(seen));
+    assert_eq!((fake.products().len(), fake.prices().len()), (3, 4));
+
+    // The backend uses the recorded prices: Checkout for pro yearly sells the synced price.
+    let be = tollgate_e2e::stripe::StripeBackend::start_with(dir, &config, Some(&fake.url), &[]);
+    let api = Api {
+        base: be.url.clone(),
+    };
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/billing/checkout",
+            Some(
+                json!({"user_id": "sync-user", "plan": "pro", "cycle": "yearly",
+                "success_url": "https://example.com/ok", "cancel_url": "https://example.com/no"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["price_id"], json!(recorded("pro", "yearly")), "{v}");
+    let session = fake
+        .session(v["session_id"].as_str().unwrap_or_default())
+        .unwrap_or_default();
+    assert_eq!(
+        session["line_items"][0]["price"],
+        json!(recorded("pro", "yearly"))
+    );
+    let (s, v) = api.call("GET", "/api/v1/billing/products", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["prices"].as_array().map(Vec::len), Some(4), "{v}");
+    let enterprise_monthly = v["plans"]
+        .as_array()
+        .and_then(|p| {
+            p.iter()
+                .find(|p| p["plan"] == "enterprise" && p["cycle"] == "monthly")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        enterprise_monthly["stripe_price_id"],
+        json!(recorded("enterprise", "monthly")),
+        "{v}"
+    );
+    let dir = {
+        let StripeBackend { dir, proc, .. } = be;
+        drop(proc);
+        dir
+    };
+
+    // The catalogue's pro monthly price changes: a new price takes over the lookup key on the
+    // same product and is recorded; nothing else moves. Then all is quiet again.
+    let config = backend_config(&dir, &catalogue_toml(3900, ""));
+    let seen = fake.requests().len();
+    let third = backend_cli(&config, &["stripe", "sync"], &env).await;
+    assert!(third.success, "{third:?}");
+    let changed = third.json();
+    let line = changed["prices"]
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|l| l["plan"] == "pro" && l["cycle"] == "monthly")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (line["action"].clone(), line["recorded"].clone()),
+        (json!("replaced"), json!(true)),
+        "{changed}"
+    );
+    assert_eq!(changed["created"], json!(1), "{changed}");
+    let new_posts = posts(seen);
+    assert_eq!(
+        new_posts
+            .iter()
+            .map(|(_, p, _)| p.as_str())
+            .collect::<Vec<_>>(),
+        vec!["/v1/prices"],
+        "one new price, no new product"
+    );
+    let prices = fake.prices();
+    let old = prices
+        .iter()
+        .find(|p| p["id"] == recorded("pro", "monthly").as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(old["lookup_key"], Value::Null, "the key moved: {old}");
+    let new = prices
+        .iter()
+        .find(|p| p["id"] == line["price_id"])
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            new["unit_amount"].as_i64(),
+            new["lookup_key"].as_str(),
+            new["product"].as_str()
+        ),
+        (Some(3900), Some("tollgate_pro_monthly"), Some(pro.as_str()))
+    );
+    let quiet = backend_cli(&config, &["stripe", "sync"], &env).await;
+    assert_eq!(quiet.json()["changed"], json!(false), "{quiet:?}");
+}
+
+/// The relay's delivery whose handling settled `payment_id`.
+fn settled(relay: &WebhookRelay, payment_id: &str) -> Option<tollgate_e2e::stripe::Delivery> {
+    relay.deliveries().into_iter().find(|d| {
+        d.kind == "payment_intent.succeeded"
+            && d.answer["outcome"]
+                .as_str()
+                .is_some_and(|o| o.contains(payment_id))
+    })
+}
+
+#[tokio::test]
+async fn localstripe_plan_priced_payment_intent_buys_one_period_and_client_amounts_never_grant() {
+    let Some((ls, _be, api, relay)) = with_localstripe().await else {
+        return;
+    };
+    let user = "pia";
+    let (key_id, _) = api.mint(user).await;
+    let (s, c) = api
+        .call(
+            "POST",
+            "/api/v1/billing/create-customer",
+            Some(json!({"user_id": user})),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    let intents = || async {
+        let (s, v) = ls.call("GET", "/v1/payment_intents", &[]).await;
+        assert_eq!(s, 200, "{v}");
+        v["data"].as_array().map(Vec::len).unwrap_or(0)
+    };
+
+    // A plan with a client-chosen amount is refused before anything reaches Stripe.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/billing/payment-intent",
+            Some(json!({"user_id": user, "plan": "pro", "cycle": "monthly", "amount": 100,
+                "currency": "eur", "payment_method_types": ["card"], "payment_method": "pm_card_visa", "confirm": true})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (400, json!("amount_mismatch")),
+        "{v}"
+    );
+    assert_eq!(intents().await, 0, "nothing reached Stripe");
+
+    // A client-chosen amount (the plan's price, even naming the plan in metadata) is paid
+    // and recorded, but buys nothing.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/billing/payment-intent",
+            Some(json!({"user_id": user, "amount": 2900, "currency": "eur",
+                "metadata": {"plan": "pro", "cycle": "monthly"},
+                "payment_method_types": ["card"], "payment_method": "pm_card_visa", "confirm": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], json!("succeeded"), "{v}");
+    assert_eq!(v["plan"], Value::Null, "{v}");
+    let plain = v["payment_id"].as_str().unwrap_or_default().to_string();
+    let (d, _) = eventually(
+        Duration::from_secs(20),
+        "the client-priced payment settled by the signed webhook",
+        || async { settled(&relay, &plain) },
+    )
+    .await;
+    assert_eq!((d.status, d.answer["applied"].clone()), (200, json!(true)));
+    assert_eq!(
+        api.per_minute(&key_id).await,
+        10,
+        "a client amount grants nothing"
+    );
+    let subs = api.subscriptions(user).await;
+    assert_eq!(subs["plan"], json!("free"), "{subs}");
+
+    // The plan-priced intent: the server sets 2900 EUR; its success buys one month of pro.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/billing/payment-intent",
+            Some(json!({"user_id": user, "plan": "pro", "cycle": "monthly",
+                "payment_method_types": ["card"], "payment_method": "pm_card_visa", "confirm": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            v["amount"].clone(),
+            v["currency"].clone(),
+            v["status"].clone()
+        ),
+        (json!(2900), json!("eur"), json!("succeeded")),
+        "{v}"
+    );
+    let intent = v["payment_intent_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let paid = v["payment_id"].as_str().unwrap_or_default().to_string();
+    let (at_stripe_s, at_stripe) = ls
+        .call("GET", &format!("/v1/payment_intents/{intent}"), &[])
+        .await;
+    assert_eq!(at_stripe_s, 200, "{at_stripe}");
+    assert_eq!(
+        at_stripe["amount"],
+        json!(2900),
+        "the server's amount went to Stripe"
+    );
+    let (d, _) = eventually(
+        Duration::from_secs(20),
+        "payment_intent.succeeded applied",
+        || async { settled(&relay, &paid) },
+    )
+    .await;
+    assert_eq!((d.status, d.answer["applied"].clone()), (200, json!(true)));
+    limit_becomes(&api, &key_id, 100, d.at, Duration::from_secs(1)).await;
+    let subs = api.subscriptions(user).await;
+    assert_eq!(subs["plan"], json!("pro"), "{subs}");
+    let sub = subs["subscriptions"][0].clone();
+    assert_eq!(
+        (sub["status"].clone(), sub["cycle"].clone()),
+        (json!("active"), json!("monthly")),
+        "{sub}"
+    );
+    let start = tollgate_e2e::stripe::parse_rfc3339(
+        sub["current_period_start"].as_str().unwrap_or_default(),
+    );
+    let end =
+        tollgate_e2e::stripe::parse_rfc3339(sub["current_period_end"].as_str().unwrap_or_default());
+    assert!(
+        (28 * 86_400..=31 * 86_400).contains(&(end - start)),
+        "one month: {sub}"
+    );
+
+    // Stripe delivering the success again (a new event id for the same intent) buys nothing more.
+    let now = api.advance(0).await;
+    let ev = event(
+        "evt_e2e_pi_again",
+        "payment_intent.succeeded",
+        now,
+        at_stripe,
+    );
+    let (s, v) = api.deliver(&ev, now).await;
+    assert_eq!((s, v["applied"].clone()), (200, json!(false)), "{v}");
+    let again = api.subscriptions(user).await["subscriptions"][0].clone();
+    assert_eq!(
+        again["current_period_end"], sub["current_period_end"],
+        "the period was not extended twice"
+    );
+}

@@ -103,6 +103,10 @@ conformance!(
     payment_buys_and_extends_periods_once,
     refund_takes_the_period_back,
     provider_events_claimed_once,
+    stripe_customer_once_per_user,
+    stripe_subscription_watermark_only_moves_forward,
+    stripe_prices_recorded_by_sync,
+    stripe_meter_exports_and_usage_lines,
 );
 
 fn cause() -> Cause {
@@ -945,4 +949,302 @@ async fn provider_events_claimed_once(s: Arc<SqlStore>) {
             .expect("claim"),
         "a released event is processed again"
     );
+}
+
+// --- Stripe's tables (providers/stripe/store.rs) ---------------------------------------------
+
+async fn stripe_customer_once_per_user(s: Arc<SqlStore>) {
+    use crate::providers::stripe::store::StripeStore;
+    assert_eq!(s.stripe_customer_of("sue").await.expect("of"), None);
+    let first = s
+        .stripe_record_customer("sue", "cus_A", &cause(), 1000)
+        .await
+        .expect("record");
+    assert_eq!(first, "cus_A");
+    // A concurrent second customer for the same user loses: the first one stays.
+    let again = s
+        .stripe_record_customer("sue", "cus_B", &cause(), 1001)
+        .await
+        .expect("record again");
+    assert_eq!(again, "cus_A");
+    assert_eq!(
+        s.stripe_customer_of("sue").await.expect("of"),
+        Some("cus_A".to_string())
+    );
+    assert_eq!(
+        s.stripe_user_of("cus_A").await.expect("user of"),
+        Some("sue".to_string())
+    );
+    assert_eq!(s.stripe_user_of("cus_B").await.expect("user of"), None);
+    // One customer cannot belong to two users.
+    assert!(matches!(
+        s.stripe_record_customer("tom", "cus_A", &cause(), 1002)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.stripe_customer_of("tom").await.expect("of"), None);
+    // Only the recording is ledgered, once.
+    let ledger = s.ledger(Some("sue"), 100).await.expect("ledger");
+    let recorded: Vec<_> = ledger
+        .iter()
+        .filter(|e| e.kind == "stripe_customer")
+        .collect();
+    assert_eq!(recorded.len(), 1, "{ledger:?}");
+    assert_eq!(recorded[0].subject, "cus_A");
+
+    // Many concurrent first requests for one user agree on one customer.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.stripe_record_customer("uma", &format!("cus_U{i}"), &cause(), 2000)
+                .await
+        }));
+    }
+    let mut kept = std::collections::BTreeSet::new();
+    for t in tasks {
+        kept.insert(t.await.expect("join").expect("record"));
+    }
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        s.ledger(Some("uma"), 100)
+            .await
+            .expect("ledger")
+            .iter()
+            .filter(|e| e.kind == "stripe_customer")
+            .count(),
+        1
+    );
+}
+
+async fn stripe_subscription_watermark_only_moves_forward(s: Arc<SqlStore>) {
+    use crate::providers::stripe::store::{StripeStore, SubLink};
+    assert_eq!(s.stripe_sub_link("sub_S1").await.expect("link"), None);
+    let link = SubLink {
+        stripe_sub_id: "sub_S1".into(),
+        sub_id: "sub_ours1".into(),
+        customer_id: "cus_S".into(),
+        last_event_at: 0,
+    };
+    assert_eq!(s.stripe_link_sub(&link, 1000).await.expect("link"), link);
+    // A second link (a webhook racing the API call) keeps the first.
+    let other = SubLink {
+        sub_id: "sub_ours2".into(),
+        ..link.clone()
+    };
+    assert_eq!(s.stripe_link_sub(&other, 1001).await.expect("link"), link);
+    assert!(s
+        .stripe_advance("sub_S1", 100, "evt_1")
+        .await
+        .expect("advance"));
+    assert!(
+        !s.stripe_advance("sub_S1", 50, "evt_0")
+            .await
+            .expect("advance"),
+        "an older event does not move the watermark back"
+    );
+    assert!(
+        s.stripe_advance("sub_S1", 100, "evt_2")
+            .await
+            .expect("advance"),
+        "events of the same second all apply"
+    );
+    assert!(s
+        .stripe_advance("sub_S1", 150, "evt_3")
+        .await
+        .expect("advance"));
+    assert_eq!(
+        s.stripe_sub_link("sub_S1")
+            .await
+            .expect("link")
+            .map(|l| l.last_event_at),
+        Some(150)
+    );
+    assert!(
+        !s.stripe_advance("sub_unknown", 10, "evt_4")
+            .await
+            .expect("advance"),
+        "no link, nothing to advance"
+    );
+    // Our subscription id is linked to one Stripe subscription only.
+    let dup = SubLink {
+        stripe_sub_id: "sub_S2".into(),
+        ..link.clone()
+    };
+    assert!(matches!(
+        s.stripe_link_sub(&dup, 1002).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn stripe_prices_recorded_by_sync(s: Arc<SqlStore>) {
+    use crate::providers::stripe::store::StripeStore;
+    assert!(s.stripe_prices().await.expect("prices").is_empty());
+    assert!(s
+        .stripe_record_price("pro", "monthly", "price_pm", 1000)
+        .await
+        .expect("record"));
+    assert!(s
+        .stripe_record_price("pro", "yearly", "price_py", 1000)
+        .await
+        .expect("record"));
+    assert!(
+        !s.stripe_record_price("pro", "monthly", "price_pm", 2000)
+            .await
+            .expect("record again"),
+        "recording the same price again changes nothing"
+    );
+    assert!(
+        s.stripe_record_price("pro", "monthly", "price_pm2", 3000)
+            .await
+            .expect("replace"),
+        "a new price for the plan and cycle replaces the old one"
+    );
+    assert_eq!(
+        s.stripe_prices().await.expect("prices"),
+        vec![
+            (
+                "pro".to_string(),
+                "monthly".to_string(),
+                "price_pm2".to_string()
+            ),
+            (
+                "pro".to_string(),
+                "yearly".to_string(),
+                "price_py".to_string()
+            ),
+        ]
+    );
+}
+
+async fn stripe_meter_exports_and_usage_lines(s: Arc<SqlStore>) {
+    use crate::providers::stripe::store::{MeterExport, StripeStore};
+    let k1 = s
+        .create_key(new_key("vic", "cli_free_v1", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    let k2 = s
+        .create_key(new_key("wes", "cli_free_w1", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    // wes has no Stripe customer: his usage is not Stripe's to meter.
+    s.stripe_record_customer("vic", "cus_V", &cause(), 1000)
+        .await
+        .expect("customer");
+    s.ingest_usage(
+        &batch(
+            "gw",
+            1,
+            vec![
+                (&k1.key_id, "2026-11-24", 4, 1100),
+                (&k1.key_id, "2026-11-25", 6, 1200),
+                (&k2.key_id, "2026-11-25", 9, 1200),
+            ],
+        ),
+        2000,
+    )
+    .await
+    .expect("ingest");
+    let lines = s
+        .stripe_usage_lines("2026-11-25", None)
+        .await
+        .expect("lines");
+    assert_eq!(
+        lines,
+        vec![crate::providers::stripe::store::UsageLine {
+            key_id: k1.key_id.clone(),
+            user_id: "vic".into(),
+            customer_id: "cus_V".into(),
+            day: "2026-11-25".into(),
+            metered: 6,
+            recorded: 0,
+            sent: 0,
+        }]
+    );
+    assert_eq!(
+        s.stripe_usage_lines("2026-11-01", Some("vic"))
+            .await
+            .expect("lines")
+            .len(),
+        2
+    );
+    assert!(s
+        .stripe_usage_lines("2026-11-01", Some("wes"))
+        .await
+        .expect("lines")
+        .is_empty());
+
+    let export = |ident: &str, value: i64, at: i64| MeterExport {
+        identifier: ident.to_string(),
+        customer_id: "cus_V".into(),
+        key_id: k1.key_id.clone(),
+        period: "2026-11-25".into(),
+        value,
+        status: "pending".into(),
+        created_at: at,
+        sent_at: None,
+    };
+    assert!(s
+        .stripe_add_export(&export("tg_1", 4, 3000))
+        .await
+        .expect("add"));
+    assert!(
+        !s.stripe_add_export(&export("tg_1", 4, 3001))
+            .await
+            .expect("add again"),
+        "an identifier is exported once"
+    );
+    assert!(s
+        .stripe_add_export(&export("tg_2", 2, 3002))
+        .await
+        .expect("add"));
+    let line = |lines: Vec<crate::providers::stripe::store::UsageLine>| {
+        lines
+            .into_iter()
+            .map(|l| (l.metered, l.recorded, l.sent))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        line(
+            s.stripe_usage_lines("2026-11-25", None)
+                .await
+                .expect("lines")
+        ),
+        vec![(6, 6, 0)]
+    );
+    s.stripe_mark_export("tg_1", "sent", Some(3100))
+        .await
+        .expect("mark");
+    assert_eq!(
+        line(
+            s.stripe_usage_lines("2026-11-25", Some("vic"))
+                .await
+                .expect("lines")
+        ),
+        vec![(6, 6, 4)]
+    );
+    let pending = s
+        .stripe_exports(Some("pending"), 10)
+        .await
+        .expect("pending");
+    assert_eq!(
+        pending
+            .iter()
+            .map(|e| e.identifier.as_str())
+            .collect::<Vec<_>>(),
+        vec!["tg_2"]
+    );
+    let sent = s.stripe_exports(Some("sent"), 10).await.expect("sent");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].sent_at, Some(3100));
+    assert_eq!(sent[0].key_id, k1.key_id);
+    let all = s.stripe_exports(None, 10).await.expect("all");
+    assert_eq!(
+        all.iter()
+            .map(|e| e.identifier.as_str())
+            .collect::<Vec<_>>(),
+        vec!["tg_1", "tg_2"],
+        "oldest first"
+    );
+    assert_eq!(s.stripe_exports(None, 1).await.expect("limit").len(), 1);
 }

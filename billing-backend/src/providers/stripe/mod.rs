@@ -10,6 +10,8 @@
 //!   id as the ledger cause.
 //! - [`meter`]: metered usage as Billing Meter events (exactly once per identifier) and the
 //!   drift report; [`store`]: Stripe's tables.
+//! - [`sync`]: `tollgate-backend stripe sync`, the catalogue's products and prices on Stripe
+//!   (found by lookup key or created) recorded for [`price_for`].
 //!
 //! Access is granted only by verified events: creating a subscription records it `incomplete`,
 //! and the signed `customer.subscription.*` / `invoice.paid` event makes it `active`. That keeps
@@ -19,6 +21,7 @@ pub mod client;
 pub mod meter;
 pub mod signature;
 pub mod store;
+pub mod sync;
 pub mod webhook;
 pub mod wire;
 

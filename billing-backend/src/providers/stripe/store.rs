@@ -67,13 +67,14 @@ pub trait StripeStore: Send + Sync {
         event_at: i64,
         event_id: &str,
     ) -> StoreResult<bool>;
+    /// Records the price for a plan and cycle; false when exactly that was recorded already.
     async fn stripe_record_price(
         &self,
         plan: &str,
         cycle: &str,
         price_id: &str,
         now: i64,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
     /// `(plan, cycle, price_id)` recorded by `stripe sync`.
     async fn stripe_prices(&self) -> StoreResult<Vec<(String, String, String)>>;
     /// Usage of users with a Stripe customer on days ≥ `since_day` (optionally one user).
@@ -245,10 +246,11 @@ impl StripeStore for SqlStore {
         cycle: &str,
         price_id: &str,
         now: i64,
-    ) -> StoreResult<()> {
-        sqlx::query(
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
             "INSERT INTO stripe_prices (plan, cycle, price_id, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (plan, cycle) DO UPDATE SET price_id = excluded.price_id, created_at = excluded.created_at",
+             ON CONFLICT (plan, cycle) DO UPDATE SET price_id = excluded.price_id, created_at = excluded.created_at \
+             WHERE stripe_prices.price_id <> excluded.price_id",
         )
         .bind(plan)
         .bind(cycle)
@@ -256,8 +258,9 @@ impl StripeStore for SqlStore {
         .bind(now)
         .execute(&self.pool)
         .await
-        .map_err(|e| db_err("stripe price", e))?;
-        Ok(())
+        .map_err(|e| db_err("stripe price", e))?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     async fn stripe_prices(&self) -> StoreResult<Vec<(String, String, String)>> {

@@ -31,3 +31,7 @@ fi
 # The end-to-end tests start the real binaries from the same target directory.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast "$@"
+
+# The customer portal in a real browser (Debian's chromium + playwright-core, installed by the
+# script when missing; it fails loudly when they cannot be installed).
+tests/browser/run.sh

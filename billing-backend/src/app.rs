@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub minute: Arc<MinuteWindow>,
     pub providers: Arc<crate::providers::Providers>,
+    /// Customer portal: sessions and hand-off signing (see [`crate::portal`]).
+    pub portal: Arc<crate::portal::Portal>,
     pub started: Instant,
 }
 
@@ -49,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::usage::router())
         .merge(crate::billing::router())
         .merge(crate::providers::router())
+        .merge(crate::portal::router())
         .merge(crate::feed::router())
         .merge(crate::ops::router())
         .fallback(crate::extract::not_found)
@@ -106,6 +109,7 @@ impl Backend {
             metrics: Metrics::new(),
             minute: Arc::new(MinuteWindow::default()),
             providers: Arc::new(providers),
+            portal: Arc::new(crate::portal::Portal::new(&token)?),
             started: Instant::now(),
         };
         let (stop, stop_rx) = watch::channel(false);

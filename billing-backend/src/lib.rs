@@ -7,6 +7,8 @@
 //! - [`store`]: storage traits and the SQL implementation (SQLite default, PostgreSQL).
 //! - [`plans`], [`keys`], [`usage`], [`billing`], [`stats`]: one module per domain, each with its
 //!   DTOs, handlers and `router()`.
+//! - [`portal`]: the customer portal and pricing page (server-rendered HTML under `/portal/`)
+//!   and the operator view; sessions by a signed hand-off from the operator's backend.
 //! - [`feed`]: the key feed and usage ingest that gateways use (`/internal/*`).
 //! - [`auth`]: service and feed tokens; [`extract`]: JSON parsing and the JSON-error backstop;
 //!   [`error`]: the one client-facing error type; [`ops`], [`metrics`], [`openapi`]: operations.
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod plans;
+pub mod portal;
 pub mod providers;
 pub mod stats;
 pub mod store;

@@ -57,6 +57,8 @@ pub struct GatewaySettings {
     pub feed_wait: Duration,
     pub redis_url: Option<String>,
     pub redis_failure: RedisFailure,
+    /// Longest wait for one Redis answer before the failure behaviour applies.
+    pub redis_timeout: Duration,
     pub json_logs: bool,
 }
 
@@ -290,6 +292,7 @@ fn gateway_settings(doc: &toml::Table, errors: &mut Vec<String>) -> GatewaySetti
                 RedisFailure::Local
             }
         },
+        redis_timeout: f.millis("redis_timeout_ms", 250, 1, 10_000),
         json_logs: f.bool("json_logs").unwrap_or(false),
     };
     if let Some(id) = &s.gateway_id {
@@ -305,8 +308,16 @@ fn gateway_settings(doc: &toml::Table, errors: &mut Vec<String>) -> GatewaySetti
             );
         }
     }
-    if s.redis_url.is_some() {
-        f.err("redis_url", "the Redis quota store is not available in this build yet; remove it to use in-process quotas");
+    if let Some(url) = &s.redis_url {
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
+            f.err(
+                "redis_url",
+                format!("{url:?} must start with redis://, rediss:// or unix://"),
+            );
+        }
     }
     f.finish();
     s

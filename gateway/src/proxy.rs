@@ -393,8 +393,8 @@ impl Gateway {
                 usage,
             })),
             Err(e) => {
-                tracing::error!(error = %e, "quota store failed");
-                self.metrics.redis_errors.add(1);
+                // The store logged and counted the failure (once per outage, not per request).
+                tracing::debug!(error = %e, "quota store failed");
                 Err(Err(refuse(
                     Outcome::QuotaUnavailable,
                     "quota service unavailable, try again shortly",

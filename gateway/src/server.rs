@@ -9,13 +9,15 @@
 
 use crate::backend::{BackendLink, HttpClient, Management, RemoteBackend};
 use crate::body::Body;
+use crate::config::RedisFailure;
 use crate::config::{BackendMode, Config, RouteConfig};
 use crate::feed::Feed;
 use crate::health::Health;
 use crate::keys::Replica;
 use crate::metrics::{Gauge, Metrics};
 use crate::proxy::{Gateway, OwnMetrics};
-use crate::quota::{local::LocalQuota, Clock, Quota, SystemClock};
+use crate::quota::redis::RedisQuota;
+use crate::quota::{local::LocalQuota, Clock, Fleet, OnRedisFailure, Quota, SystemClock};
 use crate::routes::RouteTable;
 use crate::usage::{Journal, Shipper, UsageCounter};
 use arc_swap::ArcSwap;
@@ -112,6 +114,11 @@ fn gauges(gw: &Gateway) -> Vec<Gauge> {
             name: "tollgate_gateway_usage_journal_batches",
             help: "Usage batches in the journal awaiting the backend's acknowledgement.",
             value: f(gw.health.journal_depth.load(Ordering::Relaxed)),
+        },
+        Gauge {
+            name: "tollgate_gateway_quota_degraded",
+            help: "1 while Redis is unreachable and the configured failure behaviour (local or closed) applies.",
+            value: if gw.quota.degraded() { 1.0 } else { 0.0 },
         },
         Gauge { name: "tollgate_gateway_routes", help: "Configured routes.", value: f(u64::try_from(gw.routes.load().len()).unwrap_or(0)) },
     ]
@@ -274,6 +281,29 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         health.clone(),
     );
 
+    let quota = match &g.redis_url {
+        None => Quota::Local(LocalQuota::new(clock.clone())),
+        Some(url) => {
+            let redis = RedisQuota::new(url, clock.clone(), "tg", g.redis_timeout)
+                .map_err(|e| format!("gateway.redis_url: {e}"))?;
+            let on_failure = match g.redis_failure {
+                RedisFailure::Local => OnRedisFailure::Local,
+                RedisFailure::Closed => OnRedisFailure::Closed,
+            };
+            match redis.ping().await {
+                Ok(()) => tracing::info!("quota state in Redis, shared by the fleet"),
+                Err(e) => {
+                    tracing::error!(error = %e, ?on_failure, "Redis is unreachable at start; the failure behaviour applies until it answers")
+                }
+            }
+            Quota::Redis(Box::new(Fleet::new(
+                redis,
+                on_failure,
+                clock.clone(),
+                metrics.clone(),
+            )))
+        }
+    };
     let gw = Arc::new(Gateway {
         routes: ArcSwap::from_pointee(RouteTable::build(
             &cfg.routes,
@@ -281,7 +311,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             g.unhealthy_cooldown,
         )),
         replica: replica.clone(),
-        quota: Quota::Local(LocalQuota::new(clock.clone())),
+        quota,
         usage,
         metrics: metrics.clone(),
         health: health.clone(),

@@ -173,6 +173,7 @@ impl LocalQuota {
                     key,
                     at_ms: now,
                     cost,
+                    local: true,
                 },
                 usage: state.usage(limits, now),
             };

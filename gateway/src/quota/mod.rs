@@ -15,6 +15,7 @@
 //!   could be admitted (the later of the minute and the day constraints).
 
 pub mod local;
+pub mod redis;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -98,6 +99,9 @@ pub struct Reservation {
     pub key: KeyId,
     pub at_ms: i64,
     pub cost: u64,
+    /// Counted by the in-process store (always in local mode; in Redis mode only while Redis
+    /// was unreachable and `redis_failure = "local"`), so it is refunded there.
+    pub local: bool,
 }
 
 impl Reservation {
@@ -170,6 +174,7 @@ pub trait QuotaStore: Send + Sync + 'static {
 /// The store chosen at start (`match` on config once; no dynamic dispatch per request).
 pub enum Quota {
     Local(local::LocalQuota),
+    Redis(Box<Fleet>),
 }
 
 impl Quota {
@@ -181,12 +186,14 @@ impl Quota {
     ) -> Result<Decision, QuotaError> {
         match self {
             Quota::Local(q) => q.reserve(key, limits, cost).await,
+            Quota::Redis(f) => f.reserve(key, limits, cost).await,
         }
     }
 
     pub async fn refund(&self, reservation: Reservation) -> Result<(), QuotaError> {
         match self {
             Quota::Local(q) => q.refund(reservation).await,
+            Quota::Redis(f) => f.refund(reservation).await,
         }
     }
 
@@ -194,7 +201,109 @@ impl Quota {
     pub fn sweep(&self) {
         match self {
             Quota::Local(q) => q.sweep(),
+            Quota::Redis(f) => f.local.sweep(),
         }
+    }
+
+    /// True while decisions are made without Redis (it is unreachable).
+    pub fn degraded(&self) -> bool {
+        match self {
+            Quota::Local(_) => false,
+            Quota::Redis(f) => f.is_down(),
+        }
+    }
+}
+
+/// What a gateway does while Redis is unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnRedisFailure {
+    /// Decide with this instance's in-process state (limits become per instance).
+    Local,
+    /// Refuse with 503 `quota_unavailable`.
+    Closed,
+}
+
+/// Redis quota state for a fleet, with the configured behaviour while Redis is unreachable.
+///
+/// After a failed call Redis is skipped for [`RETRY_AFTER_FAILURE_MS`] (so requests do not each
+/// wait for a timeout), then tried again: the gateway recovers by itself when Redis returns.
+pub struct Fleet {
+    pub redis: redis::RedisQuota,
+    pub local: local::LocalQuota,
+    pub on_failure: OnRedisFailure,
+    clock: std::sync::Arc<dyn Clock>,
+    /// Until when (clock ms) Redis is skipped; 0 when healthy.
+    down_until: AtomicI64,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+/// How long Redis is skipped after a failure before it is tried again.
+pub const RETRY_AFTER_FAILURE_MS: i64 = 1_000;
+
+impl Fleet {
+    pub fn new(
+        redis: redis::RedisQuota,
+        on_failure: OnRedisFailure,
+        clock: std::sync::Arc<dyn Clock>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Fleet {
+        Fleet {
+            redis,
+            local: local::LocalQuota::new(clock.clone()),
+            on_failure,
+            clock,
+            down_until: AtomicI64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down_until.load(Ordering::Relaxed) > self.clock.now_ms()
+    }
+
+    fn failed(&self, e: &QuotaError) {
+        self.metrics.redis_errors.add(1);
+        let now = self.clock.now_ms();
+        let was = self
+            .down_until
+            .swap(now + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+        if was == 0 {
+            let mode = match self.on_failure {
+                OnRedisFailure::Local => "deciding with per-instance limits",
+                OnRedisFailure::Closed => "refusing with 503 quota_unavailable",
+            };
+            tracing::error!(error = %e, "Redis quota store unreachable: {mode} until it returns");
+        }
+    }
+
+    async fn reserve(&self, key: KeyId, limits: Limits, cost: u64) -> Result<Decision, QuotaError> {
+        if !self.is_down() {
+            match self.redis.decide(key, limits, cost).await {
+                Ok(d) => {
+                    if self.down_until.swap(0, Ordering::Relaxed) != 0 {
+                        tracing::info!("Redis quota store is back: fleet-wide limits again");
+                    }
+                    return Ok(d);
+                }
+                Err(e) => self.failed(&e),
+            }
+        }
+        match self.on_failure {
+            OnRedisFailure::Local => Ok(self.local.decide(key, limits, cost)),
+            OnRedisFailure::Closed => Err(QuotaError("Redis quota store unreachable".to_string())),
+        }
+    }
+
+    async fn refund(&self, r: Reservation) -> Result<(), QuotaError> {
+        if r.local {
+            self.local.give_back(r);
+            return Ok(());
+        }
+        let result = self.redis.give_back(r).await;
+        if let Err(e) = &result {
+            self.failed(e);
+        }
+        result
     }
 }
 

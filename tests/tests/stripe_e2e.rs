@@ -1286,6 +1286,73 @@ async fn stripe_sync_creates_the_catalogue_once_and_checkout_uses_it() {
     );
     let quiet = backend_cli(&config, &["stripe", "sync"], &env).await;
     assert_eq!(quiet.json()["changed"], json!(false), "{quiet:?}");
+
+    // Stripe goes on renewing subscriptions on the replaced price: they are still followed
+    // (the price's sync metadata, read from Stripe, names the plan). A price sync did not make
+    // buys nothing.
+    let be = tollgate_e2e::stripe::StripeBackend::start_with(dir, &config, Some(&fake.url), &[]);
+    let api = Api {
+        base: be.url.clone(),
+    };
+    let r = post(
+        "/v1/prices",
+        &[
+            ("product", pro.as_str()),
+            ("unit_amount", "100"),
+            ("currency", "eur"),
+            ("recurring[interval]", "month"),
+        ],
+    )
+    .await
+    .expect("post");
+    let foreign: Value = r.json().await.expect("json");
+    let now = api.advance(0).await;
+    let on_price = |sub: &str, user: &str, price: &str| {
+        json!({"id": sub, "object": "subscription", "customer": format!("cus_{sub}"), "status": "active",
+            "metadata": {"user_id": user},
+            "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": price},
+                "current_period_start": now, "current_period_end": now + 30 * 86_400}]}})
+    };
+    let (olga, _) = api.mint("olga").await;
+    let ev = event(
+        "evt_e2e_old_price",
+        "customer.subscription.created",
+        now,
+        on_price("sub_oldprice", "olga", &recorded("pro", "monthly")),
+    );
+    let (s, v) = api.deliver(&ev, now).await;
+    assert_eq!((s, v["applied"].clone()), (200, json!(true)), "{v}");
+    assert_eq!(api.per_minute(&olga).await, 100);
+    let (petra, _) = api.mint("petra").await;
+    let ev = event(
+        "evt_e2e_foreign_price",
+        "customer.subscription.created",
+        now,
+        on_price(
+            "sub_foreign",
+            "petra",
+            foreign["id"].as_str().unwrap_or_default(),
+        ),
+    );
+    let (s, v) = api.deliver(&ev, now).await;
+    assert_eq!((s, v["applied"].clone()), (200, json!(false)), "{v}");
+    assert_eq!(api.per_minute(&petra).await, 10);
+    // New purchases use the price in force only: the replaced one is not for sale.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/billing/checkout",
+            Some(
+                json!({"user_id": "olga2", "price_id": recorded("pro", "monthly"),
+                "success_url": "https://example.com/ok", "cancel_url": "https://example.com/no"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (400, json!("unknown_price")),
+        "{v}"
+    );
 }
 
 /// The relay's delivery whose handling settled `payment_id`.

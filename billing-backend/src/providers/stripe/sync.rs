@@ -282,6 +282,48 @@ pub async fn sync(state: &AppState, stripe: &Stripe) -> Result<Vec<Line>, SyncEr
     Ok(lines)
 }
 
+/// The plan and cycle a price sells according to the metadata `stripe sync` wrote on it, read
+/// from Stripe: for subscriptions still on a price that a later sync replaced (Stripe goes on
+/// renewing them at the old amount). Only for following subscriptions that exist — new
+/// purchases use the prices in force ([`super::plan_for_price`]). `None` for a price sync did
+/// not make, or whose metadata names no paid plan of the catalogue with a matching interval.
+pub async fn synced_plan_of(
+    state: &AppState,
+    stripe: &Stripe,
+    price_id: &str,
+) -> Result<Option<(String, Cycle)>, StripeError> {
+    let ok = price_id.starts_with("price_")
+        && price_id.len() <= 255
+        && price_id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    if !ok {
+        return Ok(None);
+    }
+    let price: Value = match stripe
+        .client
+        .get(&format!("/v1/prices/{price_id}"), &json!({}))
+        .await
+    {
+        Ok(p) => p,
+        Err(StripeError::Invalid { status: 404, .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let plan = price["metadata"]["tollgate_plan"].as_str().unwrap_or("");
+    let Some(cycle) = price["metadata"]["tollgate_cycle"]
+        .as_str()
+        .and_then(Cycle::parse)
+    else {
+        return Ok(None);
+    };
+    Ok(state
+        .catalogue
+        .get(plan)
+        .filter(|p| p.is_paid())
+        .filter(|_| price["recurring"]["interval"].as_str() == Some(interval(cycle)))
+        .map(|p| (p.id.clone(), cycle)))
+}
+
 /// The report `stripe sync` prints.
 pub fn report(lines: &[Line]) -> Value {
     let count = |a: Action| lines.iter().filter(|l| l.action == a).count();

@@ -13,6 +13,7 @@
 //! keeps a watermark (the `created` time of the last event applied); an older event is
 //! acknowledged and ignored, so a subscription never moves backwards. `canceled` is terminal.
 
+use super::client::StripeError;
 use super::wire::{self, Mapped};
 use super::{configured, plan_for_price, signature, store::SubLink, Stripe};
 use crate::app::AppState;
@@ -227,6 +228,32 @@ pub async fn apply(state: &AppState, stripe: &Stripe, event: &wire::Event) -> Ap
     }
 }
 
+/// The plan and cycle a followed subscription's price stands for: a price in force, else one
+/// `stripe sync` made and later replaced (subscriptions on it still renew and must not be
+/// dropped). A Stripe failure while asking is transient: the event is delivered again.
+async fn plan_of_followed(
+    state: &AppState,
+    price: &str,
+) -> Result<Option<(String, tollgate_protocol::plans::Cycle)>, ApplyError> {
+    if let Some(found) = plan_for_price(state, price).await? {
+        return Ok(Some(found));
+    }
+    let Some(stripe) = state.providers.stripe.clone() else {
+        return Ok(None);
+    };
+    match super::sync::synced_plan_of(state, &stripe, price).await {
+        Ok(found) => Ok(found),
+        Err(
+            e @ (StripeError::Auth { .. }
+            | StripeError::RateLimited
+            | StripeError::Unavailable { .. }),
+        ) => Err(ApplyError::Transient(format!(
+            "looking up price {price}: {e}"
+        ))),
+        Err(_) => Ok(None),
+    }
+}
+
 fn cause(event: &wire::Event) -> Cause {
     Cause::new("webhook", event.id.clone())
 }
@@ -265,7 +292,7 @@ async fn linked(
     let Some(price) = sub.price_ids().into_iter().next() else {
         return Ok(Err("subscription without items".into()));
     };
-    let Some((plan, cycle)) = plan_for_price(state, &price).await? else {
+    let Some((plan, cycle)) = plan_of_followed(state, &price).await? else {
         return Ok(Err(format!("price {price} is not in the catalogue")));
     };
     let now = state.now();
@@ -413,7 +440,7 @@ async fn on_subscription(
     if ours.status != SubStatus::Canceled {
         // A plan change made in Stripe (new price on the item) moves our plan with it.
         if let Some(price) = sub.price_ids().into_iter().next() {
-            if let Some((plan, cycle)) = plan_for_price(state, &price).await? {
+            if let Some((plan, cycle)) = plan_of_followed(state, &price).await? {
                 next.plan = plan;
                 next.cycle = cycle.as_str().to_string();
             }

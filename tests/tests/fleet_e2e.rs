@@ -359,3 +359,88 @@ async fn a_redis_outage_follows_the_configured_mode_and_heals() {
     let text = scrape(metrics_local).await;
     assert!(text.contains("tollgate_gateway_quota_degraded 0"), "{text}");
 }
+
+/// Two backends on one PostgreSQL: a change made through one reaches a gateway fed by the
+/// other within a second, and a usage batch delivered to both counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_backends_on_one_database_stay_consistent() {
+    let Some(pg) = required("TOLLGATE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = fresh_database(&pg);
+    let dirs = (TempDir::new("be-a"), TempDir::new("be-b"));
+    let (_a, a_url) = start_backend(&db, &dirs.0);
+    let (_b, b_url) = start_backend(&db, &dirs.1);
+    let upstream = Upstream::start();
+    let dir = TempDir::new("gw-on-a");
+    let backend =
+        format!("[backend]\nmode = \"remote\"\nurl = \"{a_url}\"\nfeed_token = \"{FEED_TOKEN}\"\n");
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(&dir, &backend, &route("/api", &upstream.url(), ""), ""),
+    );
+    let gw_proc = start_gateway(&config);
+    let gw = gw_proc.url("gateway");
+    let (api_a, api_b) = (
+        Api {
+            base: a_url.clone(),
+            client: client(),
+        },
+        Api {
+            base: b_url.clone(),
+            client: client(),
+        },
+    );
+
+    // Minted through B, usable at the gateway fed by A.
+    let key = api_b.mint("two-backends", "free").await;
+    let probe = client();
+    eventually(
+        Duration::from_secs(1),
+        "key minted on B reaches the gateway on A",
+        || {
+            let (probe, gw, k) = (probe.clone(), gw.clone(), key.api_key.clone());
+            async move { (status_of(&probe, &gw, &k).await == 200).then_some(()) }
+        },
+    )
+    .await;
+    // Revoked through B, refused at the gateway on A within a second.
+    api_b.revoke(&key.key_id).await;
+    let (_, took) = eventually(
+        Duration::from_secs(1),
+        "revoke on B reaches the gateway on A",
+        || {
+            let (probe, gw, k) = (probe.clone(), gw.clone(), key.api_key.clone());
+            async move { (status_of(&probe, &gw, &k).await == 401).then_some(()) }
+        },
+    )
+    .await;
+    assert!(took < Duration::from_secs(1));
+
+    // The same usage batch delivered to both backends is applied once.
+    let other = api_a.mint("two-backends-usage", "free").await;
+    let today = tollgate_protocol::day::format_day(tollgate_protocol::day::day_index(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    ));
+    let batch = json!({"gateway_id": "gw-dup", "batch_id": 1, "entries": [{"key_id": other.key_id, "day": today, "count": 7, "last_used": 1}]});
+    let mut duplicates = Vec::new();
+    for url in [&a_url, &b_url, &a_url] {
+        let v: Value = client()
+            .post(format!("{url}/internal/usage"))
+            .bearer_auth(FEED_TOKEN)
+            .json(&batch)
+            .send()
+            .await
+            .expect("usage")
+            .json()
+            .await
+            .expect("ack");
+        duplicates.push(v["duplicate"].clone());
+    }
+    assert_eq!(duplicates, vec![json!(false), json!(true), json!(true)]);
+    assert_eq!(api_b.usage_today(&other.key_id).await, 7);
+    drop(gw_proc);
+}

@@ -142,7 +142,16 @@ pub async fn expiry_sweep(state: AppState, mut stop: watch::Receiver<bool>) {
             Ok(payments) => {
                 for p in payments {
                     let cause = Cause::new("system", format!("instructions for {} expired", p.id));
-                    if let Err(e) = settle(&state, &p.id, &[PayStatus::Pending], PayStatus::Expired, None, &cause).await {
+                    if let Err(e) = settle(
+                        &state,
+                        &p.id,
+                        &[PayStatus::Pending],
+                        PayStatus::Expired,
+                        None,
+                        &cause,
+                    )
+                    .await
+                    {
                         tracing::warn!(payment = %p.id, error = %e, "expiry sweep could not expire a payment");
                     }
                 }

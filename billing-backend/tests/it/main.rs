@@ -23,7 +23,9 @@ async fn every_documented_endpoint_exists() {
             .replace("{plan_id}", "free")
             .replace("{key_id}", "key_0000000000000000")
             .replace("{user_id}", "u")
-            .replace("{sub_id}", "sub_x").replace("{payment_id}", "pay_x").replace("{import_id}", "imp_x");
+            .replace("{sub_id}", "sub_x")
+            .replace("{payment_id}", "pay_x")
+            .replace("{import_id}", "imp_x");
         let req = Request::builder()
             .method(e.method.to_uppercase().as_str())
             .uri(&path)

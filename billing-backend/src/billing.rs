@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::day::add_months;
-use tollgate_protocol::plans::{Catalogue, Cycle, FREE};
+use tollgate_protocol::plans::{Catalogue, FREE};
 
 /// Whether a subscription grants its plan at `now`.
 pub fn counts(s: &Subscription, now: i64) -> bool {
@@ -194,16 +194,7 @@ pub async fn grant(
     cause: &Cause,
 ) -> Result<Subscription, ApiError> {
     valid_user_id(&req.user_id)?;
-    let plan = state.catalogue.get(&req.plan).ok_or_else(|| {
-        ApiError::bad(
-            "unknown_plan",
-            format!(
-                "unknown plan {:?}; plans are {}",
-                req.plan,
-                state.catalogue.ids().join(", ")
-            ),
-        )
-    })?;
+    let plan = crate::plans::find(state, &req.plan)?;
     if !plan.is_paid() {
         return Err(ApiError::bad(
             "invalid_plan",
@@ -213,13 +204,7 @@ pub async fn grant(
             ),
         ));
     }
-    let cycle_text = req.cycle.unwrap_or_else(|| "monthly".to_string());
-    let cycle = Cycle::parse(&cycle_text).ok_or_else(|| {
-        ApiError::bad(
-            "unknown_cycle",
-            format!("unknown cycle {cycle_text:?}; cycles are monthly, yearly"),
-        )
-    })?;
+    let cycle = crate::plans::cycle(req.cycle.as_deref())?;
     let periods = req.periods.unwrap_or(1);
     if !(1..=120).contains(&periods) {
         return Err(ApiError::bad(

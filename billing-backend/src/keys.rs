@@ -167,15 +167,7 @@ pub async fn mint(
 ) -> Result<Minted, ApiError> {
     valid_user_id(&req.user_id)?;
     let plan_id = req.plan.unwrap_or_else(|| FREE.to_string());
-    let plan = state.catalogue.get(&plan_id).ok_or_else(|| {
-        ApiError::bad(
-            "unknown_plan",
-            format!(
-                "unknown plan {plan_id:?}; plans are {}",
-                state.catalogue.ids().join(", ")
-            ),
-        )
-    })?;
+    let plan = crate::plans::find(state, &plan_id)?;
     let name = req.name.unwrap_or_else(|| "Default Key".to_string());
     check_name(&name)?;
     let now = state.now();

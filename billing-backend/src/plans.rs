@@ -9,6 +9,47 @@ use serde_json::{json, Value};
 use tollgate_protocol::money::Money;
 use tollgate_protocol::plans::{Cycle, Plan};
 
+/// The catalogue plan `id`, or 400 `unknown_plan` naming the plans there are.
+pub fn find<'a>(state: &'a AppState, id: &str) -> Result<&'a Plan, ApiError> {
+    state.catalogue.get(id).ok_or_else(|| {
+        ApiError::bad(
+            "unknown_plan",
+            format!(
+                "unknown plan {id:?}; plans are {}",
+                state.catalogue.ids().join(", ")
+            ),
+        )
+    })
+}
+
+/// A billing cycle, `monthly` when absent; 400 `unknown_cycle` for anything else.
+pub fn cycle(text: Option<&str>) -> Result<Cycle, ApiError> {
+    let text = text.unwrap_or("monthly");
+    Cycle::parse(text).ok_or_else(|| {
+        ApiError::bad(
+            "unknown_cycle",
+            format!("unknown cycle {text:?}; cycles are monthly, yearly"),
+        )
+    })
+}
+
+/// What every purchase needs: a paid plan of the catalogue and a cycle (400 `invalid_plan`
+/// for a free plan).
+pub fn paid<'a>(
+    state: &'a AppState,
+    id: &str,
+    cycle_text: Option<&str>,
+) -> Result<(&'a Plan, Cycle), ApiError> {
+    let plan = find(state, id)?;
+    if !plan.is_paid() {
+        return Err(ApiError::bad(
+            "invalid_plan",
+            format!("{id:?} is free; nothing to pay"),
+        ));
+    }
+    Ok((plan, cycle(cycle_text)?))
+}
+
 pub fn plan_json(plan: &Plan, sepa_discount_bps: u32) -> Value {
     let monthly = plan.price(Cycle::Monthly);
     let yearly = plan.price(Cycle::Yearly);

@@ -7,7 +7,7 @@
 //! is in an expected status — so a replayed webhook, a re-imported statement or a second
 //! capture call changes nothing twice.
 
-use super::sql::{db_err, SqlStore, Tx};
+use super::sql::{db_err, SqlStore, Tx, SUB_COLUMNS};
 use super::*;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -223,48 +223,6 @@ impl SqlStore {
         Ok(())
     }
 
-    async fn upsert_sub_in_tx(
-        &self,
-        tx: &mut Tx,
-        sub: &Subscription,
-        cause: &Cause,
-        now: i64,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO subscriptions (id, user_id, plan, cycle, status, period_start, period_end, provider, provider_ref, \
-             cancel_at_period_end, grace_until, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, period_start = excluded.period_start, \
-             period_end = excluded.period_end, cycle = excluded.cycle, updated_at = excluded.updated_at",
-        )
-        .bind(&sub.id)
-        .bind(&sub.user_id)
-        .bind(&sub.plan)
-        .bind(&sub.cycle)
-        .bind(sub.status.as_str())
-        .bind(sub.period_start)
-        .bind(sub.period_end)
-        .bind(&sub.provider)
-        .bind(sub.provider_ref.clone())
-        .bind(i64::from(sub.cancel_at_period_end))
-        .bind(sub.grace_until)
-        .bind(sub.created_at)
-        .bind(sub.updated_at)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| db_err("subscription", e))?;
-        Self::ledger_append(
-            tx,
-            now,
-            &sub.user_id,
-            "subscription",
-            &sub.id,
-            serde_json::json!({"plan": sub.plan, "status": sub.status.as_str(), "provider": sub.provider,
-                "period_start": sub.period_start, "period_end": sub.period_end}),
-            cause,
-        )
-        .await
-    }
-
     /// The user's subscription with `provider` for `plan` that still grants access, if any.
     async fn current_sub_in_tx(
         &self,
@@ -275,9 +233,8 @@ impl SqlStore {
         now: i64,
     ) -> StoreResult<Option<Subscription>> {
         let rows = sqlx::query(
-            "SELECT id, user_id, plan, cycle, status, period_start, period_end, provider, provider_ref, cancel_at_period_end, \
-             grace_until, created_at, updated_at FROM subscriptions WHERE user_id = $1 AND provider = $2 AND plan = $3 \
-             AND status = 'active' AND period_end > $4 ORDER BY period_end DESC",
+            &format!("SELECT {SUB_COLUMNS} FROM subscriptions WHERE user_id = $1 AND provider = $2 AND plan = $3 \
+             AND status = 'active' AND period_end > $4 ORDER BY period_end DESC"),
         )
         .bind(user_id)
         .bind(provider)
@@ -474,17 +431,16 @@ impl PaymentStore for SqlStore {
                 };
                 p.period_end = Some(sub.period_end);
                 p.subscription_id = Some(sub.id.clone());
-                self.upsert_sub_in_tx(&mut tx, &sub, cause, now).await?;
+                Self::upsert_subscription(&mut tx, &sub, cause, now).await?;
                 subscription = Some(sub);
             }
             (PayStatus::Refunded, Some(_), _) if before == PayStatus::Succeeded => {
                 if let (Some(sub_id), Some(start), Some(end)) =
                     (p.subscription_id.clone(), p.period_start, p.period_end)
                 {
-                    let row = sqlx::query(
-                        "SELECT id, user_id, plan, cycle, status, period_start, period_end, provider, provider_ref, \
-                         cancel_at_period_end, grace_until, created_at, updated_at FROM subscriptions WHERE id = $1",
-                    )
+                    let row = sqlx::query(&format!(
+                        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1"
+                    ))
                     .bind(&sub_id)
                     .fetch_optional(&mut *tx)
                     .await
@@ -498,7 +454,7 @@ impl PaymentStore for SqlStore {
                             s.status = SubStatus::Canceled;
                         }
                         s.updated_at = now;
-                        self.upsert_sub_in_tx(&mut tx, &s, cause, now).await?;
+                        Self::upsert_subscription(&mut tx, &s, cause, now).await?;
                         subscription = Some(s);
                     }
                 }

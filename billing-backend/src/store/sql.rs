@@ -102,7 +102,7 @@ fn key_from_row(r: &AnyRow) -> StoreResult<KeyRecord> {
     })
 }
 
-const SUB_COLUMNS: &str =
+pub(crate) const SUB_COLUMNS: &str =
     "id, user_id, plan, cycle, status, period_start, period_end, provider, provider_ref, \
      cancel_at_period_end, grace_until, created_at, updated_at";
 
@@ -318,6 +318,52 @@ impl SqlStore {
         .map_err(|e| db_err("key", e))?
         .ok_or_else(|| StoreError::NotFound(format!("API key {key_id}")))?;
         key_from_row(&row)
+    }
+
+    /// Inserts or updates a subscription and records it in the ledger (inside `tx`).
+    pub(crate) async fn upsert_subscription(
+        tx: &mut Tx,
+        sub: &Subscription,
+        cause: &Cause,
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "INSERT INTO subscriptions ({SUB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (id) DO UPDATE SET plan = excluded.plan, cycle = excluded.cycle, status = excluded.status, \
+             period_start = excluded.period_start, period_end = excluded.period_end, provider_ref = excluded.provider_ref, \
+             cancel_at_period_end = excluded.cancel_at_period_end, grace_until = excluded.grace_until, updated_at = excluded.updated_at"
+        ))
+        .bind(&sub.id)
+        .bind(&sub.user_id)
+        .bind(&sub.plan)
+        .bind(&sub.cycle)
+        .bind(sub.status.as_str())
+        .bind(sub.period_start)
+        .bind(sub.period_end)
+        .bind(&sub.provider)
+        .bind(sub.provider_ref.clone())
+        .bind(i64::from(sub.cancel_at_period_end))
+        .bind(sub.grace_until)
+        .bind(sub.created_at)
+        .bind(sub.updated_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db_err("subscription", e))?;
+        Self::ledger_append(
+            tx,
+            now,
+            &sub.user_id,
+            "subscription",
+            &sub.id,
+            serde_json::json!({
+                "plan": sub.plan, "cycle": sub.cycle, "status": sub.status.as_str(), "provider": sub.provider,
+                "period_start": sub.period_start, "period_end": sub.period_end,
+                "cancel_at_period_end": sub.cancel_at_period_end, "grace_until": sub.grace_until,
+            }),
+            cause,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Recomputes a user's plan inside `tx`; moves their keys and writes the ledger when it changes.
@@ -862,42 +908,7 @@ impl BillingStore for SqlStore {
     ) -> StoreResult<Option<PlanChange>> {
         let mut tx = self.begin().await?;
         Self::ensure_user(&mut tx, &sub.user_id, now).await?;
-        sqlx::query(&format!(
-            "INSERT INTO subscriptions ({SUB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (id) DO UPDATE SET plan = excluded.plan, cycle = excluded.cycle, status = excluded.status, \
-             period_start = excluded.period_start, period_end = excluded.period_end, provider_ref = excluded.provider_ref, \
-             cancel_at_period_end = excluded.cancel_at_period_end, grace_until = excluded.grace_until, updated_at = excluded.updated_at"
-        ))
-        .bind(&sub.id)
-        .bind(&sub.user_id)
-        .bind(&sub.plan)
-        .bind(&sub.cycle)
-        .bind(sub.status.as_str())
-        .bind(sub.period_start)
-        .bind(sub.period_end)
-        .bind(&sub.provider)
-        .bind(sub.provider_ref.clone())
-        .bind(i64::from(sub.cancel_at_period_end))
-        .bind(sub.grace_until)
-        .bind(sub.created_at)
-        .bind(sub.updated_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_err("subscription", e))?;
-        Self::ledger_append(
-            &mut tx,
-            now,
-            &sub.user_id,
-            "subscription",
-            &sub.id,
-            serde_json::json!({
-                "plan": sub.plan, "cycle": sub.cycle, "status": sub.status.as_str(), "provider": sub.provider,
-                "period_start": sub.period_start, "period_end": sub.period_end,
-                "cancel_at_period_end": sub.cancel_at_period_end, "grace_until": sub.grace_until,
-            }),
-            cause,
-        )
-        .await?;
+        Self::upsert_subscription(&mut tx, sub, cause, now).await?;
         let change = self
             .recompute_in_tx(&mut tx, &sub.user_id, cause, entitle, now)
             .await?;

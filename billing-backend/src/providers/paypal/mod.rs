@@ -566,24 +566,9 @@ fn decide(state: &AppState, req: OrderRequest) -> Result<OrderPlan, ApiError> {
         let plan_id = req
             .plan
             .ok_or_else(|| ApiError::bad("invalid_body", "plan: missing field"))?;
-        let plan = state.catalogue.get(&plan_id).ok_or_else(|| {
-            ApiError::bad(
-                "unknown_plan",
-                format!(
-                    "unknown plan {plan_id:?}; plans are {}",
-                    state.catalogue.ids().join(", ")
-                ),
-            )
-        })?;
-        let cycle_text = req.cycle.unwrap_or_else(|| "monthly".to_string());
-        let cycle = Cycle::parse(&cycle_text).ok_or_else(|| {
-            ApiError::bad(
-                "unknown_cycle",
-                format!("unknown cycle {cycle_text:?}; cycles are monthly, yearly"),
-            )
-        })?;
+        let (plan, cycle) = crate::plans::paid(state, &plan_id, req.cycle.as_deref())?;
         let money = plan.price(cycle);
-        if !plan.is_paid() || money.minor <= 0 {
+        if money.minor <= 0 {
             return Err(ApiError::bad(
                 "invalid_plan",
                 format!("{:?} has no {} price to pay", plan.id, cycle.as_str()),

@@ -25,7 +25,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use tollgate_protocol::money::{Currency, Money};
-use tollgate_protocol::plans::Cycle;
 
 /// The receiving account, validated at start-up.
 #[derive(Clone, Debug)]
@@ -199,28 +198,7 @@ async fn create(
                     "the amount of a plan is decided by the server; send plan and cycle only",
                 ));
             }
-            let plan = state.catalogue.get(plan_id).ok_or_else(|| {
-                ApiError::bad(
-                    "unknown_plan",
-                    format!(
-                        "unknown plan {plan_id:?}; plans are {}",
-                        state.catalogue.ids().join(", ")
-                    ),
-                )
-            })?;
-            if !plan.is_paid() {
-                return Err(ApiError::bad(
-                    "invalid_plan",
-                    format!("{:?} is free; nothing to pay", plan.id),
-                ));
-            }
-            let cycle_text = req.cycle.clone().unwrap_or_else(|| "monthly".to_string());
-            let cycle = Cycle::parse(&cycle_text).ok_or_else(|| {
-                ApiError::bad(
-                    "unknown_cycle",
-                    format!("unknown cycle {cycle_text:?}; cycles are monthly, yearly"),
-                )
-            })?;
+            let (plan, cycle) = crate::plans::paid(&state, plan_id, req.cycle.as_deref())?;
             let price = plan
                 .price(cycle)
                 .discounted_bps(state.cfg.sepa_discount_bps)

@@ -307,28 +307,7 @@ fn paid_plan<'a>(
     plan: &str,
     cycle: Option<&str>,
 ) -> Result<(&'a Plan, Cycle), Failure> {
-    let p = state.catalogue.get(plan).ok_or_else(|| {
-        ApiError::bad(
-            "unknown_plan",
-            format!(
-                "unknown plan {plan:?}; plans are {}",
-                state.catalogue.ids().join(", ")
-            ),
-        )
-    })?;
-    if !p.is_paid() {
-        return Err(
-            ApiError::bad("invalid_plan", format!("{plan:?} is free; nothing to pay")).into(),
-        );
-    }
-    let cycle_text = cycle.unwrap_or("monthly");
-    let c = Cycle::parse(cycle_text).ok_or_else(|| {
-        ApiError::bad(
-            "unknown_cycle",
-            format!("unknown cycle {cycle_text:?}; cycles are monthly, yearly"),
-        )
-    })?;
-    Ok((p, c))
+    Ok(crate::plans::paid(state, plan, cycle)?)
 }
 
 fn valid_stripe_id(field: &str, id: &str, prefixes: &[&str]) -> Result<(), Failure> {

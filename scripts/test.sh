@@ -30,8 +30,14 @@ fi
 
 # The end-to-end tests start the real binaries from the same target directory.
 cargo build --workspace --bins
-cargo test --workspace --no-fail-fast "$@"
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$results"
 
 # The customer portal in a real browser (Debian's chromium + playwright-core, installed by the
 # script when missing; it fails loudly when they cannot be installed).
 tests/browser/run.sh
+
+# One closing line for the whole run: every cargo test binary's counts plus the browser walk.
+awk '/^test result: / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "tollgate: %d passed, %d failed\n", p + 1, f }' "$results"

@@ -4,6 +4,11 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// hyper allocates a few short-lived objects per request; mimalloc's thread-local free lists
+/// cost a fraction of glibc's malloc/free there (profile and figures in benches/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tollgate-gateway",

@@ -43,8 +43,6 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static X_RL_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RL_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RL_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Everything a request needs, shared by all connections.
@@ -123,10 +121,35 @@ pub fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
     resp
 }
 
+/// The hop-by-hop headers (RFC 9110 §7.6.1); `Connection` first and `Upgrade` second.
+static HOP_HEADERS: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHORIZATION,
+];
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// `keep_upgrade` leaves `Connection`/`Upgrade` for a WebSocket handshake.
+///
+/// One pass over the (few) names present finds which hop headers are there; only those are
+/// removed. Removing an absent name still hashes and probes the map, and nine such removals per
+/// message, twice per request, were ~5 % of the gateway's instructions (benches/RESULTS.md).
 pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if !keep_upgrade {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_HEADERS.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if !keep_upgrade && present & 1 != 0 {
         if let Some(conn) = headers.remove(header::CONNECTION) {
             if let Ok(text) = conn.to_str() {
                 for name in text.split(',').map(str::trim) {
@@ -140,14 +163,12 @@ pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
                 }
             }
         }
-        headers.remove(header::UPGRADE);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHORIZATION);
+    for (i, name) in HOP_HEADERS.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 && !(keep_upgrade && i == 1) {
+            headers.remove(name);
+        }
+    }
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -677,17 +698,19 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     strip_hop_headers(h, upgrade);
-    h.remove(&X_KEY_ID);
-    h.remove(&X_USER_ID);
-    h.remove(&X_PLAN);
     if let Some((entry, from)) = key {
         h.remove(&X_API_KEY);
         if from == KeyHeader::Bearer {
             h.remove(header::AUTHORIZATION);
         }
+        // `insert` replaces every client-sent value of these names.
         h.insert(X_KEY_ID.clone(), entry.id_header.clone());
         h.insert(X_USER_ID.clone(), entry.user_header.clone());
         h.insert(X_PLAN.clone(), entry.tier.plan_header.clone());
+    } else {
+        h.remove(&X_KEY_ID);
+        h.remove(&X_USER_ID);
+        h.remove(&X_PLAN);
     }
     if !route.cfg.preserve_host {
         if let Some(host) = &target.host {

@@ -420,6 +420,9 @@ RPS_RATIO=$(ratio "$G_RPS" "$N_RPS") CPU_RATIO=$(ratio "$G_CPU" "$N_CPU") P99_DI
     echo "- load average before the run: $LOAD_BEFORE (busiest: $TOP_BEFORE); after: $LOAD_AFTER"
     echo "- \"other load on core $SERVER_CPU\": the share of the server core's busy time that was not the"
     echo "  measured server during the runs (other processes, interrupts); near 0 means a clean run."
+    echo
+    echo "Where the gateway's time goes (perf and callgrind profiles), what was changed and what"
+    echo "remains: [PROFILE.md](PROFILE.md)."
 } >"$OUT"
 log "wrote $OUT"
 cat "$OUT"

@@ -79,7 +79,8 @@ fn key_lookup(c: &mut Criterion) {
         g.bench_function(format!("extract_hash_lookup/{n}"), |b| {
             b.iter(|| {
                 let h = &headers[rng.below(headers.len())];
-                let (key, _) = extract_key(h, KeySource::Either).unwrap_or(("", tollgate_gateway::proxy::KeyHeader::ApiKey));
+                let (key, _) = extract_key(h, KeySource::Either)
+                    .unwrap_or(("", tollgate_gateway::proxy::KeyHeader::ApiKey));
                 if !plausible_key(key) {
                     return false;
                 }
@@ -89,7 +90,11 @@ fn key_lookup(c: &mut Criterion) {
     }
     let h = request_headers(&key_text(7));
     g.bench_function("sha256_only", |b| {
-        b.iter(|| KeyHash::of(black_box("cli_free_0000000000000000000000000000000000000000007")))
+        b.iter(|| {
+            KeyHash::of(black_box(
+                "cli_free_0000000000000000000000000000000000000000007",
+            ))
+        })
     });
     g.bench_function("extract_only", |b| {
         b.iter(|| extract_key(black_box(&h), KeySource::Either).map(|k| k.0.len()))
@@ -161,7 +166,11 @@ fn headers(c: &mut Criterion) {
             HeaderMap::new,
             |h| {
                 h.insert("ratelimit-policy", entry.tier.policy.clone());
-                let v = format!("\"minute\";r={};t={}", black_box(999_999_123u64), black_box(59u64));
+                let v = format!(
+                    "\"minute\";r={};t={}",
+                    black_box(999_999_123u64),
+                    black_box(59u64)
+                );
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     h.insert("ratelimit", v);
                 }

@@ -6,6 +6,9 @@
 //! - [`server`]: start-up, the main and metrics listeners, SIGHUP reload, graceful shutdown.
 //! - [`proxy`]: **the request path, in one file**: extract key → replica lookup → route/plan
 //!   check → reserve quota → forward → settle (refund on 502/504) → record usage and metrics.
+//! - [`h1`]: the HTTP/1.1 fast lane: every main-listener connection starts here; ordinary
+//!   keep-alive requests on HTTP routes run the same phases between two sockets, anything else is
+//!   handed (with the bytes read) to hyper and [`proxy::Gateway::handle`].
 //! - [`routes`]: the route table (host, path prefix), round-robin upstreams, passive health.
 //! - [`keys`]: the key replica (sharded, lock-light reads; snapshot in `data_dir`).
 //! - [`quota`]: the [`quota::QuotaStore`] trait, [`quota::local`] (sliding log per key) and the
@@ -17,16 +20,18 @@
 //! - [`metrics`], [`health`]: Prometheus text and what `/ready` reports.
 //! - [`body`]: the one body type used end to end.
 //!
-//! A request: hyper (HTTP/1.1, h2) → [`proxy::Gateway::handle`] → own paths (`/health`,
-//! `/ready`, validate) or management (to the backend) or a route → phases above → upstream via
-//! the pooled keep-alive client; the response streams back with `RateLimit` headers.
+//! A request: the fast lane ([`h1::serve`]: parse in place → phases above → pooled upstream
+//! connection → response copied back with `RateLimit` headers), or, for what the lane does not
+//! take, hyper (HTTP/1.0, HTTP/1.1, h2) → [`proxy::Gateway::handle`] → own paths (`/health`,
+//! `/ready`, validate) or management (to the backend) or a route → the same phases → upstream
+//! via hyper-util's pooled client.
 //!
 //! # Performance notes
 //! No global lock and nothing held across `.await` on the request path: the route table is an
 //! `ArcSwap`, the replica, quota and usage tables are sharded with short critical sections,
 //! metrics are per-route atomics resolved when the table is built, and header values (identity,
-//! `RateLimit-Policy`) are precomputed per key and per tier. The only per-request allocations
-//! are the `RateLimit` header value and hyper's own.
+//! `RateLimit-Policy`) are precomputed per key and per tier. The fast lane allocates nothing per
+//! request (its buffers belong to the connection); on the general path, hyper allocates.
 
 pub mod backend;
 pub mod body;
@@ -34,6 +39,7 @@ pub mod config;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod feed;
+pub mod h1;
 pub mod health;
 pub mod keys;
 pub mod metrics;

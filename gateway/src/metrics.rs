@@ -273,6 +273,8 @@ pub struct Metrics {
     pub usage_units_shipped: Counter,
     pub usage_ship_errors: Counter,
     pub redis_errors: Counter,
+    pub connections: Counter,
+    pub handed_off: Counter,
 }
 
 impl Default for Metrics {
@@ -307,6 +309,8 @@ impl Metrics {
             usage_units_shipped: Counter::default(),
             usage_ship_errors: Counter::default(),
             redis_errors: Counter::default(),
+            connections: Counter::default(),
+            handed_off: Counter::default(),
         }
     }
 
@@ -365,7 +369,17 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &Counter); 7] = [
+        let counters: [(&str, &str, &Counter); 9] = [
+            (
+                "tollgate_gateway_connections_total",
+                "Client connections accepted on the main listener.",
+                &self.connections,
+            ),
+            (
+                "tollgate_gateway_connections_handed_off_total",
+                "Client connections the HTTP/1.1 fast lane handed to the general HTTP stack (HTTP/2, HTTP/1.0, upgrades, the gateway's own paths, streamed uploads).",
+                &self.handed_off,
+            ),
             (
                 "tollgate_gateway_admitted_units_total",
                 "Quota units admitted (after refunds are subtracted separately).",

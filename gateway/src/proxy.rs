@@ -34,10 +34,10 @@ use tollgate_protocol::keys::{plausible_key, KeyHash};
 
 pub const VALIDATE_PATH: &str = "/api/marketplace/keys/validate";
 
-static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-static X_KEY_ID: HeaderName = HeaderName::from_static("x-tollgate-key-id");
-static X_USER_ID: HeaderName = HeaderName::from_static("x-tollgate-user-id");
-static X_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
+pub(crate) static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub(crate) static X_KEY_ID: HeaderName = HeaderName::from_static("x-tollgate-key-id");
+pub(crate) static X_USER_ID: HeaderName = HeaderName::from_static("x-tollgate-user-id");
+pub(crate) static X_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static X_RL_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -122,7 +122,7 @@ pub fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
 }
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1); `Connection` first and `Upgrade` second.
-static HOP_HEADERS: [HeaderName; 8] = [
+pub(crate) static HOP_HEADERS: [HeaderName; 8] = [
     header::CONNECTION,
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
@@ -192,18 +192,41 @@ pub enum KeyHeader {
 // ---------------------------------------------------------------------------------------------
 // Phase 1: extract the key.
 
+/// Read access to a request's headers: hyper's `HeaderMap`, or the fast lane's parsed head.
+pub trait Headers {
+    /// The first value of `name`.
+    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
+}
+
+impl Headers for HeaderMap {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+}
+
+/// Header text as `&str` when it is visible ASCII (as `HeaderValue::to_str` requires).
+fn visible(v: &[u8]) -> Option<&str> {
+    v.iter()
+        .all(|&c| c == b'\t' || (0x20..0x7f).contains(&c))
+        .then(|| std::str::from_utf8(v).ok())
+        .flatten()
+}
+
 /// The key text from `X-API-Key` (first) or `Authorization: Bearer`, as the route allows.
-pub fn extract_key(headers: &HeaderMap, source: KeySource) -> Option<(&str, KeyHeader)> {
+/// A value that is not visible ASCII comes back as a key that can never be valid.
+pub fn extract_key<H: Headers + ?Sized>(
+    headers: &H,
+    source: KeySource,
+) -> Option<(&str, KeyHeader)> {
     if source != KeySource::Bearer {
-        if let Some(v) = headers.get(&X_API_KEY) {
-            return Some((v.to_str().unwrap_or("\u{0}"), KeyHeader::ApiKey));
+        if let Some(v) = headers.first(&X_API_KEY) {
+            return Some((visible(v).unwrap_or("\u{0}"), KeyHeader::ApiKey));
         }
     }
     if source != KeySource::ApiKeyHeader {
-        if let Some(v) = headers.get(header::AUTHORIZATION) {
-            let b = v.as_bytes();
+        if let Some(b) = headers.first(&header::AUTHORIZATION) {
             if b.len() > 7 && b[..7].eq_ignore_ascii_case(b"bearer ") {
-                let text = v.to_str().map(|s| s[7..].trim()).unwrap_or("\u{0}");
+                let text = visible(b).map(|s| s[7..].trim()).unwrap_or("\u{0}");
                 return Some((text, KeyHeader::Bearer));
             }
         }
@@ -215,7 +238,11 @@ pub fn extract_key(headers: &HeaderMap, source: KeySource) -> Option<(&str, KeyH
 // Phase 3: route and plan.
 
 /// The key's plan may use the route, and a declared body fits the route's limit.
-pub fn check_route(route: &Route, entry: &KeyEntry, headers: &HeaderMap) -> Result<(), Refusal> {
+pub fn check_route<H: Headers + ?Sized>(
+    route: &Route,
+    entry: &KeyEntry,
+    headers: &H,
+) -> Result<(), Refusal> {
     if !route.allows(&entry.tier.plan) {
         return Err(refuse(
             Outcome::PlanNotAllowed,
@@ -225,13 +252,13 @@ pub fn check_route(route: &Route, entry: &KeyEntry, headers: &HeaderMap) -> Resu
     check_body_size(route, headers)
 }
 
-fn check_body_size(route: &Route, headers: &HeaderMap) -> Result<(), Refusal> {
+pub fn check_body_size<H: Headers + ?Sized>(route: &Route, headers: &H) -> Result<(), Refusal> {
     let max = route.cfg.max_body_bytes;
     if max > 0 {
         let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+            .first(&header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
             return Err(refuse(
                 Outcome::PayloadTooLarge,
@@ -242,29 +269,60 @@ fn check_body_size(route: &Route, headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Where response headers the gateway adds go: hyper's `HeaderMap` (replacing any value the
+/// upstream sent), or the fast lane's response head being written.
+pub trait HeaderSink {
+    fn value(&mut self, name: &HeaderName, value: &HeaderValue);
+    fn text(&mut self, name: &HeaderName, value: &[u8]);
+}
+
+impl HeaderSink for HeaderMap {
+    fn value(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.insert(name.clone(), value.clone());
+    }
+    fn text(&mut self, name: &HeaderName, value: &[u8]) {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            self.insert(name.clone(), v);
+        }
+    }
+}
+
+/// The response headers the gateway sets on keyed routes (an upstream's copies are dropped).
+pub fn is_gateway_header(name: &[u8], legacy: bool) -> bool {
+    let ours = |h: &HeaderName| name.eq_ignore_ascii_case(h.as_str().as_bytes());
+    ours(&RATELIMIT_POLICY)
+        || ours(&RATELIMIT)
+        || (legacy && (ours(&X_RL_LIMIT) || ours(&X_RL_REMAINING) || ours(&X_RL_RESET)))
+}
+
 /// Adds `RateLimit-Policy`, `RateLimit` (and the legacy trio when enabled).
-fn rate_limit_headers(
-    headers: &mut HeaderMap,
+pub fn rate_limit_headers<S: HeaderSink + ?Sized>(
+    headers: &mut S,
     entry: &KeyEntry,
     usage: &Usage,
     legacy: bool,
     now_secs: i64,
 ) {
-    headers.insert(RATELIMIT_POLICY.clone(), entry.tier.policy.clone());
+    headers.value(&RATELIMIT_POLICY, &entry.tier.policy);
     let mut buf = itoa_buf();
     let text = render_ratelimit(&mut buf, usage.minute_remaining, usage.minute_reset_secs);
-    if let Ok(v) = HeaderValue::from_bytes(text) {
-        headers.insert(RATELIMIT.clone(), v);
-    }
+    headers.text(&RATELIMIT, text);
     if legacy {
-        headers.insert(X_RL_LIMIT.clone(), entry.tier.minute_limit.clone());
-        headers.insert(
-            X_RL_REMAINING.clone(),
-            HeaderValue::from(usage.minute_remaining),
-        );
+        headers.value(&X_RL_LIMIT, &entry.tier.minute_limit);
+        let mut buf = itoa_buf();
+        headers.text(&X_RL_REMAINING, render_int(&mut buf, usage.minute_remaining));
         let reset = now_secs.saturating_add(i64::try_from(usage.minute_reset_secs).unwrap_or(0));
-        headers.insert(X_RL_RESET.clone(), HeaderValue::from(reset));
+        let mut buf = itoa_buf();
+        headers.text(&X_RL_RESET, render_int(&mut buf, reset));
     }
+}
+
+fn render_int(buf: &mut [u8; 64], n: impl std::fmt::Display) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{n}");
+    let n = usize::try_from(cursor.position()).unwrap_or(0);
+    &buf[..n]
 }
 
 fn itoa_buf() -> [u8; 64] {
@@ -473,7 +531,7 @@ impl Gateway {
     // -----------------------------------------------------------------------------------------
     // Phases 6 and 7: settle and record.
 
-    async fn finish(
+    pub(crate) async fn finish(
         &self,
         route: &Route,
         keyed: Option<(&KeyEntry, (Reservation, Usage))>,
@@ -498,17 +556,10 @@ impl Gateway {
                 Outcome::UpstreamTimeout,
             ),
         };
-        if let Some((entry, (reservation, mut usage))) = keyed {
-            if outcome == Outcome::Ok {
-                self.record_usage(&reservation);
-            } else {
-                self.settle(reservation).await;
-                usage.minute_remaining = usage
-                    .minute_remaining
-                    .saturating_add(reservation.cost)
-                    .min(entry.tier.limits.per_minute);
-                usage.day_used = usage.day_used.saturating_sub(reservation.cost);
-            }
+        if let Some((entry, (reservation, usage))) = keyed {
+            let usage = self
+                .account(entry, reservation, usage, outcome == Outcome::Ok)
+                .await;
             rate_limit_headers(
                 resp.headers_mut(),
                 entry,
@@ -519,6 +570,28 @@ impl Gateway {
         }
         self.record(route, outcome, resp.status().as_u16(), start, upstream_time);
         resp
+    }
+
+    /// Phases 6–7 for a keyed request: an answered request's units go to usage, an unanswered
+    /// one's are given back; returns the usage its `RateLimit` header shows.
+    pub async fn account(
+        &self,
+        entry: &KeyEntry,
+        reservation: Reservation,
+        mut usage: Usage,
+        answered: bool,
+    ) -> Usage {
+        if answered {
+            self.record_usage(&reservation);
+        } else {
+            self.settle(reservation).await;
+            usage.minute_remaining = usage
+                .minute_remaining
+                .saturating_add(reservation.cost)
+                .min(entry.tier.limits.per_minute);
+            usage.day_used = usage.day_used.saturating_sub(reservation.cost);
+        }
+        usage
     }
 
     /// Phase 6: a request that never got an answer from the upstream costs nothing.
@@ -537,7 +610,7 @@ impl Gateway {
     }
 
     /// Phase 7: metrics.
-    fn record(
+    pub(crate) fn record(
         &self,
         route: &Route,
         outcome: Outcome,
@@ -554,7 +627,7 @@ impl Gateway {
             .observe(start.elapsed().saturating_sub(upstream));
     }
 
-    fn refused(
+    pub(crate) fn refused(
         &self,
         route: &Route,
         r: Refusal,
@@ -570,7 +643,7 @@ impl Gateway {
         resp
     }
 
-    fn limited(
+    pub(crate) fn limited(
         &self,
         route: &Route,
         entry: &KeyEntry,
@@ -656,10 +729,34 @@ impl Gateway {
     }
 }
 
+/// Paths the gateway answers itself or hands to the backend, whatever the routes say.
+pub fn is_own_path(path: &str) -> bool {
+    path == "/health"
+        || path == "/ready"
+        || path == VALIDATE_PATH
+        || MANAGEMENT_PREFIXES.iter().any(|p| under(path, p))
+}
+
 /// `path` is `prefix` or below it.
 fn under(path: &str, prefix: &str) -> bool {
     path.starts_with(prefix)
         && (path.len() == prefix.len() || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// The request target sent upstream: the client's path and query, without the route's prefix
+/// when `strip_prefix` is set (always starting with `/`).
+pub fn upstream_target<'a>(route: &Route, pq: &'a str) -> std::borrow::Cow<'a, str> {
+    if !route.cfg.strip_prefix {
+        return std::borrow::Cow::Borrowed(pq);
+    }
+    let rest = pq
+        .get(route.cfg.prefix.trim_end_matches('/').len()..)
+        .unwrap_or("");
+    if rest.starts_with('/') {
+        std::borrow::Cow::Borrowed(rest)
+    } else {
+        std::borrow::Cow::Owned(format!("/{rest}"))
+    }
 }
 
 /// Rewrites the client's request for `target`: absolute URI, HTTP/1.1, hop-by-hop and key
@@ -679,14 +776,7 @@ fn upstream_request(
             .as_ref()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let rest = pq
-            .get(route.cfg.prefix.trim_end_matches('/').len()..)
-            .unwrap_or("");
-        let rest = if rest.starts_with('/') {
-            rest.to_string()
-        } else {
-            format!("/{rest}")
-        };
+        let rest = upstream_target(route, pq).into_owned();
         uri.path_and_query = Some(rest.parse()?);
     }
     uri.scheme = Some(target.scheme.clone());

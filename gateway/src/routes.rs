@@ -6,6 +6,7 @@
 //! of a route's upstreams are cooling down, round-robin goes on over all of them.
 
 use crate::config::{Auth, KeySource, RouteConfig, Upstream};
+use crate::h1::{Pool, PoolSettings};
 use crate::metrics::{Metrics, RouteMetrics};
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
@@ -21,11 +22,15 @@ pub struct Target {
     pub host: Option<HeaderValue>,
     /// Milliseconds since `epoch` until which this upstream is skipped.
     down_until: AtomicU64,
+    /// Idle keep-alive connections to this upstream (the fast lane's).
+    pub pool: Pool,
 }
 
 pub struct Route {
     pub cfg: RouteConfig,
     pub targets: Box<[Target]>,
+    /// Every upstream is HTTP, so the fast lane can proxy this route (see `h1`).
+    pub fast: bool,
     next: AtomicUsize,
     pub metrics: Arc<RouteMetrics>,
     epoch: Instant,
@@ -93,7 +98,12 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn build(cfgs: &[RouteConfig], metrics: &Metrics, cooldown: Duration) -> RouteTable {
+    pub fn build(
+        cfgs: &[RouteConfig],
+        metrics: &Metrics,
+        cooldown: Duration,
+        pool: PoolSettings,
+    ) -> RouteTable {
         let epoch = Instant::now();
         let mut routes: Vec<Arc<Route>> = cfgs
             .iter()
@@ -115,12 +125,15 @@ impl RouteTable {
                             authority,
                             host,
                             down_until: AtomicU64::new(0),
+                            pool: Pool::new(pool),
                         }
                     })
-                    .collect();
+                    .collect::<Box<[Target]>>();
+                let fast = targets.iter().all(|t| t.authority.is_some());
                 Arc::new(Route {
                     cfg: c.clone(),
                     targets,
+                    fast,
                     next: AtomicUsize::new(0),
                     metrics: metrics.route(&c.name),
                     epoch,
@@ -172,7 +185,12 @@ mod tests {
 
     fn table(text: &str) -> RouteTable {
         let cfg = crate::config::parse(text).unwrap_or_else(|e| panic!("{e:?}"));
-        RouteTable::build(&cfg.routes, &Metrics::new(), Duration::from_secs(5))
+        RouteTable::build(
+            &cfg.routes,
+            &Metrics::new(),
+            Duration::from_secs(5),
+            PoolSettings::default(),
+        )
     }
 
     #[test]

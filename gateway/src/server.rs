@@ -12,6 +12,7 @@ use crate::body::Body;
 use crate::config::RedisFailure;
 use crate::config::{BackendMode, Config, RouteConfig};
 use crate::feed::Feed;
+use crate::h1::{Exit, LaneSettings, PoolSettings};
 use crate::health::Health;
 use crate::keys::Replica;
 use crate::metrics::{Gauge, Metrics};
@@ -180,11 +181,19 @@ fn print_quickstart(addr: SocketAddr, token_path: Option<PathBuf>, routes: &[Rou
     }
 }
 
+fn pool_settings(g: &crate::config::GatewaySettings) -> PoolSettings {
+    PoolSettings {
+        max_idle: g.upstream_pool_max_idle,
+        idle_timeout: g.upstream_idle_timeout,
+        connect_timeout: g.upstream_connect_timeout,
+    }
+}
+
 /// Re-reads `path` and swaps in its routes; any error keeps the running ones.
-fn reload(path: &Path, gw: &Gateway, metrics: &Metrics, cooldown: Duration) {
+fn reload(path: &Path, gw: &Gateway, metrics: &Metrics, g: &crate::config::GatewaySettings) {
     match crate::config::load(path) {
         Ok(cfg) => {
-            let table = RouteTable::build(&cfg.routes, metrics, cooldown);
+            let table = RouteTable::build(&cfg.routes, metrics, g.unhealthy_cooldown, pool_settings(g));
             let n = table.len();
             gw.routes.store(Arc::new(table));
             tracing::info!(
@@ -309,6 +318,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             &cfg.routes,
             &metrics,
             g.unhealthy_cooldown,
+            pool_settings(&g),
         )),
         replica: replica.clone(),
         quota,
@@ -377,13 +387,19 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
 
     let builder = Arc::new(server_builder(&cfg));
     let graceful = GracefulShutdown::new();
+    // Tells connections in the fast lane to finish; their watchers keep `graceful` waiting.
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let lane = LaneSettings {
+        max_header_bytes: g.max_header_bytes,
+        header_timeout: g.client_header_timeout,
+    };
     loop {
         let (stream, is_metrics) = tokio::select! {
             r = listener.accept() => (r, false),
             r = metrics_listener.accept() => (r, true),
             _ = hup.recv() => {
                 match &config_path {
-                    Some(p) => reload(p, &gw, &metrics, g.unhealthy_cooldown),
+                    Some(p) => reload(p, &gw, &metrics, &g),
                     None => tracing::warn!("SIGHUP ignored: no config file to re-read"),
                 }
                 continue;
@@ -404,12 +420,17 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let gw = gw.clone();
+        let drain = drain_rx.clone();
         tokio::spawn(async move {
-            let io = TokioIo::new(stream);
             let result = if is_metrics {
+                let io = TokioIo::new(stream);
                 let svc = hyper::service::service_fn(move |req| metrics_endpoint(gw.clone(), req));
                 watcher.watch(builder.serve_connection(io, svc)).await
             } else {
+                let io = match crate::h1::serve(gw.clone(), stream, drain, lane).await {
+                    Exit::Closed => return,
+                    Exit::Handoff(io) => TokioIo::new(io),
+                };
                 let svc = hyper::service::service_fn(move |req| gw.clone().handle(req));
                 watcher
                     .watch(builder.serve_connection_with_upgrades(io, svc))
@@ -424,6 +445,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     tracing::info!("shutting down: draining connections");
     drop(listener);
     drop(metrics_listener);
+    let _ = drain_tx.send(true);
     if tokio::time::timeout(g.shutdown_timeout, graceful.shutdown())
         .await
         .is_err()

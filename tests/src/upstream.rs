@@ -3,6 +3,7 @@
 //! - any path: a JSON echo `{method, path, query, headers: {name: value}}` of what arrived;
 //! - `/slow/<ms>/...`: the echo after `<ms>` milliseconds;
 //! - `/big/<bytes>`: a streamed body of `<bytes>` pattern bytes (see [`pattern_byte`]);
+//! - `/chunked/<bytes>`: the same without a declared length (`Transfer-Encoding: chunked`);
 //! - `POST /upload`: reads the whole body as it streams and answers `{bytes, fnv}` (FNV-1a 64);
 //! - `/status/<code>`: an empty answer with that status;
 //! - `.../upgrade` with an `Upgrade` header: 101, then every byte sent is echoed back.
@@ -58,7 +59,7 @@ impl Fnv {
 
 enum UpBody {
     Full(Option<Bytes>),
-    Pattern { at: u64, len: u64 },
+    Pattern { at: u64, len: u64, declared: bool },
 }
 
 impl hyper::body::Body for UpBody {
@@ -71,11 +72,11 @@ impl hyper::body::Body for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpBody::Pattern { at, len } => {
+            UpBody::Pattern { at, len, .. } => {
                 if *at >= *len {
                     return Poll::Ready(None);
                 }
-                let n = (*len - *at).min(64 * 1024);
+                let n = (*len - *at).min(64 * 1024 - 7);
                 let chunk: Vec<u8> = (*at..*at + n).map(pattern_byte).collect();
                 *at += n;
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
@@ -86,7 +87,12 @@ impl hyper::body::Body for UpBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Pattern { at, len } => SizeHint::with_exact(len - at),
+            UpBody::Pattern {
+                at,
+                len,
+                declared: true,
+            } => SizeHint::with_exact(len - at),
+            UpBody::Pattern { .. } => SizeHint::default(),
         }
     }
 }
@@ -134,12 +140,16 @@ async fn handle(
     let all: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let at = all
         .iter()
-        .position(|p| ["big", "status", "slow"].contains(p))
+        .position(|p| ["big", "chunked", "status", "slow"].contains(p))
         .unwrap_or(0);
     let parts = &all[at..];
-    if parts.first() == Some(&"big") {
+    if let Some(&command @ ("big" | "chunked")) = parts.first() {
         let len = parts.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
-        return Ok(Response::new(UpBody::Pattern { at: 0, len }));
+        return Ok(Response::new(UpBody::Pattern {
+            at: 0,
+            len,
+            declared: command == "big",
+        }));
     }
     if parts.first() == Some(&"status") {
         let code = parts.get(1).and_then(|n| n.parse().ok()).unwrap_or(200);

@@ -566,3 +566,126 @@ async fn prometheus_counters_equal_what_was_sent() {
     assert!(metric(&text, "tollgate_gateway_overhead_seconds_count", "").is_some_and(|n| n >= 22.0));
     assert_eq!(metric(&text, "tollgate_gateway_degraded", ""), Some(0.0));
 }
+
+/// Reads one HTTP/1.1 response (head and a `Content-Length` body) from a raw socket.
+async fn read_response(s: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if pending.len() >= end + 4 + len {
+                let body = pending[end + 4..end + 4 + len].to_vec();
+                pending.drain(..end + 4 + len);
+                return (head, body);
+            }
+        }
+        let mut buf = [0u8; 8192];
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(n > 0, "connection closed mid-response");
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The HTTP/1.1 fast lane (gateway/src/h1.rs) carries ordinary keep-alive traffic without
+/// handing any connection to the general stack, and answers as the general path does: bodies
+/// both ways, sized and chunked responses small and large, HEAD, 204, `strip_prefix` with a
+/// query, pipelined requests. HTTP/1.0 and chunked uploads are handed off and still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_lane_answers_like_the_general_path() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start();
+    let gw = Gateway::embedded(&routes(&up));
+    let key = gw.api().mint("lane-user", "free").await;
+    let k = key.api_key.as_str();
+    eventually(Duration::from_secs(2), "key usable", || async {
+        (get(&format!("{}/pro/x", gw.url), Some(k)).await.status() == 403).then_some(())
+    })
+    .await;
+    let handed_off = |text: &str| {
+        metric(text, "tollgate_gateway_connections_handed_off_total", "").unwrap_or(-1.0)
+    };
+    let before = handed_off(&gw.scrape().await);
+    let c = client();
+    let pattern_ok = |b: &[u8], n: usize| {
+        b.len() == n && b.iter().enumerate().all(|(i, x)| *x == pattern_byte(i as u64))
+    };
+
+    // Keyed: a chunked answer of 300 kB, a POST body, HEAD, 204, strip_prefix with a query.
+    let r = c.get(format!("{}/v1/chunked/300000", gw.url)).header("X-API-Key", k).send().await.expect("chunked");
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("ratelimit"), "{:?}", r.headers());
+    assert!(pattern_ok(&r.bytes().await.expect("body"), 300_000), "chunked body differs");
+    let body: Vec<u8> = (0..3000u64).map(pattern_byte).collect();
+    let mut fnv = Fnv::default();
+    fnv.update(&body);
+    let echo: Value = c
+        .post(format!("{}/v1/echo", gw.url))
+        .header("Authorization", format!("Bearer {k}"))
+        .body(body)
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["bytes"], 3000);
+    assert_eq!(echo["fnv"].as_str(), Some(format!("{:016x}", fnv.0).as_str()));
+    assert_eq!(echo["headers"]["x-tollgate-key-id"].as_str(), Some(key.key_id.as_str()));
+    assert!(echo["headers"].get("authorization").is_none(), "{echo}");
+    let r = c.head(format!("{}/v1/big/5000", gw.url)).header("X-API-Key", k).send().await.expect("head");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "5000");
+    assert!(r.bytes().await.expect("head body").is_empty());
+    let r = c.get(format!("{}/v1/status/204", gw.url)).header("X-API-Key", k).send().await.expect("204");
+    assert_eq!(r.status(), 204);
+    let echo: Value = c
+        .get(format!("{}/files/a/b?c=1&d=%20", gw.url))
+        .header("X-API-Key", k)
+        .send()
+        .await
+        .expect("files")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!((echo["path"].as_str(), echo["query"].as_str()), (Some("/a/b"), Some("c=1&d=%20")));
+
+    // Unkeyed: a sized 1 MB answer, a tiny chunked one, then keep-alive reuse.
+    let r = c.get(format!("{}/open/big/1000000", gw.url)).send().await.expect("big");
+    assert!(pattern_ok(&r.bytes().await.expect("body"), 1_000_000), "sized body differs");
+    let r = c.get(format!("{}/open/chunked/10", gw.url)).send().await.expect("small");
+    assert!(pattern_ok(&r.bytes().await.expect("body"), 10));
+    for _ in 0..50 {
+        assert_eq!(c.get(format!("{}/open/x", gw.url)).send().await.expect("open").status(), 200);
+    }
+
+    // Two pipelined requests in one write: two answers, in order.
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(b"GET /open/status/202 HTTP/1.1\r\nHost: gw\r\n\r\nGET /open/first?x=1 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("write");
+    let mut pending = Vec::new();
+    let (h1, _) = read_response(&mut s, &mut pending).await;
+    let (h2, b2) = read_response(&mut s, &mut pending).await;
+    assert!(h1.starts_with("HTTP/1.1 202"), "{h1}");
+    assert!(h2.starts_with("HTTP/1.1 200"), "{h2}");
+    assert!(String::from_utf8_lossy(&b2).contains("\"query\":\"x=1\""));
+    drop(s);
+    assert_eq!(handed_off(&gw.scrape().await), before, "the fast lane handed a connection off");
+
+    // HTTP/1.0 goes to the general stack, and is answered there.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(b"GET /open/x HTTP/1.0\r\nHost: gw\r\n\r\n").await.expect("write");
+    let (head, _) = read_response(&mut s, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(handed_off(&gw.scrape().await), before + 1.0);
+}

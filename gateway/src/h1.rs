@@ -1,0 +1,1110 @@
+//! The HTTP/1.1 fast lane: keyed requests proxied straight between two sockets.
+//!
+//! Every connection on the main listener starts here. The lane reads a request head into the
+//! connection's buffer, parses it in place (`httparse`), runs the same phases as
+//! [`crate::proxy`] (key, replica, route/plan, quota, settle, usage, metrics — the very same
+//! functions), writes the rewritten head and the body upstream in one write on a pooled
+//! keep-alive connection, and copies the response back with the gateway's headers added. Nothing
+//! is allocated per request: the buffers belong to the connection and are reused.
+//!
+//! The lane takes only the common case: an HTTP/1.1 request with a complete head and a body
+//! that is already buffered (`Content-Length`, no chunked upload), on a configured route whose
+//! upstreams are HTTP, without `Upgrade`, `Expect` or extra `Connection` options. Anything else —
+//! HTTP/1.0 and h2, the gateway's own paths (`/health`, validate, management), `builtin:echo`,
+//! large or streamed uploads, a head that does not arrive in one read, WebSockets, malformed
+//! input — hands the connection, with the bytes already read, to hyper and
+//! [`crate::proxy::Gateway::handle`] for the rest of its life. Both paths give the same answers;
+//! the lane exists because hyper's generality costs ~3× nginx's user-space CPU per proxied
+//! request (benches/PROFILE.md).
+//!
+//! Upstream connections are kept per [`crate::routes::Target`] in a [`Pool`]: taken for one
+//! exchange, put back when the response was read to its end and both sides allow keep-alive.
+//! A reused connection that fails before any byte of a response (the upstream closed it while
+//! idle) is retried once on a fresh connection, as the request was never processed.
+
+use crate::body::Body;
+use crate::keys::KeyEntry;
+use crate::metrics::Outcome;
+use crate::proxy::{
+    self, check_body_size, check_route, extract_key, Gateway, HeaderSink, Headers, KeyHeader,
+    UpstreamError, HOP_HEADERS, X_API_KEY, X_KEY_ID, X_PLAN, X_USER_ID,
+};
+use crate::quota::{Reservation, Usage};
+use crate::routes::{Route, Target};
+use http::header::{self, HeaderName, HeaderValue};
+use http::Response;
+use parking_lot::Mutex;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Headers parsed per message; a head with more goes to hyper (which allows 100 too).
+const MAX_HEADERS: usize = 64;
+/// A response is written in one piece when head and body fit in this much.
+const ONE_WRITE: usize = 64 * 1024;
+/// Read size for a connection's buffers.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the lane needs from `[gateway]`.
+#[derive(Clone, Copy)]
+pub struct LaneSettings {
+    pub max_header_bytes: usize,
+    pub header_timeout: Duration,
+}
+
+/// Upstream keep-alive settings (`upstream_*` in `[gateway]`).
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSettings {
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_idle: 1024,
+            idle_timeout: Duration::from_secs(90),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Idle keep-alive connections to one upstream, most recently used last.
+pub struct Pool {
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    settings: PoolSettings,
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings) -> Pool {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            settings,
+        }
+    }
+
+    /// The most recently used idle connection that is not past the idle timeout.
+    fn take(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock();
+        while let Some((s, since)) = idle.pop() {
+            if since.elapsed() < self.settings.idle_timeout {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, stream: TcpStream) {
+        let mut idle = self.idle.lock();
+        if idle.len() < self.settings.max_idle {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    async fn connect(&self, target: &Target) -> io::Result<TcpStream> {
+        let auth = target
+            .authority
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no upstream address"))?;
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+        let port = auth.port_u16().unwrap_or(80);
+        let s = tokio::time::timeout(
+            self.settings.connect_timeout,
+            TcpStream::connect((host, port)),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
+/// How a connection left the lane.
+pub enum Exit {
+    /// Closed (by either side, or for shutdown).
+    Closed,
+    /// Hyper takes over: the socket, with the bytes already read in front.
+    Handoff(Prefixed),
+}
+
+/// A socket with bytes already read from it, to be read again first.
+pub struct Prefixed {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let rest = &this.prefix[this.at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A parsed request head's headers, looked up by name.
+struct Parsed<'h, 'b>(&'h [httparse::Header<'b>]);
+
+impl Headers for Parsed<'_, '_> {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        let name = name.as_str().as_bytes();
+        self.0
+            .iter()
+            .find(|h| h.name.as_bytes().eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// A response head being written: `name: value\r\n`.
+struct Head<'a>(&'a mut Vec<u8>);
+
+impl HeaderSink for Head<'_> {
+    fn value(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.text(name, value.as_bytes());
+    }
+    fn text(&mut self, name: &HeaderName, value: &[u8]) {
+        put_header(self.0, name.as_str().as_bytes(), value);
+    }
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn is(name: &str, h: &HeaderName) -> bool {
+    name.as_bytes().eq_ignore_ascii_case(h.as_str().as_bytes())
+}
+
+fn is_hop(name: &str) -> bool {
+    HOP_HEADERS.iter().any(|h| is(name, h))
+}
+
+/// What a request head says about itself, from one pass over its headers.
+#[derive(Default)]
+struct Facts<'b> {
+    host: Option<&'b str>,
+    content_length: u64,
+    close: bool,
+}
+
+/// The request's facts, or `None` when the lane does not take it (hyper will).
+fn facts<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
+    let mut f = Facts::default();
+    let mut length_seen = false;
+    for h in headers {
+        let n = h.name;
+        if is(n, &header::HOST) {
+            if f.host.is_some() {
+                return None;
+            }
+            f.host = Some(std::str::from_utf8(h.value).ok()?);
+        } else if is(n, &header::CONTENT_LENGTH) {
+            let text = std::str::from_utf8(h.value).ok()?.trim();
+            if length_seen || text.is_empty() || !text.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            f.content_length = text.parse().ok()?;
+            length_seen = true;
+        } else if is(n, &header::CONNECTION) {
+            for token in std::str::from_utf8(h.value).ok()?.split(',') {
+                let t = token.trim();
+                if t.eq_ignore_ascii_case("close") {
+                    f.close = true;
+                } else if !t.eq_ignore_ascii_case("keep-alive") && !t.is_empty() {
+                    return None;
+                }
+            }
+        } else if is(n, &header::TRANSFER_ENCODING)
+            || is(n, &header::UPGRADE)
+            || is(n, &header::EXPECT)
+        {
+            return None;
+        }
+    }
+    f.host?;
+    Some(f)
+}
+
+/// How an upstream response's body ends (RFC 9112 §6.3).
+#[derive(Clone, Copy)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked(Chunks),
+    /// Until the upstream closes.
+    Close,
+}
+
+/// Finds the end of a chunked body passed through unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunks {
+    Size { value: u64, digits: u8 },
+    Extension { value: u64 },
+    SizeLf { value: u64 },
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// Trailer section; `start` when at the beginning of a line.
+    Trailer { start: bool },
+    EndLf,
+    Done,
+}
+
+impl Chunks {
+    const START: Chunks = Chunks::Size {
+        value: 0,
+        digits: 0,
+    };
+
+    /// Consumes bytes of the chunked stream; returns how many belong to it (all of `data`
+    /// unless it ended inside). `Err` on a malformed stream.
+    fn feed(&mut self, data: &[u8]) -> Result<usize, ()> {
+        let mut i = 0;
+        while i < data.len() && *self != Chunks::Done {
+            if let Chunks::Data(left) = *self {
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(data.len() - i);
+                i += take;
+                let left = left - u64::try_from(take).unwrap_or(left);
+                *self = if left == 0 { Chunks::DataCr } else { Chunks::Data(left) };
+                continue;
+            }
+            let c = data[i];
+            i += 1;
+            *self = match (*self, c) {
+                (Chunks::Size { value, digits }, c) if c.is_ascii_hexdigit() => {
+                    if digits >= 15 {
+                        return Err(());
+                    }
+                    let d = u64::from(char::from(c).to_digit(16).ok_or(())?);
+                    Chunks::Size {
+                        value: value * 16 + d,
+                        digits: digits + 1,
+                    }
+                }
+                (Chunks::Size { value, digits }, b';' | b' ' | b'\t') if digits > 0 => {
+                    Chunks::Extension { value }
+                }
+                (Chunks::Size { value, digits }, b'\r') if digits > 0 => Chunks::SizeLf { value },
+                (Chunks::Size { value, digits }, b'\n') if digits > 0 => Chunks::after_size(value),
+                (Chunks::Extension { value }, b'\r') => Chunks::SizeLf { value },
+                (Chunks::Extension { value }, b'\n') => Chunks::after_size(value),
+                (Chunks::Extension { value }, _) => Chunks::Extension { value },
+                (Chunks::SizeLf { value }, b'\n') => Chunks::after_size(value),
+                (Chunks::DataCr, b'\r') => Chunks::DataLf,
+                (Chunks::DataCr | Chunks::DataLf, b'\n') => Chunks::START,
+                (Chunks::Trailer { start: true }, b'\r') => Chunks::EndLf,
+                (Chunks::Trailer { start: true } | Chunks::EndLf, b'\n') => Chunks::Done,
+                (Chunks::Trailer { .. }, b'\n') => Chunks::Trailer { start: true },
+                (Chunks::Trailer { .. }, _) => Chunks::Trailer { start: false },
+                _ => return Err(()),
+            };
+        }
+        Ok(i)
+    }
+
+    fn after_size(value: u64) -> Chunks {
+        if value == 0 {
+            Chunks::Trailer { start: true }
+        } else {
+            Chunks::Data(value)
+        }
+    }
+}
+
+impl Framing {
+    /// Takes the part of `data` that belongs to the body; `Ok(true)` once the body is complete.
+    fn feed(&mut self, data: &[u8]) -> Result<(usize, bool), ()> {
+        match self {
+            Framing::Empty => Ok((0, true)),
+            Framing::Length(left) => {
+                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                *left -= u64::try_from(take).unwrap_or(*left);
+                Ok((take, *left == 0))
+            }
+            Framing::Chunked(state) => {
+                let n = state.feed(data)?;
+                Ok((n, *state == Chunks::Done))
+            }
+            Framing::Close => Ok((data.len(), false)),
+        }
+    }
+}
+
+/// The parts of an upstream response head the rest of the exchange needs.
+struct Answer {
+    status: u16,
+    framing: Framing,
+    reusable: bool,
+    /// The client connection ends after this response.
+    close: bool,
+}
+
+/// Why a proxied exchange failed before the response head.
+enum Failed {
+    Connect,
+    Io,
+    Timeout,
+}
+
+/// Per-connection buffers, reused by every request on it.
+struct Buffers {
+    /// Bytes read from the client, starting with the current request.
+    input: Vec<u8>,
+    /// The request sent upstream.
+    upstream: Vec<u8>,
+    /// Bytes read from the upstream.
+    reply: Vec<u8>,
+    /// The response written to the client.
+    out: Vec<u8>,
+}
+
+/// The keyed part of a request once admitted.
+struct Admitted<'e> {
+    entry: &'e KeyEntry,
+    from: KeyHeader,
+    reservation: Reservation,
+    usage: Usage,
+}
+
+/// Serves one client connection until it closes, or hands it to hyper.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    mut client: TcpStream,
+    mut drain: watch::Receiver<bool>,
+    settings: LaneSettings,
+) -> Exit {
+    gw.metrics.connections.add(1);
+    let mut b = Buffers {
+        input: Vec::with_capacity(READ_CHUNK),
+        upstream: Vec::new(),
+        reply: Vec::new(),
+        out: Vec::new(),
+    };
+    loop {
+        if b.input.is_empty() {
+            b.input.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                biased;
+                r = tokio::time::timeout(settings.header_timeout, client.read_buf(&mut b.input)) => r,
+                _ = drain.changed() => return Exit::Closed,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Exit::Closed,
+                Ok(Ok(_)) => {}
+            }
+        }
+        let work = Work {
+            upstream: &mut b.upstream,
+            reply: &mut b.reply,
+            out: &mut b.out,
+        };
+        let draining = *drain.borrow();
+        match one(&gw, &mut client, &b.input, work, settings, draining).await {
+            Step::Next(used) => {
+                b.input.drain(..used);
+            }
+            Step::Close => return Exit::Closed,
+            Step::Handoff => {
+                gw.metrics.handed_off.add(1);
+                return Exit::Handoff(Prefixed {
+                    prefix: std::mem::take(&mut b.input),
+                    at: 0,
+                    inner: client,
+                })
+            }
+        }
+    }
+}
+
+enum Step {
+    /// Answered; the request used this many bytes of the input.
+    Next(usize),
+    Close,
+    Handoff,
+}
+
+/// One request from `b.input`.
+async fn one(
+    gw: &Gateway,
+    client: &mut TcpStream,
+    input: &[u8],
+    w: Work<'_>,
+    settings: LaneSettings,
+    draining: bool,
+) -> Step {
+    let start = Instant::now();
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let head_len = match req.parse(input) {
+        Ok(httparse::Status::Complete(n)) if n <= settings.max_header_bytes => n,
+        _ => return Step::Handoff,
+    };
+    if req.version != Some(1) {
+        return Step::Handoff;
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Step::Handoff;
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    if !path.starts_with('/') || proxy::is_own_path(path) || method == "CONNECT" {
+        return Step::Handoff;
+    }
+    let Some(f) = facts(req.headers) else {
+        return Step::Handoff;
+    };
+    let used = usize::try_from(f.content_length)
+        .ok()
+        .and_then(|n| n.checked_add(head_len))
+        .filter(|&n| n <= input.len());
+    let Some(used) = used else {
+        return Step::Handoff;
+    };
+    let route = {
+        let table = gw.routes.load();
+        table.find(f.host, path).cloned()
+    };
+    let close = f.close || draining;
+    let Some(route) = route else {
+        gw.own.unmatched.count(Outcome::RouteNotFound, 404);
+        let resp = proxy::error_response(Outcome::RouteNotFound, "no route for this path");
+        return reply(client, w.out, resp, close, used).await;
+    };
+    if !route.fast {
+        return Step::Handoff;
+    }
+    let headers = Parsed(req.headers);
+    let body = &input[head_len..used];
+    let request = Request {
+        method,
+        target,
+        headers: req.headers,
+        body,
+        close,
+    };
+
+    if !route.needs_key() {
+        if let Err(r) = check_body_size(&route, &headers) {
+            let resp = gw.refused(&route, r, None, start);
+            return reply(client, w.out, resp, close, used).await;
+        }
+        return forward(gw, client, w, &route, &request, None, start, used).await;
+    }
+    // 1. key
+    let Some((key, from)) = extract_key(&headers, route.key_source()) else {
+        let r = proxy::Refusal {
+            outcome: Outcome::MissingKey,
+            message: "an API key is required (X-API-Key or Authorization: Bearer)",
+        };
+        let resp = gw.refused(&route, r, None, start);
+        return reply(client, w.out, resp, close, used).await;
+    };
+    // 2. replica
+    let now_ms = gw.clock.now_ms();
+    let entry = match gw.lookup(key, now_ms.div_euclid(1000)) {
+        Ok(e) => e,
+        Err(r) => {
+            let resp = gw.refused(&route, r, None, start);
+            return reply(client, w.out, resp, close, used).await;
+        }
+    };
+    // 3. route / plan
+    if let Err(r) = check_route(&route, &entry, &headers) {
+        let resp = gw.refused(&route, r, Some(&entry), start);
+        return reply(client, w.out, resp, close, used).await;
+    }
+    // 4. quota
+    let (reservation, usage) = match gw.reserve(&entry, route.cfg.cost).await {
+        Ok(r) => r,
+        Err(Err(r)) => {
+            let resp = gw.refused(&route, r, Some(&entry), start);
+            return reply(client, w.out, resp, close, used).await;
+        }
+        Err(Ok(limited)) => {
+            let resp = gw.limited(&route, &entry, limited, start);
+            return reply(client, w.out, resp, close, used).await;
+        }
+    };
+    let admitted = Admitted {
+        entry: &entry,
+        from,
+        reservation,
+        usage,
+    };
+    // 5.–7.
+    forward(
+        gw,
+        client,
+        w,
+        &route,
+        &request,
+        Some(admitted),
+        start,
+        used,
+    )
+    .await
+}
+
+/// The request as parsed, borrowed from the input buffer.
+struct Request<'r, 'b> {
+    method: &'b str,
+    target: &'b str,
+    headers: &'r [httparse::Header<'b>],
+    body: &'b [u8],
+    close: bool,
+}
+
+/// The buffers other than `input` (which the parsed request borrows).
+struct Work<'a> {
+    upstream: &'a mut Vec<u8>,
+    reply: &'a mut Vec<u8>,
+    out: &'a mut Vec<u8>,
+}
+
+/// Writes a response the gateway made (refusals, errors) and goes on (or closes).
+async fn reply(
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    resp: Response<Body>,
+    close: bool,
+    used: usize,
+) -> Step {
+    render(out, resp, close);
+    match client.write_all(out).await {
+        Ok(()) if !close => Step::Next(used),
+        _ => Step::Close,
+    }
+}
+
+/// A response made by the gateway (a full body) as HTTP/1.1 bytes.
+fn render(out: &mut Vec<u8>, resp: Response<Body>, close: bool) {
+    out.clear();
+    let status = resp.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let (parts, body) = resp.into_parts();
+    for (name, value) in &parts.headers {
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let bytes = match body {
+        Body::Full(Some(b)) => b,
+        _ => bytes::Bytes::new(),
+    };
+    put_date(out);
+    let mut n = itoa(bytes.len());
+    put_header(out, b"content-length", n.text());
+    if close {
+        put_header(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&bytes);
+}
+
+/// Small integers as text without allocating.
+struct Itoa {
+    buf: [u8; 20],
+    at: usize,
+}
+
+fn itoa(mut n: usize) -> Itoa {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    Itoa { buf, at }
+}
+
+impl Itoa {
+    fn text(&mut self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+}
+
+thread_local! {
+    /// `Date` header text, rendered once per second per thread.
+    static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((u64::MAX, [0; 29])) };
+}
+
+fn put_date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                d.1.copy_from_slice(text.as_bytes());
+                d.0 = secs;
+            }
+        }
+        put_header(out, b"date", &d.1);
+    });
+}
+
+/// Writes the upstream request for `req` into `out`: the request line (prefix stripped when
+/// configured), the client's headers without hop-by-hop, key and identity headers (and without
+/// `Host` when the upstream's is sent), the identity headers of an admitted key, the body.
+fn upstream_request(
+    out: &mut Vec<u8>,
+    route: &Route,
+    target: &Target,
+    req: &Request<'_, '_>,
+    key: Option<(&KeyEntry, KeyHeader)>,
+) {
+    out.clear();
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(proxy::upstream_target(route, req.target).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let own_host = if route.cfg.preserve_host {
+        None
+    } else {
+        target.host.as_ref()
+    };
+    for h in req.headers {
+        let n = h.name;
+        let drop = is_hop(n)
+            || is(n, &X_KEY_ID)
+            || is(n, &X_USER_ID)
+            || is(n, &X_PLAN)
+            || (own_host.is_some() && is(n, &header::HOST))
+            || match key {
+                Some((_, from)) => {
+                    is(n, &X_API_KEY)
+                        || (from == KeyHeader::Bearer && is(n, &header::AUTHORIZATION))
+                }
+                None => false,
+            };
+        if !drop {
+            put_header(out, n.as_bytes(), h.value);
+        }
+    }
+    if let Some(host) = own_host {
+        put_header(out, b"host", host.as_bytes());
+    }
+    if let Some((entry, _)) = key {
+        put_header(out, X_KEY_ID.as_str().as_bytes(), entry.id_header.as_bytes());
+        put_header(out, X_USER_ID.as_str().as_bytes(), entry.user_header.as_bytes());
+        put_header(out, X_PLAN.as_str().as_bytes(), entry.tier.plan_header.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(req.body);
+}
+
+/// Phases 5–7: send upstream, copy the answer back with the gateway's headers, settle, record.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    gw: &Gateway,
+    client: &mut TcpStream,
+    w: Work<'_>,
+    route: &Arc<Route>,
+    req: &Request<'_, '_>,
+    admitted: Option<Admitted<'_>>,
+    start: Instant,
+    used: usize,
+) -> Step {
+    let target = route.pick();
+    upstream_request(
+        w.upstream,
+        route,
+        target,
+        req,
+        admitted.as_ref().map(|a| (a.entry, a.from)),
+    );
+    let head_only = req.method == "HEAD";
+    let sent = Instant::now();
+    let exchange = exchange(gw, target, w.upstream, w.reply, w.out, req.close, head_only, admitted.as_ref());
+    let result = match tokio::time::timeout(route.cfg.timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(Failed::Timeout),
+    };
+    let took = sent.elapsed();
+    let (mut upstream, head_len, answer) = match result {
+        Ok(r) => r,
+        Err(failed) => {
+            let err = match failed {
+                Failed::Connect => {
+                    route.mark_down(target);
+                    UpstreamError::Unavailable
+                }
+                Failed::Io => UpstreamError::Unavailable,
+                Failed::Timeout => UpstreamError::Timeout,
+            };
+            if !matches!(err, UpstreamError::Timeout) {
+                tracing::warn!(route = %route.cfg.name, "upstream request failed");
+            }
+            let keyed = admitted.map(|a| (a.entry, (a.reservation, a.usage)));
+            let resp = gw.finish(route, keyed, Err(err), took, start).await;
+            return reply(client, w.out, resp, req.close, used).await;
+        }
+    };
+    let Answer {
+        status,
+        mut framing,
+        mut reusable,
+        close,
+    } = answer;
+    // The body: what came with the head, then the rest as it arrives.
+    let mut ok = true;
+    let rest = &w.reply[head_len..];
+    let mut done = match framing.feed(rest) {
+        Ok((n, done)) => {
+            reusable &= n == rest.len();
+            w.out.extend_from_slice(&rest[..n]);
+            done
+        }
+        Err(()) => {
+            ok = false;
+            true
+        }
+    };
+    if ok && (!done || w.out.len() > ONE_WRITE) {
+        if client.write_all(w.out).await.is_err() {
+            ok = false;
+        }
+        w.out.clear();
+    }
+    while ok && !done {
+        w.reply.clear();
+        w.reply.reserve(READ_CHUNK);
+        match upstream.read_buf(w.reply).await {
+            Ok(0) => {
+                // The end of a close-delimited body; anything else ended early.
+                ok = matches!(framing, Framing::Close);
+                reusable = false;
+                done = true;
+            }
+            Ok(_) => match framing.feed(w.reply) {
+                Ok((n, end)) => {
+                    reusable &= n == w.reply.len();
+                    done = end;
+                    if client.write_all(&w.reply[..n]).await.is_err() {
+                        ok = false;
+                    }
+                }
+                Err(()) => ok = false,
+            },
+            Err(_) => ok = false,
+        }
+    }
+    if ok && !w.out.is_empty() && client.write_all(w.out).await.is_err() {
+        ok = false;
+    }
+    if ok && reusable {
+        target.pool.put(upstream);
+    }
+    gw.record(route, Outcome::Ok, status, start, took);
+    if ok && !close {
+        Step::Next(used)
+    } else {
+        Step::Close
+    }
+}
+
+/// Sends the request (retrying once on a fresh connection when a pooled one turns out closed),
+/// reads the response head and writes the client's head into `out`, with the gateway's headers
+/// and the keyed accounting done. Returns the connection, the head's length in `reply` and
+/// what the body needs.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    gw: &Gateway,
+    target: &Target,
+    request: &[u8],
+    reply: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    client_close: bool,
+    head_only: bool,
+    admitted: Option<&Admitted<'_>>,
+) -> Result<(TcpStream, usize, Answer), Failed> {
+    let (mut up, mut reused) = match target.pool.take() {
+        Some(s) => (s, true),
+        None => (target.pool.connect(target).await.map_err(|_| Failed::Connect)?, false),
+    };
+    reply.clear();
+    loop {
+        let sent = up.write_all(request).await;
+        let mut got_any = false;
+        let outcome = match sent {
+            Err(_) => None,
+            Ok(()) => loop {
+                reply.reserve(READ_CHUNK);
+                match up.read_buf(reply).await {
+                    Ok(0) | Err(_) => break None,
+                    Ok(_) => got_any = true,
+                }
+                match head(gw, reply, out, client_close, head_only, admitted).await {
+                    Ok(Some(r)) => break Some(r),
+                    Ok(None) => continue,
+                    Err(()) => return Err(Failed::Io),
+                }
+            },
+        };
+        match outcome {
+            Some((n, answer)) => return Ok((up, n, answer)),
+            None if reused && !got_any => {
+                // The pooled connection was closed by the upstream while idle.
+                reused = false;
+                reply.clear();
+                up = target.pool.connect(target).await.map_err(|_| Failed::Connect)?;
+            }
+            None => return Err(Failed::Io),
+        }
+    }
+}
+
+/// Parses a response head in `reply`. `Ok(None)`: incomplete (or a 1xx, dropped). On a final
+/// head, writes the client's head into `out` and returns its length and what follows.
+async fn head(
+    gw: &Gateway,
+    reply: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    client_close: bool,
+    head_only: bool,
+    admitted: Option<&Admitted<'_>>,
+) -> Result<Option<(usize, Answer)>, ()> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let n = match resp.parse(reply) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if reply.len() < 64 * 1024 => return Ok(None),
+        _ => return Err(()),
+    };
+    let status = resp.code.ok_or(())?;
+    if (100..200).contains(&status) {
+        if status == 101 {
+            return Err(());
+        }
+        reply.drain(..n);
+        return Ok(None);
+    }
+    let mut framing = if head_only || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        Framing::Close
+    };
+    let mut reusable = resp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut named: [&[u8]; 8] = [b""; 8];
+    let mut named_len = 0;
+    for h in resp.headers.iter() {
+        if is(h.name, &header::CONTENT_LENGTH) {
+            let v = std::str::from_utf8(h.value).map_err(|_| ())?.trim();
+            let v: u64 = v.parse().map_err(|_| ())?;
+            if length.is_some_and(|l| l != v) {
+                return Err(());
+            }
+            length = Some(v);
+        } else if is(h.name, &header::TRANSFER_ENCODING) {
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(());
+            }
+            chunked = true;
+        } else if is(h.name, &header::CONNECTION) {
+            for t in h.value.split(|&c| c == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if named_len < named.len() {
+                    named[named_len] = t;
+                    named_len += 1;
+                }
+            }
+        }
+    }
+    if !matches!(framing, Framing::Empty) {
+        framing = match (chunked, length) {
+            (true, _) => Framing::Chunked(Chunks::START),
+            (false, Some(l)) => Framing::Length(l),
+            (false, None) => {
+                reusable = false;
+                Framing::Close
+            }
+        };
+    }
+    let close = client_close || matches!(framing, Framing::Close);
+
+    // The client's head.
+    let legacy = gw.legacy_headers;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = itoa(usize::from(status));
+    out.extend_from_slice(code.text());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        let skip = is_hop(h.name)
+            || named[..named_len]
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name))
+            || (admitted.is_some() && proxy::is_gateway_header(name, legacy));
+        if !skip {
+            has_date |= is(h.name, &header::DATE);
+            put_header(out, name, h.value);
+        }
+    }
+    if !has_date {
+        put_date(out);
+    }
+    if let Some(a) = admitted {
+        let usage = gw.account(a.entry, a.reservation, a.usage, true).await;
+        proxy::rate_limit_headers(
+            &mut Head(out),
+            a.entry,
+            &usage,
+            legacy,
+            a.reservation.at_ms.div_euclid(1000),
+        );
+    }
+    if matches!(framing, Framing::Chunked(_)) {
+        put_header(out, b"transfer-encoding", b"chunked");
+    }
+    if close {
+        put_header(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some((
+        n,
+        Answer {
+            status,
+            framing,
+            reusable,
+            close,
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(input: &[u8]) -> Result<(usize, bool), ()> {
+        let mut c = Chunks::START;
+        let n = c.feed(input)?;
+        Ok((n, c == Chunks::Done))
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\nNEXT";
+        assert_eq!(whole(body), Ok((body.len() - 4, true)));
+        let trailers = b"3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n";
+        assert_eq!(whole(trailers), Ok((trailers.len(), true)));
+        assert_eq!(whole(b"A\r\n0123"), Ok((7, false)));
+        assert_eq!(whole(b"zz\r\n"), Err(()));
+        assert_eq!(whole(b"5\r\nhelloXX"), Err(()));
+    }
+
+    #[test]
+    fn chunked_bodies_split_anywhere() {
+        let body = b"5\r\nhello\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nt: v\r\n\r\n";
+        for split in 0..body.len() {
+            let mut c = Chunks::START;
+            let a = c.feed(&body[..split]).unwrap_or(usize::MAX);
+            assert_eq!(a, split);
+            let b = c.feed(&body[split..]).unwrap_or(usize::MAX);
+            assert_eq!(a + b, body.len(), "split at {split}");
+            assert_eq!(c, Chunks::Done, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn lengths_and_closes() {
+        let mut f = Framing::Length(5);
+        assert_eq!(f.feed(b"abc"), Ok((3, false)));
+        assert_eq!(f.feed(b"defg"), Ok((2, true)));
+        let mut f = Framing::Close;
+        assert_eq!(f.feed(b"abc"), Ok((3, false)));
+    }
+
+    #[test]
+    fn request_facts() {
+        let mut slots = [httparse::EMPTY_HEADER; 8];
+        let mut r = httparse::Request::new(&mut slots);
+        let _ = r.parse(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+        let f = facts(r.headers).unwrap_or_default();
+        assert_eq!((f.host, f.content_length, f.close), (Some("x"), 3, true));
+        for other in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: ws\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n",
+        ] {
+            let mut slots = [httparse::EMPTY_HEADER; 8];
+            let mut r = httparse::Request::new(&mut slots);
+            let _ = r.parse(other);
+            assert!(facts(r.headers).is_none(), "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
+    fn integers_render() {
+        assert_eq!(itoa(0).text(), b"0");
+        assert_eq!(itoa(1234567).text(), b"1234567");
+        assert_eq!(itoa(usize::MAX).text(), usize::MAX.to_string().as_bytes());
+    }
+}

@@ -18,7 +18,8 @@
 #                      of $KEYS per request, remote backend (on the load core, as in a fleet)
 #   c' gateway (emb.)  the same with the embedded backend (one process; its usage ingest counts)
 #   d  validate        POST /api/marketplace/keys/validate alone (X-API-Key), same gateway as c
-#   e  gateway + Redis `[gateway] redis_url`, if this build accepts it
+#   e  gateway + Redis `[gateway] redis_url` on a private redis-server (port $REDIS_PORT) that
+#                      runs on the load core
 #   placement          b and c again with the upstream on the server's core, to show why the
 #                      upstream sits on the load core (see RESULTS.md)
 #   memory             RSS and load time of a gateway holding a 1 M-key snapshot
@@ -285,19 +286,27 @@ measure "d validate endpoint" "$pid" "$GW_PORT" /api/marketplace/keys/validate P
 THREADS=$(ls "/proc/$pid/task" | wc -l)
 stop "$pid"
 
-# e: Redis quota mode, when this build has it.
+# e: Redis quota mode. A private redis-server on the load core (as a fleet's Redis is another
+# machine): the measured core runs the gateway alone, as in c.
 REDIS_NOTE=""
-if redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
-    cfg=$(gateway_config remote "$RUN/gw-redis" 'redis_url = "redis://127.0.0.1:6379"')
+REDIS_PORT=${REDIS_PORT:-16379}
+if command -v redis-server >/dev/null 2>&1; then
+    taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+        --appendonly no --daemonize no >"$RUN/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    cfg=$(gateway_config remote "$RUN/gw-redis" "redis_url = \"redis://127.0.0.1:$REDIS_PORT\"")
     if gateway_start "$cfg" gw-redis 2>/dev/null; then
         pid=$LAST_PID
         measure "e gateway + Redis quota" "$pid" "$GW_PORT" /bench/hello GET 1
         stop "$pid"
     else
-        REDIS_NOTE="not measured: this build refuses \`redis_url\` ($(grep -m1 -o 'redis_url[^"]*' "$RUN/gw-redis.log" "$RUN/gw-redis.out" 2>/dev/null | head -1 | cut -d: -f2-))"
+        REDIS_NOTE="not measured: the gateway did not start with \`redis_url\` (see $RUN/gw-redis.log)"
     fi
+    stop "$REDIS_PID"
 else
-    REDIS_NOTE="not measured: no Redis on 127.0.0.1:6379"
+    REDIS_NOTE="not measured: redis-server is not installed (apt-get install redis-server)"
 fi
 stop "$BACKEND"
 
@@ -403,6 +412,19 @@ RPS_RATIO=$(ratio "$G_RPS" "$N_RPS") CPU_RATIO=$(ratio "$G_CPU" "$N_CPU") P99_DI
     echo "| validate req/s | $(printf '%.0f' "$V_RPS") | | | ≥ 35,000 | $(check "$V_RPS" '>=' 35000) |"
     echo "| validate p99 ms | $V_P99 | | | ≤ 5 | $(check "$V_P99" '<=' 5) |"
     echo
+    if [[ -n $(row "e gateway + Redis quota") ]]; then
+        R_RPS=$(col "e gateway + Redis quota" 2) R_CPU=$(col "e gateway + Redis quota" 5)
+        R_RATIO=$(ratio "$R_RPS" "$G_RPS")
+        echo "## Redis quota mode against local (e / c)"
+        echo
+        echo "| measure | Redis mode | local | ratio | target | |"
+        echo "|---|---:|---:|---:|---|---|"
+        echo "| req/s | $(printf '%.0f' "$R_RPS") | $(printf '%.0f' "$G_RPS") | $R_RATIO | ≥ 0.60 | $(check "$R_RATIO" '>=' 0.6) |"
+        echo "| CPU µs/request | $R_CPU | $G_CPU | $(ratio "$R_CPU" "$G_CPU") | | |"
+        echo
+        echo "The Redis server (private, port $REDIS_PORT) runs on core $LOAD_CPU with wrk and the upstream."
+        echo
+    fi
     echo "## Memory"
     echo
     echo "| replica | RSS MB | peak RSS MB | snapshot load | target |"

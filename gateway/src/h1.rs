@@ -287,14 +287,23 @@ enum Framing {
 /// Finds the end of a chunked body passed through unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunks {
-    Size { value: u64, digits: u8 },
-    Extension { value: u64 },
-    SizeLf { value: u64 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
+    Extension {
+        value: u64,
+    },
+    SizeLf {
+        value: u64,
+    },
     Data(u64),
     DataCr,
     DataLf,
     /// Trailer section; `start` when at the beginning of a line.
-    Trailer { start: bool },
+    Trailer {
+        start: bool,
+    },
     EndLf,
     Done,
 }
@@ -311,10 +320,16 @@ impl Chunks {
         let mut i = 0;
         while i < data.len() && *self != Chunks::Done {
             if let Chunks::Data(left) = *self {
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(data.len() - i);
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len() - i);
                 i += take;
                 let left = left - u64::try_from(take).unwrap_or(left);
-                *self = if left == 0 { Chunks::DataCr } else { Chunks::Data(left) };
+                *self = if left == 0 {
+                    Chunks::DataCr
+                } else {
+                    Chunks::Data(left)
+                };
                 continue;
             }
             let c = data[i];
@@ -459,7 +474,7 @@ pub async fn serve(
                     prefix: std::mem::take(&mut b.input),
                     at: 0,
                     inner: client,
-                })
+                });
             }
         }
     }
@@ -580,17 +595,7 @@ async fn one(
         usage,
     };
     // 5.–7.
-    forward(
-        gw,
-        client,
-        w,
-        &route,
-        &request,
-        Some(admitted),
-        start,
-        used,
-    )
-    .await
+    forward(gw, client, w, &route, &request, Some(admitted), start, used).await
 }
 
 /// The request as parsed, borrowed from the input buffer.
@@ -742,9 +747,21 @@ fn upstream_request(
         put_header(out, b"host", host.as_bytes());
     }
     if let Some((entry, _)) = key {
-        put_header(out, X_KEY_ID.as_str().as_bytes(), entry.id_header.as_bytes());
-        put_header(out, X_USER_ID.as_str().as_bytes(), entry.user_header.as_bytes());
-        put_header(out, X_PLAN.as_str().as_bytes(), entry.tier.plan_header.as_bytes());
+        put_header(
+            out,
+            X_KEY_ID.as_str().as_bytes(),
+            entry.id_header.as_bytes(),
+        );
+        put_header(
+            out,
+            X_USER_ID.as_str().as_bytes(),
+            entry.user_header.as_bytes(),
+        );
+        put_header(
+            out,
+            X_PLAN.as_str().as_bytes(),
+            entry.tier.plan_header.as_bytes(),
+        );
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(req.body);
@@ -772,7 +789,16 @@ async fn forward(
     );
     let head_only = req.method == "HEAD";
     let sent = Instant::now();
-    let exchange = exchange(gw, target, w.upstream, w.reply, w.out, req.close, head_only, admitted.as_ref());
+    let exchange = exchange(
+        gw,
+        target,
+        w.upstream,
+        w.reply,
+        w.out,
+        req.close,
+        head_only,
+        admitted.as_ref(),
+    );
     let result = match tokio::time::timeout(route.cfg.timeout, exchange).await {
         Ok(r) => r,
         Err(_) => Err(Failed::Timeout),
@@ -877,42 +903,61 @@ async fn exchange(
 ) -> Result<(TcpStream, usize, Answer), Failed> {
     let (mut up, mut reused) = match target.pool.take() {
         Some(s) => (s, true),
-        None => (target.pool.connect(target).await.map_err(|_| Failed::Connect)?, false),
+        None => (
+            target
+                .pool
+                .connect(target)
+                .await
+                .map_err(|_| Failed::Connect)?,
+            false,
+        ),
     };
     reply.clear();
     loop {
-        let sent = up.write_all(request).await;
         let mut got_any = false;
-        let outcome = match sent {
-            Err(_) => None,
-            Ok(()) => loop {
+        if up.write_all(request).await.is_ok() {
+            'read: loop {
                 reply.reserve(READ_CHUNK);
                 match up.read_buf(reply).await {
-                    Ok(0) | Err(_) => break None,
+                    Ok(0) | Err(_) => break 'read,
                     Ok(_) => got_any = true,
                 }
-                match head(gw, reply, out, client_close, head_only, admitted).await {
-                    Ok(Some(r)) => break Some(r),
-                    Ok(None) => continue,
-                    Err(()) => return Err(Failed::Io),
+                // A 1xx may be followed by the final head in the same read.
+                loop {
+                    match head(gw, reply, out, client_close, head_only, admitted).await {
+                        Ok(Reply::Final(n, answer)) => return Ok((up, n, answer)),
+                        Ok(Reply::Informational) => {}
+                        Ok(Reply::Partial) => break,
+                        Err(()) => return Err(Failed::Io),
+                    }
                 }
-            },
-        };
-        match outcome {
-            Some((n, answer)) => return Ok((up, n, answer)),
-            None if reused && !got_any => {
-                // The pooled connection was closed by the upstream while idle.
-                reused = false;
-                reply.clear();
-                up = target.pool.connect(target).await.map_err(|_| Failed::Connect)?;
             }
-            None => return Err(Failed::Io),
         }
+        if !reused || got_any {
+            return Err(Failed::Io);
+        }
+        // The pooled connection was closed by the upstream while idle: the request was never
+        // processed, so it goes once more on a fresh connection.
+        reused = false;
+        reply.clear();
+        up = target
+            .pool
+            .connect(target)
+            .await
+            .map_err(|_| Failed::Connect)?;
     }
 }
 
-/// Parses a response head in `reply`. `Ok(None)`: incomplete (or a 1xx, dropped). On a final
-/// head, writes the client's head into `out` and returns its length and what follows.
+/// What [`head`] found at the front of `reply`.
+enum Reply {
+    Partial,
+    /// A 1xx head, dropped from `reply`.
+    Informational,
+    /// The final head's length and what follows it.
+    Final(usize, Answer),
+}
+
+/// Parses a response head in `reply`. On a final head, writes the client's head into `out`.
 async fn head(
     gw: &Gateway,
     reply: &mut Vec<u8>,
@@ -920,12 +965,12 @@ async fn head(
     client_close: bool,
     head_only: bool,
     admitted: Option<&Admitted<'_>>,
-) -> Result<Option<(usize, Answer)>, ()> {
+) -> Result<Reply, ()> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let n = match resp.parse(reply) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if reply.len() < 64 * 1024 => return Ok(None),
+        Ok(httparse::Status::Partial) if reply.len() < 64 * 1024 => return Ok(Reply::Partial),
         _ => return Err(()),
     };
     let status = resp.code.ok_or(())?;
@@ -934,7 +979,7 @@ async fn head(
             return Err(());
         }
         reply.drain(..n);
-        return Ok(None);
+        return Ok(Reply::Informational);
     }
     let mut framing = if head_only || status == 204 || status == 304 {
         Framing::Empty
@@ -996,6 +1041,7 @@ async fn head(
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let skip = is_hop(h.name)
+            || (chunked && is(h.name, &header::CONTENT_LENGTH))
             || named[..named_len]
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name))
@@ -1025,7 +1071,7 @@ async fn head(
         put_header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Some((
+    Ok(Reply::Final(
         n,
         Answer {
             status,
@@ -1033,7 +1079,7 @@ async fn head(
             reusable,
             close,
         },
-    )))
+    ))
 }
 
 #[cfg(test)]
@@ -1083,7 +1129,9 @@ mod tests {
     fn request_facts() {
         let mut slots = [httparse::EMPTY_HEADER; 8];
         let mut r = httparse::Request::new(&mut slots);
-        let _ = r.parse(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+        let _ = r.parse(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        );
         let f = facts(r.headers).unwrap_or_default();
         assert_eq!((f.host, f.content_length, f.close), (Some("x"), 3, true));
         for other in [
@@ -1097,7 +1145,11 @@ mod tests {
             let mut slots = [httparse::EMPTY_HEADER; 8];
             let mut r = httparse::Request::new(&mut slots);
             let _ = r.parse(other);
-            assert!(facts(r.headers).is_none(), "{}", String::from_utf8_lossy(other));
+            assert!(
+                facts(r.headers).is_none(),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
         }
     }
 

@@ -310,7 +310,10 @@ pub fn rate_limit_headers<S: HeaderSink + ?Sized>(
     if legacy {
         headers.value(&X_RL_LIMIT, &entry.tier.minute_limit);
         let mut buf = itoa_buf();
-        headers.text(&X_RL_REMAINING, render_int(&mut buf, usage.minute_remaining));
+        headers.text(
+            &X_RL_REMAINING,
+            render_int(&mut buf, usage.minute_remaining),
+        );
         let reset = now_secs.saturating_add(i64::try_from(usage.minute_reset_secs).unwrap_or(0));
         let mut buf = itoa_buf();
         headers.text(&X_RL_RESET, render_int(&mut buf, reset));

@@ -193,7 +193,8 @@ fn pool_settings(g: &crate::config::GatewaySettings) -> PoolSettings {
 fn reload(path: &Path, gw: &Gateway, metrics: &Metrics, g: &crate::config::GatewaySettings) {
     match crate::config::load(path) {
         Ok(cfg) => {
-            let table = RouteTable::build(&cfg.routes, metrics, g.unhealthy_cooldown, pool_settings(g));
+            let table =
+                RouteTable::build(&cfg.routes, metrics, g.unhealthy_cooldown, pool_settings(g));
             let n = table.len();
             gw.routes.store(Arc::new(table));
             tracing::info!(

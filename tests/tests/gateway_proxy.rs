@@ -615,14 +615,25 @@ async fn fast_lane_answers_like_the_general_path() {
     let before = handed_off(&gw.scrape().await);
     let c = client();
     let pattern_ok = |b: &[u8], n: usize| {
-        b.len() == n && b.iter().enumerate().all(|(i, x)| *x == pattern_byte(i as u64))
+        b.len() == n
+            && b.iter()
+                .enumerate()
+                .all(|(i, x)| *x == pattern_byte(i as u64))
     };
 
     // Keyed: a chunked answer of 300 kB, a POST body, HEAD, 204, strip_prefix with a query.
-    let r = c.get(format!("{}/v1/chunked/300000", gw.url)).header("X-API-Key", k).send().await.expect("chunked");
+    let r = c
+        .get(format!("{}/v1/chunked/300000", gw.url))
+        .header("X-API-Key", k)
+        .send()
+        .await
+        .expect("chunked");
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("ratelimit"), "{:?}", r.headers());
-    assert!(pattern_ok(&r.bytes().await.expect("body"), 300_000), "chunked body differs");
+    assert!(
+        pattern_ok(&r.bytes().await.expect("body"), 300_000),
+        "chunked body differs"
+    );
     let body: Vec<u8> = (0..3000u64).map(pattern_byte).collect();
     let mut fnv = Fnv::default();
     fnv.update(&body);
@@ -638,14 +649,30 @@ async fn fast_lane_answers_like_the_general_path() {
         .expect("json");
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["bytes"], 3000);
-    assert_eq!(echo["fnv"].as_str(), Some(format!("{:016x}", fnv.0).as_str()));
-    assert_eq!(echo["headers"]["x-tollgate-key-id"].as_str(), Some(key.key_id.as_str()));
+    assert_eq!(
+        echo["fnv"].as_str(),
+        Some(format!("{:016x}", fnv.0).as_str())
+    );
+    assert_eq!(
+        echo["headers"]["x-tollgate-key-id"].as_str(),
+        Some(key.key_id.as_str())
+    );
     assert!(echo["headers"].get("authorization").is_none(), "{echo}");
-    let r = c.head(format!("{}/v1/big/5000", gw.url)).header("X-API-Key", k).send().await.expect("head");
+    let r = c
+        .head(format!("{}/v1/big/5000", gw.url))
+        .header("X-API-Key", k)
+        .send()
+        .await
+        .expect("head");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "5000");
     assert!(r.bytes().await.expect("head body").is_empty());
-    let r = c.get(format!("{}/v1/status/204", gw.url)).header("X-API-Key", k).send().await.expect("204");
+    let r = c
+        .get(format!("{}/v1/status/204", gw.url))
+        .header("X-API-Key", k)
+        .send()
+        .await
+        .expect("204");
     assert_eq!(r.status(), 204);
     let echo: Value = c
         .get(format!("{}/files/a/b?c=1&d=%20", gw.url))
@@ -656,20 +683,43 @@ async fn fast_lane_answers_like_the_general_path() {
         .json()
         .await
         .expect("json");
-    assert_eq!((echo["path"].as_str(), echo["query"].as_str()), (Some("/a/b"), Some("c=1&d=%20")));
+    assert_eq!(
+        (echo["path"].as_str(), echo["query"].as_str()),
+        (Some("/a/b"), Some("c=1&d=%20"))
+    );
 
     // Unkeyed: a sized 1 MB answer, a tiny chunked one, then keep-alive reuse.
-    let r = c.get(format!("{}/open/big/1000000", gw.url)).send().await.expect("big");
-    assert!(pattern_ok(&r.bytes().await.expect("body"), 1_000_000), "sized body differs");
-    let r = c.get(format!("{}/open/chunked/10", gw.url)).send().await.expect("small");
+    let r = c
+        .get(format!("{}/open/big/1000000", gw.url))
+        .send()
+        .await
+        .expect("big");
+    assert!(
+        pattern_ok(&r.bytes().await.expect("body"), 1_000_000),
+        "sized body differs"
+    );
+    let r = c
+        .get(format!("{}/open/chunked/10", gw.url))
+        .send()
+        .await
+        .expect("small");
     assert!(pattern_ok(&r.bytes().await.expect("body"), 10));
     for _ in 0..50 {
-        assert_eq!(c.get(format!("{}/open/x", gw.url)).send().await.expect("open").status(), 200);
+        assert_eq!(
+            c.get(format!("{}/open/x", gw.url))
+                .send()
+                .await
+                .expect("open")
+                .status(),
+            200
+        );
     }
 
     // Two pipelined requests in one write: two answers, in order.
     let addr = gw.url.trim_start_matches("http://").to_string();
-    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     s.write_all(b"GET /open/status/202 HTTP/1.1\r\nHost: gw\r\n\r\nGET /open/first?x=1 HTTP/1.1\r\nHost: gw\r\n\r\n")
         .await
         .expect("write");
@@ -680,12 +730,23 @@ async fn fast_lane_answers_like_the_general_path() {
     assert!(h2.starts_with("HTTP/1.1 200"), "{h2}");
     assert!(String::from_utf8_lossy(&b2).contains("\"query\":\"x=1\""));
     drop(s);
-    assert_eq!(handed_off(&gw.scrape().await), before, "the fast lane handed a connection off");
+    assert_eq!(
+        handed_off(&gw.scrape().await),
+        before,
+        "the fast lane handed a connection off"
+    );
 
     // HTTP/1.0 goes to the general stack, and is answered there.
-    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    s.write_all(b"GET /open/x HTTP/1.0\r\nHost: gw\r\n\r\n").await.expect("write");
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /open/x HTTP/1.0\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("write");
     let (head, _) = read_response(&mut s, &mut Vec::new()).await;
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     assert_eq!(handed_off(&gw.scrape().await), before + 1.0);
 }

@@ -25,6 +25,17 @@ pub trait BackendLink: Send + Sync {
         -> Result<FeedPage, String>;
     /// Delivers a usage batch; the backend applies each `(gateway_id, batch_id)` once.
     async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String>;
+    /// Delivers a usage batch already serialised as `UsageBatch` JSON: the shipper serialises a
+    /// batch once, off the async workers, and journals and sends those same bytes. Links that
+    /// need the struct get it parsed back on a blocking thread by this default.
+    async fn ingest_usage_json(&self, json: Bytes) -> Result<UsageAck, String> {
+        let batch =
+            tokio::task::spawn_blocking(move || serde_json::from_slice::<UsageBatch>(&json))
+                .await
+                .map_err(|e| format!("reading usage batch: {e}"))?
+                .map_err(|e| format!("usage batch is not valid JSON: {e}"))?;
+        self.ingest_usage(&batch).await
+    }
 }
 
 /// A backend reached over HTTP.
@@ -93,6 +104,11 @@ impl BackendLink for RemoteBackend {
 
     async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String> {
         let json = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
+        self.ingest_usage_json(json.into()).await
+    }
+
+    /// Posts the bytes as they are: no serialisation on the caller's (async) thread.
+    async fn ingest_usage_json(&self, json: Bytes) -> Result<UsageAck, String> {
         let req = Request::post(self.uri(USAGE_PATH)?)
             .header(AUTHORIZATION, self.auth.clone())
             .header(http::header::CONTENT_TYPE, "application/json")

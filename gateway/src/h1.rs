@@ -5,7 +5,7 @@
 //! [`crate::proxy`] (key, replica, route/plan, quota, settle, usage, metrics — the very same
 //! functions), writes the rewritten head and the body upstream in one write on a pooled
 //! keep-alive connection, and copies the response back with the gateway's headers added. Nothing
-//! is allocated per request: the buffers belong to the connection and are reused.
+//! buffer is allocated per request: the buffers belong to the connection and are reused.
 //!
 //! The lane takes only the common case: an HTTP/1.1 request with a complete head and a body
 //! that is already buffered (`Content-Length`, no chunked upload), on a configured route whose

@@ -30,7 +30,7 @@
 //! No global lock and nothing held across `.await` on the request path: the route table is an
 //! `ArcSwap`, the replica, quota and usage tables are sharded with short critical sections,
 //! metrics are per-route atomics resolved when the table is built, and header values (identity,
-//! `RateLimit-Policy`) are precomputed per key and per tier. The fast lane allocates nothing per
+//! `RateLimit-Policy`) are precomputed per key and per tier. The fast lane allocates no buffers per
 //! request (its buffers belong to the connection); on the general path, hyper allocates.
 
 pub mod backend;

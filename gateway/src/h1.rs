@@ -4,7 +4,7 @@
 //! connection's buffer, parses it in place (`httparse`), runs the same phases as
 //! [`crate::proxy`] (key, replica, route/plan, quota, settle, usage, metrics — the very same
 //! functions), writes the rewritten head and the body upstream in one write on a pooled
-//! keep-alive connection, and copies the response back with the gateway's headers added. Nothing
+//! keep-alive connection, and copies the response back with the gateway's headers added. No
 //! buffer is allocated per request: the buffers belong to the connection and are reused.
 //!
 //! The lane takes only the common case: an HTTP/1.1 request with a complete head and a body

@@ -67,7 +67,13 @@ function watch(page, label) {
     problems.push(`[${label}] console error: ${text} (${msg.location().url || page.url()})`);
   });
   page.on('pageerror', (err) => problems.push(`[${label}] uncaught: ${err.message}`));
-  page.on('requestfailed', (req) => problems.push(`[${label}] request failed: ${req.url()} ${req.failure()?.errorText}`));
+  page.on('requestfailed', (req) => {
+    // ERR_ABORTED is the browser cancelling a request itself (the page navigated away while its
+    // favicon loaded); the server never failed it. Any other failure is a problem.
+    const why = req.failure()?.errorText;
+    if (why === 'net::ERR_ABORTED' && req.url().endsWith('/favicon.svg')) return;
+    problems.push(`[${label}] request failed: ${req.url()} ${why}`);
+  });
   return expectedStatus;
 }
 

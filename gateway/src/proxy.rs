@@ -320,7 +320,7 @@ pub fn rate_limit_headers<S: HeaderSink + ?Sized>(
     }
 }
 
-fn render_int(buf: &mut [u8; 64], n: impl std::fmt::Display) -> &[u8] {
+pub(crate) fn render_int(buf: &mut [u8; 64], n: impl std::fmt::Display) -> &[u8] {
     use std::io::Write;
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
     let _ = write!(cursor, "{n}");

@@ -10,6 +10,7 @@
 use super::*;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +169,10 @@ impl SqlStore {
                                 "PRAGMA synchronous = NORMAL",
                                 "PRAGMA foreign_keys = ON",
                                 "PRAGMA busy_timeout = 5000",
+                                // Statement journals (multi-row usage statements) in memory,
+                                // and a page cache that holds a busy key table (16 MiB).
+                                "PRAGMA temp_store = MEMORY",
+                                "PRAGMA cache_size = -16384",
                             ] {
                                 sqlx::query(pragma).execute(&mut *conn).await?;
                             }
@@ -774,6 +779,62 @@ impl KeyStore for SqlStore {
     }
 }
 
+/// Rows per multi-row statement of the usage ingest (3 parameters each; far below SQLite's and
+/// PostgreSQL's parameter limits).
+const INGEST_ROWS: usize = 500;
+
+impl Dialect {
+    /// `($1, $2, $3), ($4, $5, $6), ...`: `rows` tuples of `width` parameters. SQLite gets
+    /// anonymous `?`s: its lookup of numbered parameters by name is linear, which makes binding
+    /// a long list quadratic.
+    fn values_list(&self, rows: usize, width: usize) -> String {
+        let mut s = String::with_capacity(rows * width * 6);
+        for r in 0..rows {
+            if r > 0 {
+                s.push_str(", ");
+            }
+            s.push('(');
+            for c in 0..width {
+                if c > 0 {
+                    s.push_str(", ");
+                }
+                match self {
+                    Dialect::Sqlite => s.push('?'),
+                    Dialect::Postgres => {
+                        let _ = write!(s, "${}", r * width + c + 1);
+                    }
+                }
+            }
+            s.push(')');
+        }
+        s
+    }
+}
+
+impl SqlStore {
+    /// Those of `ids` that name no key.
+    async fn unknown_keys<'a>(&self, tx: &mut Tx, ids: &[&'a str]) -> StoreResult<Vec<&'a str>> {
+        let sql = format!(
+            "SELECT v.column1 AS key_id FROM (VALUES {}) AS v \
+             WHERE NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.key_id = v.column1)",
+            self.dialect.values_list(ids.len(), 1)
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let missing = q
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| db_err("unknown keys", e))?;
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| missing.iter().any(|m| m == id))
+            .collect())
+    }
+}
+
 #[async_trait]
 impl UsageStore for SqlStore {
     async fn ingest_usage(&self, batch: &UsageBatch, now: i64) -> StoreResult<bool> {
@@ -799,33 +860,61 @@ impl UsageStore for SqlStore {
         if claimed == 0 {
             return Ok(true);
         }
+        // One statement per table per chunk of rows instead of two per entry: a 10 k-entry batch
+        // (a busy gateway's second) is ~50 statements. Rows are merged first, as one statement
+        // may not touch a row twice, and sorted, so concurrent batches lock keys in one order.
+        let mut daily: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        let mut totals: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
         for e in &batch.entries {
             let count = to_i64(e.count, "count")?;
-            let known = sqlx::query(
-                "UPDATE api_keys SET usage_total = usage_total + $1, \
-                 last_used = CASE WHEN last_used IS NULL OR last_used < $2 THEN $2 ELSE last_used END WHERE key_id = $3",
-            )
-            .bind(count)
-            .bind(e.last_used)
-            .bind(&e.key_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_err("usage total", e))?
-            .rows_affected();
-            if known == 0 {
-                tracing::warn!(key_id = %e.key_id, gateway = %batch.gateway_id, "usage for an unknown key ignored");
-                continue;
+            let d = daily.entry((&e.key_id, &e.day)).or_default();
+            *d = d.saturating_add(count);
+            let t = totals.entry(&e.key_id).or_insert((0, e.last_used));
+            t.0 = t.0.saturating_add(count);
+            t.1 = t.1.max(e.last_used);
+        }
+        let totals: Vec<_> = totals.into_iter().collect();
+        for chunk in totals.chunks(INGEST_ROWS) {
+            let sql = format!(
+                "UPDATE api_keys SET usage_total = api_keys.usage_total + v.column2, \
+                 last_used = CASE WHEN api_keys.last_used IS NULL OR api_keys.last_used < v.column3 \
+                 THEN v.column3 ELSE api_keys.last_used END \
+                 FROM (VALUES {}) AS v WHERE api_keys.key_id = v.column1",
+                self.dialect.values_list(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for (key_id, (count, last_used)) in chunk {
+                q = q.bind(*key_id).bind(*count).bind(*last_used);
             }
-            sqlx::query(
-                "INSERT INTO usage_daily (key_id, day, units) VALUES ($1, $2, $3) \
+            let known = q
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err("usage total", e))?
+                .rows_affected();
+            if known < chunk.len() as u64 {
+                let ids: Vec<&str> = chunk.iter().map(|(k, _)| *k).collect();
+                for unknown in self.unknown_keys(&mut tx, &ids).await? {
+                    tracing::warn!(key_id = %unknown, gateway = %batch.gateway_id, "usage for an unknown key ignored");
+                }
+            }
+        }
+        let daily: Vec<_> = daily.into_iter().collect();
+        for chunk in daily.chunks(INGEST_ROWS) {
+            // The join leaves out unknown keys (warned about above).
+            let sql = format!(
+                "INSERT INTO usage_daily (key_id, day, units) \
+                 SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
+                 JOIN api_keys k ON k.key_id = v.column1 WHERE true \
                  ON CONFLICT (key_id, day) DO UPDATE SET units = usage_daily.units + excluded.units",
-            )
-            .bind(&e.key_id)
-            .bind(&e.day)
-            .bind(count)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_err("daily usage", e))?;
+                self.dialect.values_list(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((key_id, day), count) in chunk {
+                q = q.bind(*key_id).bind(*day).bind(*count);
+            }
+            q.execute(&mut *tx)
+                .await
+                .map_err(|e| db_err("daily usage", e))?;
         }
         tx.commit().await.map_err(|e| db_err("commit", e))?;
         Ok(false)

@@ -27,13 +27,12 @@ pub trait BackendLink: Send + Sync {
     async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String>;
     /// Delivers a usage batch already serialised as `UsageBatch` JSON: the shipper serialises a
     /// batch once, off the async workers, and journals and sends those same bytes. Links that
-    /// need the struct get it parsed back on a blocking thread by this default.
+    /// need the struct get it parsed back on the background thread by this default.
     async fn ingest_usage_json(&self, json: Bytes) -> Result<UsageAck, String> {
-        let batch =
-            tokio::task::spawn_blocking(move || serde_json::from_slice::<UsageBatch>(&json))
-                .await
-                .map_err(|e| format!("reading usage batch: {e}"))?
-                .map_err(|e| format!("usage batch is not valid JSON: {e}"))?;
+        let batch = crate::background::run(move || serde_json::from_slice::<UsageBatch>(&json))
+            .await
+            .map_err(|e| format!("reading usage batch: {e}"))?
+            .map_err(|e| format!("usage batch is not valid JSON: {e}"))?;
         self.ingest_usage(&batch).await
     }
 }

@@ -39,7 +39,7 @@ impl Feed {
     async fn save(&self) {
         let replica = self.replica.clone();
         let path = self.snapshot.clone();
-        match tokio::task::spawn_blocking(move || replica.save_snapshot(&path)).await {
+        match crate::background::run(move || replica.save_snapshot(&path)).await {
             Ok(Ok(n)) => tracing::debug!(keys = n, "key snapshot saved"),
             Ok(Err(e)) => tracing::warn!(error = %e, "key snapshot not saved"),
             Err(e) => tracing::warn!(error = %e, "key snapshot task failed"),

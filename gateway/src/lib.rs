@@ -34,6 +34,7 @@
 //! request (its buffers belong to the connection); on the general path, hyper allocates.
 
 pub mod backend;
+pub mod background;
 pub mod body;
 pub mod config;
 #[cfg(feature = "embedded")]

@@ -17,6 +17,7 @@
 //! A SIGKILL loses only what was counted since the last cut: at most one flush interval.
 
 use crate::backend::BackendLink;
+use crate::background;
 use crate::health::Health;
 use crate::keys::KeyId;
 use crate::metrics::Metrics;
@@ -453,19 +454,19 @@ impl Shipper {
         );
     }
 
-    /// Runs the journal's blocking file work off the async workers.
+    /// Runs the journal's blocking file work off the async workers (on the background thread).
     async fn journal<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Journal) -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
         let j = self.journal.clone();
-        tokio::task::spawn_blocking(move || f(&mut j.lock()))
+        background::run(move || f(&mut j.lock()))
             .await
             .map_err(std::io::Error::other)?
     }
 
     /// Moves the counted units into journaled batches. Only the swap of the shard tables runs
-    /// here; the rest is [`seal_and_journal`] on a blocking thread.
+    /// here; the rest is [`seal_and_journal`] on the background thread.
     async fn cut(&mut self) {
         let drained = self.counter.take();
         if !drained.is_empty() {
@@ -474,7 +475,7 @@ impl Shipper {
             let batches = drained.len().div_ceil(MAX_BATCH_ENTRIES);
             self.next_id += u64::try_from(batches).unwrap_or(u64::MAX);
             let (journal, gateway_id) = (self.journal.clone(), self.gateway_id.clone());
-            match tokio::task::spawn_blocking(move || {
+            match background::run(move || {
                 seal_and_journal(drained, &gateway_id, first_id, &journal)
             })
             .await

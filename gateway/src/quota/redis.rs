@@ -36,6 +36,8 @@ local per_minute = tonumber(ARGV[2])
 local per_day = tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
 local gran = tonumber(ARGV[5])
+-- Every redis.call costs about a microsecond of the server's one thread, so each value is
+-- read once: the meta hash, the newest slot and the oldest ones (two per LRANGE).
 local meta = redis.call('HMGET', KEYS[2], 'w', 'd', 'du')
 local inw = tonumber(meta[1]) or 0
 local day = tonumber(meta[2]) or -1
@@ -44,57 +46,66 @@ local function slot(s)
   local a, b, u = string.match(s, '^(%-?%d+):(%-?%d+):(%d+)$')
   return tonumber(a), tonumber(b), tonumber(u)
 end
--- A clock that lags (another gateway's, or a step back) must not reorder the log.
-local newest = redis.call('LINDEX', KEYS[1], -1)
-if newest then
-  local f, l, u = slot(newest)
-  if now < l then now = l end
+local bf, bl, bu
+local back = redis.call('LINDEX', KEYS[1], -1)
+if back then
+  bf, bl, bu = slot(back)
+  -- A clock that lags (another gateway's, or a step back) must not reorder the log.
+  if now < bl then now = bl end
 end
-while true do
-  local front = redis.call('LINDEX', KEYS[1], 0)
-  if not front then break end
-  local f, l, u = slot(front)
-  if l + W <= now then
-    inw = inw - math.min(u, inw)
-    redis.call('LPOP', KEYS[1])
-  else
-    break
+-- Drop the slots that left the window; ff/fl: the oldest one left (nil when none is).
+local ff, fl
+if back then
+  local expired = 0
+  while not ff do
+    local page = redis.call('LRANGE', KEYS[1], expired, expired + 1)
+    if #page == 0 then break end
+    for i = 1, #page do
+      local f, l, u = slot(page[i])
+      if l + W <= now then
+        inw = inw - math.min(u, inw)
+        expired = expired + 1
+      else
+        ff, fl = f, l
+        break
+      end
+    end
   end
+  if expired > 0 then redis.call('LTRIM', KEYS[1], expired, -1) end
+  if not ff then back = nil end
 end
+-- The window holds what the log holds: none once the log is empty, even if it was dropped by
+-- its own expiry while the meta hash (kept for the day) still counted units in it.
+if not back then inw = 0 end
 local today = math.floor(now / DAY)
-if day ~= today then day = today; du = 0 end
-local function reset_ms()
-  local front = redis.call('LINDEX', KEYS[1], 0)
-  if not front then return 0 end
-  local f, l, u = slot(front)
-  return l + W - now
-end
+local newday = day ~= today
+if newday then day = today; du = 0 end
 local function save()
   redis.call('HSET', KEYS[2], 'w', inw, 'd', day, 'du', du)
-  -- Relative, so it holds whatever clock the gateway runs on: past the window and the day.
-  local midnight = (today + 1) * DAY
-  redis.call('PEXPIRE', KEYS[2], math.max(midnight - now, W) + 60000)
+  if newday then
+    -- Set once a day, relative, so it holds whatever clock the gateway runs on: past the
+    -- window and the day (a later day's first request sets it again).
+    local midnight = (today + 1) * DAY
+    redis.call('PEXPIRE', KEYS[2], math.max(midnight - now, W) + 60000)
+  end
 end
 local minute_ok = inw + cost <= per_minute
 local day_ok = du + cost <= per_day
 if minute_ok and day_ok then
-  local back = redis.call('LINDEX', KEYS[1], -1)
-  local merged = false
-  if back then
-    local f, l, u = slot(back)
-    if math.floor(f / gran) == math.floor(now / gran) then
-      redis.call('LSET', KEYS[1], -1, f .. ':' .. math.max(l, now) .. ':' .. (u + cost))
-      merged = true
-    end
-  end
-  if not merged then
+  if back and math.floor(bf / gran) == math.floor(now / gran) then
+    local l = math.max(bl, now)
+    redis.call('LSET', KEYS[1], -1, bf .. ':' .. l .. ':' .. (bu + cost))
+    if ff == bf then fl = l end
+  else
     redis.call('RPUSH', KEYS[1], now .. ':' .. now .. ':' .. cost)
+    -- A slot's last use stays within `gran` of its first, so this outlives its window.
+    redis.call('PEXPIRE', KEYS[1], W + gran + 60000)
+    if not ff then ff, fl = now, now end
   end
-  redis.call('PEXPIRE', KEYS[1], W + 60000)
   inw = inw + cost
   du = du + cost
   save()
-  return {1, now, math.max(per_minute - inw, 0), reset_ms(), du, math.max(per_day - du, 0)}
+  return {1, now, math.max(per_minute - inw, 0), fl + W - now, du, math.max(per_day - du, 0)}
 end
 local minute_wait = 0
 if not minute_ok then
@@ -120,7 +131,9 @@ if not day_ok then day_wait = (today + 1) * DAY - now end
 save()
 local exceeded = 1
 if minute_ok then exceeded = 2 end
-return {0, exceeded, math.max(minute_wait, day_wait), math.max(per_minute - inw, 0), reset_ms(), du, math.max(per_day - du, 0)}
+local reset = 0
+if fl then reset = fl + W - now end
+return {0, exceeded, math.max(minute_wait, day_wait), math.max(per_minute - inw, 0), reset, du, math.max(per_day - du, 0)}
 "#;
 
 /// KEYS: log list, meta hash. ARGV: at_ms, cost, day. Gives the units back to the slot whose
@@ -383,8 +396,43 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap_or(-3);
-        assert!(log_ttl > 0 && log_ttl <= 120_000, "log ttl {log_ttl}");
+        assert!(log_ttl > 0 && log_ttl <= 120_001, "log ttl {log_ttl}");
         assert!(meta_ttl > 0, "meta ttl {meta_ttl}");
+    }
+
+    /// Redis drops an idle key's log by its TTL while the day's meta hash lives on: the units
+    /// that were in the log must not stay counted in the window.
+    #[tokio::test]
+    async fn a_log_expired_by_redis_leaves_nothing_in_the_window() {
+        let clock = Arc::new(ManualClock::at(conformance::NOON));
+        let Some(store) = make(clock.clone()).await else {
+            return;
+        };
+        let limits = Limits {
+            per_minute: 3,
+            per_day: 100,
+        };
+        for _ in 0..3 {
+            assert!(matches!(
+                store.decide(KeyId(78), limits, 1).await,
+                Ok(Decision::Admitted { .. })
+            ));
+        }
+        clock.advance(150_000);
+        let (log, _) = store.keys(KeyId(78));
+        let mut conn = store.connection().await.unwrap_or_else(|e| panic!("{e}"));
+        let _: i64 = redis::cmd("DEL")
+            .arg(&log)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        match store.decide(KeyId(78), limits, 1).await {
+            Ok(Decision::Admitted { usage, .. }) => {
+                assert_eq!(usage.minute_remaining, 2);
+                assert_eq!(usage.day_used, 4);
+            }
+            other => panic!("expected admission, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -122,6 +122,31 @@ async fn slow_heads_are_cut_off_and_oversized_requests_refused() {
         start.elapsed()
     );
 
+    // An idle keep-alive connection (one whole request answered, then silence) is closed
+    // after the same timeout, less at most its slack (a sixteenth).
+    let mut s = TcpStream::connect(addr(&gw.url)).await.expect("connect");
+    s.write_all(b"GET /open/x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let start = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle connection is kept open");
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "idle connection closed too early: {:?}",
+        start.elapsed()
+    );
+
     let big = "x".repeat(20_000);
     let r = client()
         .get(format!("{}/open/x", gw.url))

@@ -6,8 +6,11 @@
 #   SKIP_BUILD=1 benches/run.sh    # use the release binaries already in $CARGO_TARGET_DIR
 #
 # Every server is pinned to core $SERVER_CPU (taskset), wrk and the upstream to core $LOAD_CPU.
-# Each case: a 2 s warm-up, then $RUNS runs of $DURATION s at $CONNECTIONS connections (wrk, one
-# thread, --latency); the table shows per-column medians. Server CPU is utime+stime from
+# Each case: $RUNS runs of $DURATION s at $CONNECTIONS connections (wrk, one thread, --latency),
+# each after a 2 s warm-up; the table shows per-column medians. The cases compared with each
+# other (b, c, d, e) run interleaved, round by round (b c d e, b c d e, ...), with all their
+# servers up and only the measured one loaded: this VM's speed drifts by 10-30 % over minutes,
+# and interleaving spreads the drift over every case instead of onto whichever ran last. Server CPU is utime+stime from
 # /proc/<pid>/stat (the whole process: every thread, and for nginx the master and its worker)
 # over each run, divided by the requests wrk completed.
 #
@@ -46,6 +49,7 @@ fi
 WARMUP=2
 CLK_TCK=$(getconf CLK_TCK)
 UP_PORT=18090 UP_DIRECT_PORT=18091 NGINX_PORT=18081 GW_PORT=18080 GW_METRICS=19464 BE_PORT=18082
+GW_REDIS_PORT=18083 GW_REDIS_METRICS=19465
 RUN=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
 FEED_TOKEN=bench-feed-token-$(date +%s)
 PIDS=()
@@ -150,7 +154,8 @@ nginx_start() { # nginx_start CONF PORT UPSTREAM CPU -> LAST_PID
 }
 
 gateway_config() { # gateway_config MODE(remote|embedded) DATA_DIR [EXTRA_GATEWAY_LINES] -> path
-    local f=$RUN/gateway-$1.toml
+    # (listens on $GW_PORT, metrics on $GW_METRICS)
+    local f=$RUN/gateway-$1-$GW_PORT.toml
     cat >"$f" <<EOF
 [gateway]
 listen = "127.0.0.1:$GW_PORT"
@@ -198,9 +203,10 @@ gateway_start() { # gateway_start CONFIG NAME -> LAST_PID, once /ready shows $KE
 }
 
 ROWS=()
-# measure NAME PID PORT PATH METHOD KEYED(0|1)
-measure() {
-    local name=$1 pid=$2 port=$3 path=$4 method=$5 keyed=$6 i
+# One wrk run against a case; appends its figures to the case's lists (R_RPS etc., keyed by name).
+declare -A R_RPS R_P50 R_P99 R_CPU R_BUSY R_ERRS R_PID
+run_once() { # run_once NAME PID PORT PATH METHOD KEYED(0|1) RUN_NUMBER
+    local name=$1 pid=$2 port=$3 path=$4 method=$5 keyed=$6 i=$7
     local url=http://127.0.0.1:$port$path
     local script=()
     if [[ $keyed == 1 ]]; then
@@ -209,37 +215,55 @@ measure() {
         log "unkeyed $method not supported"; return 1
     fi
     export KEYS_FILE=$RUN/keys.txt BENCH_PATH=$path BENCH_METHOD=$method
-    log "$name: warm-up ${WARMUP}s"
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${script[@]}" "$url" >/dev/null
-    local rps=() p50=() p99=() cpu=() busy=() errs=0
-    for ((i = 1; i <= RUNS; i++)); do
-        local t0 b0 t1 b1 out
-        t0=$(cpu_ticks "$pid"); b0=$(core_busy "$SERVER_CPU")
-        out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "$url")
-        t1=$(cpu_ticks "$pid"); b1=$(core_busy "$SERVER_CPU")
-        echo "$out" >"$RUN/wrk-${name// /_}-$i.txt"
-        local reqs r l50 l99 non2xx
-        reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-        r=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-        l50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-        l99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-        non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-        errs=$((errs + ${non2xx:-0}))
-        rps+=("$r"); p50+=("$l50"); p99+=("$l99")
-        cpu+=("$(awk -v t=$((t1 - t0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')")
-        # How busy the server's core was, against how much of that was the server itself.
-        busy+=("$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN {printf "%.0f", (b > 0 ? 100 * (b - t) / b : 0)}')")
-        log "$name run $i: $r req/s, p50 ${l50} ms, p99 ${l99} ms, ${cpu[-1]} µs CPU/req, other load on core $SERVER_CPU ${busy[-1]} %"
-    done
-    local mr m50 m99 mc mb rss=""
-    mr=$(printf '%s\n' "${rps[@]}" | median)
-    m50=$(printf '%s\n' "${p50[@]}" | median)
-    m99=$(printf '%s\n' "${p99[@]}" | median)
-    mc=$(printf '%s\n' "${cpu[@]}" | median)
-    mb=$(printf '%s\n' "${busy[@]}" | median)
-    [[ -r /proc/$pid/status ]] && rss=$(($(rss_kb "$pid") / 1024))
-    ROWS+=("$name|$mr|$m50|$m99|$mc|$errs|$mb|$rss")
+    local t0 b0 t1 b1 out
+    t0=$(cpu_ticks "$pid"); b0=$(core_busy "$SERVER_CPU")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "$url")
+    t1=$(cpu_ticks "$pid"); b1=$(core_busy "$SERVER_CPU")
+    echo "$out" >"$RUN/wrk-${name// /_}-$i.txt"
+    local reqs r l50 l99 non2xx cpu busy
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    r=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    l50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    l99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+    cpu=$(awk -v t=$((t1 - t0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+    # How busy the server's core was, against how much of that was the server itself.
+    busy=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN {printf "%.0f", (b > 0 ? 100 * (b - t) / b : 0)}')
+    R_RPS[$name]+="$r "; R_P50[$name]+="$l50 "; R_P99[$name]+="$l99 "
+    R_CPU[$name]+="$cpu "; R_BUSY[$name]+="$busy "
+    R_ERRS[$name]=$((${R_ERRS[$name]:-0} + ${non2xx:-0})); R_PID[$name]=$pid
+    log "$name run $i: $r req/s, p50 ${l50} ms, p99 ${l99} ms, $cpu µs CPU/req, other load on core $SERVER_CPU $busy %"
 }
+
+# The medians of a case's runs, as a row of the table (RSS of its server now).
+summarize() { # summarize NAME
+    local name=$1 pid=${R_PID[$1]} rss=""
+    local med=()
+    local list
+    for list in "${R_RPS[$name]}" "${R_P50[$name]}" "${R_P99[$name]}" "${R_CPU[$name]}" "${R_BUSY[$name]}"; do
+        med+=("$(tr ' ' '\n' <<<"$list" | grep . | median)")
+    done
+    [[ -r /proc/$pid/status ]] && rss=$(($(rss_kb "$pid") / 1024))
+    ROWS+=("$name|${med[0]}|${med[1]}|${med[2]}|${med[3]}|${R_ERRS[$name]}|${med[4]}|$rss")
+}
+
+# measure_set SPEC...: each SPEC is "NAME|PID|PORT|PATH|METHOD|KEYED"; $RUNS rounds, each case
+# once per round in the order given, then one row per case.
+measure_set() {
+    local i spec name pid port path method keyed
+    for ((i = 1; i <= RUNS; i++)); do
+        for spec in "$@"; do
+            IFS='|' read -r name pid port path method keyed <<<"$spec"
+            run_once "$name" "$pid" "$port" "$path" "$method" "$keyed" "$i"
+        done
+    done
+    for spec in "$@"; do
+        summarize "${spec%%|*}"
+    done
+}
+
+measure() { measure_set "$1|$2|$3|$4|$5|$6"; } # measure NAME PID PORT PATH METHOD KEYED
 
 row() { local IFS='|'; for r in "${ROWS[@]}"; do read -r n rest <<<"$r"; [[ $n == "$1" ]] && { echo "$r"; return; }; done; }
 col() { row "$1" | cut -d'|' -f"$2"; }
@@ -263,12 +287,10 @@ nginx_start upstream.conf "$UP_DIRECT_PORT" - "$SERVER_CPU"; pid=$LAST_PID
 measure "a upstream (nginx return 200)" "$pid" "$UP_DIRECT_PORT" /bench/hello GET 0
 stop "$pid"
 
-# b: nginx reverse proxy.
-nginx_start proxy.conf "$NGINX_PORT" "127.0.0.1:$UP_PORT" "$SERVER_CPU"; pid=$LAST_PID
-measure "b nginx proxy_pass" "$pid" "$NGINX_PORT" /bench/hello GET 1
-stop "$pid"
-
-# c, d: the gateway with a remote backend on the load core.
+# b, c, d, e: nginx as a reverse proxy, the gateway (remote backend on the load core, as in a
+# fleet), its validate endpoint, and a second gateway in Redis quota mode, all up at once and
+# measured interleaved.
+nginx_start proxy.conf "$NGINX_PORT" "127.0.0.1:$UP_PORT" "$SERVER_CPU"; NGINX_PROXY=$LAST_PID
 cat >"$RUN/backend.toml" <<EOF
 [backend]
 listen = "127.0.0.1:$BE_PORT"
@@ -280,15 +302,14 @@ BACKEND=$!
 PIDS+=("$BACKEND")
 wait_http "http://127.0.0.1:$BE_PORT/health" 30
 cfg=$(gateway_config remote "$RUN/gw-remote")
-gateway_start "$cfg" gw-remote; pid=$LAST_PID
-measure "c gateway (key + quota)" "$pid" "$GW_PORT" /bench/hello GET 1
-measure "d validate endpoint" "$pid" "$GW_PORT" /api/marketplace/keys/validate POST 1
-THREADS=$(ls "/proc/$pid/task" | wc -l)
-stop "$pid"
+gateway_start "$cfg" gw-remote; GATEWAY=$LAST_PID
+SET=("b nginx proxy_pass|$NGINX_PROXY|$NGINX_PORT|/bench/hello|GET|1"
+    "c gateway (key + quota)|$GATEWAY|$GW_PORT|/bench/hello|GET|1"
+    "d validate endpoint|$GATEWAY|$GW_PORT|/api/marketplace/keys/validate|POST|1")
 
 # e: Redis quota mode. A private redis-server on the load core (as a fleet's Redis is another
 # machine): the measured core runs the gateway alone, as in c.
-REDIS_NOTE=""
+REDIS_NOTE="" REDIS_PID="" REDIS_GATEWAY=""
 REDIS_PORT=${REDIS_PORT:-16379}
 if command -v redis-server >/dev/null 2>&1; then
     taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
@@ -296,19 +317,21 @@ if command -v redis-server >/dev/null 2>&1; then
     REDIS_PID=$!
     PIDS+=("$REDIS_PID")
     for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    cfg=$(gateway_config remote "$RUN/gw-redis" "redis_url = \"redis://127.0.0.1:$REDIS_PORT\"")
-    if gateway_start "$cfg" gw-redis 2>/dev/null; then
-        pid=$LAST_PID
-        measure "e gateway + Redis quota" "$pid" "$GW_PORT" /bench/hello GET 1
-        stop "$pid"
+    cfg=$(GW_PORT=$GW_REDIS_PORT GW_METRICS=$GW_REDIS_METRICS gateway_config remote "$RUN/gw-redis" \
+        "redis_url = \"redis://127.0.0.1:$REDIS_PORT\"")
+    if GW_PORT=$GW_REDIS_PORT gateway_start "$cfg" gw-redis 2>/dev/null; then
+        REDIS_GATEWAY=$LAST_PID
+        SET+=("e gateway + Redis quota|$REDIS_GATEWAY|$GW_REDIS_PORT|/bench/hello|GET|1")
     else
         REDIS_NOTE="not measured: the gateway did not start with \`redis_url\` (see $RUN/gw-redis.log)"
     fi
-    stop "$REDIS_PID"
 else
     REDIS_NOTE="not measured: redis-server is not installed (apt-get install redis-server)"
 fi
-stop "$BACKEND"
+
+measure_set "${SET[@]}"
+THREADS=$(ls "/proc/$GATEWAY/task" | wc -l)
+for p in $REDIS_GATEWAY $REDIS_PID $GATEWAY $NGINX_PROXY $BACKEND; do stop "$p"; done
 
 # c': embedded backend (one process, the quick-start shape).
 cfg=$(gateway_config embedded "$RUN/gw-embedded")
@@ -347,7 +370,7 @@ SNAP_MB=$(($(stat -c %s "$RUN/gw-mem/keys.snapshot") / 1048576))
 mem_gateway() { # mem_gateway DATA_DIR NAME EXPECTED_KEYS -> MEM="rss_mb hwm_mb load_ms"
     local cfg=$RUN/gateway-$2.toml
     sed -e "s#^data_dir = .*#data_dir = \"$1\"#" -e "s#^url = .*#url = \"http://127.0.0.1:9\"#" \
-        "$RUN/gateway-remote.toml" >"$cfg"
+        "$RUN/gateway-remote-$GW_PORT.toml" >"$cfg"
     local keys_saved=$KEYS
     KEYS=$3
     local pid

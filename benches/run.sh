@@ -410,7 +410,7 @@ RPS_RATIO=$(ratio "$G_RPS" "$N_RPS") CPU_RATIO=$(ratio "$G_CPU" "$N_CPU") P99_DI
 {
     echo "# tollgate load benchmark results"
     echo
-    echo "Written by \`benches/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') (commit $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet -- gateway benches || echo ', with uncommitted changes'))."
+    echo "Written by \`benches/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') (commit $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet -- gateway benches ':!benches/RESULTS*.md' || echo ', with uncommitted changes'))."
     echo "Command: \`$([[ ${QUICK:-0} == 1 ]] && echo 'QUICK=1 ')CARGO_TARGET_DIR=$CARGO_TARGET_DIR benches/run.sh\`"
     echo
     echo "Servers pinned to core $SERVER_CPU, wrk (1 thread, $CONNECTIONS connections) and the upstream nginx on core $LOAD_CPU."

@@ -9,7 +9,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -25,8 +25,9 @@ impl std::fmt::Display for Failed {
 
 impl std::error::Error for Failed {}
 
-fn queue() -> Option<mpsc::Sender<Job>> {
-    static QUEUE: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+/// The background thread's queue, started on first use (None if it could not be started).
+fn queue() -> Option<&'static mpsc::Sender<Job>> {
+    static QUEUE: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
     QUEUE
         .get_or_init(|| {
             let (tx, rx) = mpsc::channel::<Job>();
@@ -40,10 +41,9 @@ fn queue() -> Option<mpsc::Sender<Job>> {
                 })
                 .map_err(|e| tracing::error!(error = %e, "background thread not started"))
                 .ok()
-                .map(|_| Mutex::new(tx))
+                .map(|_| tx)
         })
         .as_ref()
-        .map(|tx| tx.lock().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
 /// Nice 19 for the calling thread (on Linux the nice value is per thread). Failure only

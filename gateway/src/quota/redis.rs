@@ -252,17 +252,13 @@ impl RedisQuota {
     ) -> Result<Decision, QuotaError> {
         let now = self.clock.now_ms();
         let state = self.state_key(key);
-        let mut conn = self.connection().await?;
         let mut inv = self.reserve.key(state);
         inv.arg(now)
             .arg(limits.per_minute)
             .arg(limits.per_day)
             .arg(cost)
             .arg(coarse_granularity(limits.per_minute));
-        let out: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
-            .await
-            .map_err(|_| QuotaError(format!("Redis did not answer within {:?}", self.timeout)))?
-            .map_err(err)?;
+        let out: Vec<i64> = self.invoke(&inv).await?;
         let u = |i: usize| out.get(i).copied().unwrap_or(0);
         let secs = |ms: i64| super::ceil_secs(ms);
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
@@ -303,14 +299,22 @@ impl RedisQuota {
 
     pub async fn give_back(&self, r: Reservation) -> Result<(), QuotaError> {
         let state = self.state_key(r.key);
-        let mut conn = self.connection().await?;
         let mut inv = self.refund.key(state);
         inv.arg(r.at_ms).arg(r.cost).arg(r.day());
-        let _: i64 = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+        let _: i64 = self.invoke(&inv).await?;
+        Ok(())
+    }
+
+    /// Runs a script on the shared connection, within the configured timeout.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, QuotaError> {
+        let mut conn = self.connection().await?;
+        tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
             .await
             .map_err(|_| QuotaError(format!("Redis did not answer within {:?}", self.timeout)))?
-            .map_err(err)?;
-        Ok(())
+            .map_err(err)
     }
 }
 

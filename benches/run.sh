@@ -10,9 +10,9 @@
 # each after a 2 s warm-up; the table shows per-column medians. The cases compared with each
 # other (b, c, d, e) run interleaved, round by round (b c d e, b c d e, ...), with all their
 # servers up and only the measured one loaded: this VM's speed drifts by 10-30 % over minutes,
-# and interleaving spreads the drift over every case instead of onto whichever ran last. Server CPU is utime+stime from
-# /proc/<pid>/stat (the whole process: every thread, and for nginx the master and its worker)
-# over each run, divided by the requests wrk completed.
+# and interleaving spreads the drift over every case instead of onto whichever ran last.
+# Server CPU is utime+stime from /proc/<pid>/stat (the whole process: every thread, and for
+# nginx the master and its worker) over each run, divided by the requests wrk completed.
 #
 # Cases:
 #   a  upstream        nginx `return 200` directly (a second instance of the upstream, on core 0)
@@ -307,8 +307,8 @@ SET=("b nginx proxy_pass|$NGINX_PROXY|$NGINX_PORT|/bench/hello|GET|1"
     "c gateway (key + quota)|$GATEWAY|$GW_PORT|/bench/hello|GET|1"
     "d validate endpoint|$GATEWAY|$GW_PORT|/api/marketplace/keys/validate|POST|1")
 
-# e: Redis quota mode. A private redis-server on the load core (as a fleet's Redis is another
-# machine): the measured core runs the gateway alone, as in c.
+# e: Redis quota mode, a second gateway. A private redis-server on the load core (as a fleet's
+# Redis is another machine): the measured core holds only servers, as in c (the others idle).
 REDIS_NOTE="" REDIS_PID="" REDIS_GATEWAY=""
 REDIS_PORT=${REDIS_PORT:-16379}
 if command -v redis-server >/dev/null 2>&1; then

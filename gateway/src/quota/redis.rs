@@ -24,8 +24,9 @@ use crate::keys::KeyId;
 use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 use redis::Script;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tollgate_protocol::plans::Limits;
 
 /// The start of both scripts: reads a key's state. The log is the string `KEYS[2]`: slots of
@@ -45,146 +46,154 @@ local DAY = 86400000
 local S = 13
 local FRONT = 4 * S
 local HEAD = '<I8i4I8I4I4'
-local st = redis.call('GET', KEYS[1])
-local inw, day, du, h, n, b, f = 0, nil, 0, 0, 0, '', ''
-if st then
-  inw, day, du, h, n = struct.unpack(HEAD, st)
-  if n > 0 then
-    b = string.sub(st, 29, 28 + S)
-    f = string.sub(st, 29 + S)
-  end
+-- inw, day (nil when there is no state), du, h, n, b, f
+local function load(kq)
+  local st = redis.call('GET', kq)
+  if not st then return 0, nil, 0, 0, 0, '', '' end
+  local inw, day, du, h, n = struct.unpack(HEAD, st)
+  if n == 0 then return inw, day, du, h, n, '', '' end
+  return inw, day, du, h, n, string.sub(st, 29, 28 + S), string.sub(st, 29 + S)
 end
 "#;
 
-/// KEYS: the key's state, its log. ARGV: now_ms, per_minute, per_day, cost, granularity_ms.
-/// Returns {1, at_ms, minute_remaining, reset_ms, day_used, day_remaining} when admitted,
+/// KEYS: for each decision of the batch, the key's state and its log. ARGV: for each, now_ms,
+/// per_minute, per_day, cost, granularity_ms. Returns one reply per decision, in order:
+/// {1, at_ms, minute_remaining, reset_ms, day_used, day_remaining} when admitted,
 /// {0, exceeded (1 minute, 2 day), wait_ms, minute_remaining, reset_ms, day_used, day_remaining}
-/// when rejected.
+/// when rejected. Decisions on the same key in one batch see each other, in order.
 const RESERVE: &str = r#"
-local now = tonumber(ARGV[1])
-local per_minute = tonumber(ARGV[2])
-local per_day = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
-local gran = tonumber(ARGV[5])
--- The last slot, and the first one still in the window (its end is when units free up).
-local bf, bd, bu = 0, 0, 0
-local front_last = nil
-if n > h then
-  bf, bd, bu = struct.unpack('<i6BI6', b)
-  -- A clock that lags (another gateway's, or a step back) must not reorder the log.
-  if now < bf + bd then now = bf + bd end
-end
--- Drop the slots that left the window (oldest first), refilling the front copy as it empties.
-local used = 0
-while h + used < n do
-  if used >= #f then
+local out = {}
+for j = 1, #KEYS / 2 do
+  local kq, kl = KEYS[2 * j - 1], KEYS[2 * j]
+  local now = tonumber(ARGV[5 * j - 4])
+  local per_minute = tonumber(ARGV[5 * j - 3])
+  local per_day = tonumber(ARGV[5 * j - 2])
+  local cost = tonumber(ARGV[5 * j - 1])
+  local gran = tonumber(ARGV[5 * j])
+  local inw, day, du, h, n, b, f = load(kq)
+  -- The last slot, and the first one still in the window (its end is when units free up).
+  local bf, bd, bu = 0, 0, 0
+  local front_last = nil
+  if n > h then
+    bf, bd, bu = struct.unpack('<i6BI6', b)
+    -- A clock that lags (another gateway's, or a step back) must not reorder the log.
+    if now < bf + bd then now = bf + bd end
+  end
+  -- Drop the slots that left the window (oldest first), refilling the front copy as it empties.
+  local used = 0
+  while h + used < n do
+    if used >= #f then
+      h = h + used
+      used = 0
+      f = redis.call('GETRANGE', kl, h, math.min(h + FRONT, n) - 1)
+      -- (a log that is not there is an empty one)
+      if #f < S then h = n break end
+    end
+    local sf, sd, u = struct.unpack('<i6BI6', f, used + 1)
+    if sf + sd + W > now then
+      front_last = sf + sd
+      break
+    end
+    inw = inw - math.min(u, inw)
+    used = used + S
+  end
+  if used > 0 then
     h = h + used
-    used = 0
-    f = redis.call('GETRANGE', KEYS[2], h, math.min(h + FRONT, n) - 1)
-    -- (a log that is not there is an empty one)
-    if #f < S then h = n break end
+    f = string.sub(f, used + 1)
   end
-  local sf, sd, u = struct.unpack('<i6BI6', f, used + 1)
-  if sf + sd + W > now then
-    front_last = sf + sd
-    break
+  if h >= n then
+    inw = 0; h = 0; n = 0; f = ''; b = ''
+  elseif h >= 4096 and h >= n - h then
+    -- Compaction: the live slots move to the start (amortised: once per h/S expired slots).
+    redis.call('SET', kl, redis.call('GETRANGE', kl, h, n - 1), 'KEEPTTL')
+    n = n - h; h = 0
   end
-  inw = inw - math.min(u, inw)
-  used = used + S
-end
-if used > 0 then
-  h = h + used
-  f = string.sub(f, used + 1)
-end
-if h >= n then
-  inw = 0; h = 0; n = 0; f = ''; b = ''
-elseif h >= 4096 and h >= n - h then
-  -- Compaction: the live slots move to the start (amortised: once per h/S expired slots).
-  redis.call('SET', KEYS[2], redis.call('GETRANGE', KEYS[2], h, n - 1), 'KEEPTTL')
-  n = n - h; h = 0
-end
-local today = math.floor(now / DAY)
-local newday = day ~= today
-if newday then day = today; du = 0 end
--- Past the window and the day: relative, so it holds whatever clock the gateway runs on.
-local ttl = math.max((today + 1) * DAY - now, W) + 60000
-local minute_ok = inw + cost <= per_minute
-local day_ok = du + cost <= per_day
-local wait = 0
-if minute_ok and day_ok then
-  local merged = false
-  if n > 0 then
-    if math.floor(bf / gran) == math.floor(now / gran) then
-      b = struct.pack('<i6BI6', bf, math.max(bd, now - bf), bu + cost)
-      if n - h == S then front_last = math.max(bf + bd, now) end
-      redis.call('SETRANGE', KEYS[2], n - S, b)
-      -- (the front copy holds the last slot too when it reaches the end of the log)
-      if h + #f == n then f = string.sub(f, 1, #f - S) .. b end
-      merged = true
-    end
-  end
-  if not merged then
-    b = struct.pack('<i6BI6', now, 0, cost)
-    if n == 0 then
-      front_last = now
-      -- The log's TTL is never shorter than the state's: the state never points into a log
-      -- that expired.
-      redis.call('SET', KEYS[2], b, 'PX', ttl)
-    else
-      redis.call('APPEND', KEYS[2], b)
-    end
-    if h + #f == n and #f < FRONT then f = f .. b end
-    n = n + S
-  end
-  inw = inw + cost
-  du = du + cost
-else
-  if not minute_ok then
-    wait = W
-    if cost <= per_minute then
-      -- The front copy first; the rest of the log only when it does not free enough.
-      local need = inw + cost - per_minute
-      local freed = 0
-      local log, i, fetched = f, 0, false
-      while true do
-        if i >= #log then
-          if fetched or h + #f >= n then break end
-          log, i, fetched = redis.call('GETRANGE', KEYS[2], h + #f, n - 1), 0, true
-        end
-        local sf, sd, u = struct.unpack('<i6BI6', log, i + 1)
-        freed = freed + u
-        if freed >= need then
-          wait = sf + sd + W - now
-          break
-        end
-        i = i + S
+  local today = math.floor(now / DAY)
+  local newday = day ~= today
+  if newday then day = today; du = 0 end
+  -- Past the window and the day: relative, so it holds whatever clock the gateway runs on.
+  local ttl = math.max((today + 1) * DAY - now, W) + 60000
+  local minute_ok = inw + cost <= per_minute
+  local day_ok = du + cost <= per_day
+  local wait = 0
+  if minute_ok and day_ok then
+    local merged = false
+    if n > 0 then
+      if math.floor(bf / gran) == math.floor(now / gran) then
+        b = struct.pack('<i6BI6', bf, math.max(bd, now - bf), bu + cost)
+        if n - h == S then front_last = math.max(bf + bd, now) end
+        redis.call('SETRANGE', kl, n - S, b)
+        -- (the front copy holds the last slot too when it reaches the end of the log)
+        if h + #f == n then f = string.sub(f, 1, #f - S) .. b end
+        merged = true
       end
     end
+    if not merged then
+      b = struct.pack('<i6BI6', now, 0, cost)
+      if n == 0 then
+        front_last = now
+        -- The log's TTL is never shorter than the state's: the state never points into a log
+        -- that expired.
+        redis.call('SET', kl, b, 'PX', ttl)
+      else
+        redis.call('APPEND', kl, b)
+      end
+      if h + #f == n and #f < FRONT then f = f .. b end
+      n = n + S
+    end
+    inw = inw + cost
+    du = du + cost
+  else
+    if not minute_ok then
+      wait = W
+      if cost <= per_minute then
+        -- The front copy first; the rest of the log only when it does not free enough.
+        local need = inw + cost - per_minute
+        local freed = 0
+        local log, i, fetched = f, 0, false
+        while true do
+          if i >= #log then
+            if fetched or h + #f >= n then break end
+            log, i, fetched = redis.call('GETRANGE', kl, h + #f, n - 1), 0, true
+          end
+          local sf, sd, u = struct.unpack('<i6BI6', log, i + 1)
+          freed = freed + u
+          if freed >= need then
+            wait = sf + sd + W - now
+            break
+          end
+          i = i + S
+        end
+      end
+    end
+    if not day_ok then wait = math.max(wait, (today + 1) * DAY - now) end
   end
-  if not day_ok then wait = math.max(wait, (today + 1) * DAY - now) end
+  local state = struct.pack(HEAD, inw, day, du, h, n) .. b .. f
+  if newday then
+    -- Set once a day (the next day's first request sets it again).
+    redis.call('SET', kq, state, 'PX', ttl)
+    redis.call('PEXPIRE', kl, ttl)
+  else
+    redis.call('SET', kq, state, 'KEEPTTL')
+  end
+  local reset = 0
+  if front_last then reset = front_last + W - now end
+  if minute_ok and day_ok then
+    out[j] = {1, now, math.max(per_minute - inw, 0), reset, du, math.max(per_day - du, 0)}
+  else
+    local exceeded = 1
+    if minute_ok then exceeded = 2 end
+    out[j] = {0, exceeded, wait, math.max(per_minute - inw, 0), reset, du, math.max(per_day - du, 0)}
+  end
 end
-local state = struct.pack(HEAD, inw, day, du, h, n) .. b .. f
-if newday then
-  -- Set once a day (the next day's first request sets it again).
-  redis.call('SET', KEYS[1], state, 'PX', ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-else
-  redis.call('SET', KEYS[1], state, 'KEEPTTL')
-end
-local reset = 0
-if front_last then reset = front_last + W - now end
-if minute_ok and day_ok then
-  return {1, now, math.max(per_minute - inw, 0), reset, du, math.max(per_day - du, 0)}
-end
-local exceeded = 1
-if minute_ok then exceeded = 2 end
-return {0, exceeded, wait, math.max(per_minute - inw, 0), reset, du, math.max(per_day - du, 0)}
+return out
 "#;
 
 /// KEYS: the key's state, its log. ARGV: at_ms, cost, day. Gives the units back to the
 /// slot whose span holds `at_ms` (if still in the window) and to the day counter (if still
 /// that day).
 const REFUND: &str = r#"
+local inw, day, du, h, n, b, f = load(KEYS[1])
 local at = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
 if not day then return 0 end
@@ -210,17 +219,36 @@ redis.call('SET', KEYS[1], struct.pack(HEAD, inw, day, du, h, n) .. b .. f, 'KEE
 return 1
 "#;
 
+/// Decisions sent to Redis in one script call at most (more wait for the next call).
+const BATCH: usize = 64;
+
 pub struct RedisQuota {
+    link: Arc<Link>,
+    clock: Arc<dyn Clock>,
+    /// Key namespace (`tg` in production; tests use a random one per test).
+    prefix: String,
+    /// Decisions waiting for the batcher task, started on the first decision.
+    queue: OnceLock<mpsc::UnboundedSender<Job>>,
+}
+
+/// The connection and the scripts, shared by the store and its batcher.
+struct Link {
     client: redis::Client,
     /// The multiplexed connection, made on first use (Redis may be down when a gateway starts).
     conn: ArcSwapOption<ConnectionManager>,
     connecting: tokio::sync::Mutex<()>,
     reserve: Script,
     refund: Script,
-    clock: Arc<dyn Clock>,
-    /// Key namespace (`tg` in production; tests use a random one per test).
-    prefix: String,
     timeout: Duration,
+}
+
+/// One decision waiting to be sent.
+struct Job {
+    keys: [String; 2],
+    now: i64,
+    limits: Limits,
+    cost: u64,
+    reply: oneshot::Sender<Result<Vec<i64>, QuotaError>>,
 }
 
 fn err(e: impl std::fmt::Display) -> QuotaError {
@@ -238,62 +266,34 @@ impl RedisQuota {
     ) -> Result<RedisQuota, QuotaError> {
         let client = redis::Client::open(url).map_err(err)?;
         Ok(RedisQuota {
-            client,
-            conn: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
-            reserve: Script::new(&[COMMON, RESERVE].concat()),
-            refund: Script::new(&[COMMON, REFUND].concat()),
+            link: Arc::new(Link {
+                client,
+                conn: ArcSwapOption::empty(),
+                connecting: tokio::sync::Mutex::new(()),
+                reserve: Script::new(&[COMMON, RESERVE].concat()),
+                refund: Script::new(&[COMMON, REFUND].concat()),
+                timeout,
+            }),
             clock,
             prefix: prefix.to_string(),
-            timeout,
+            queue: OnceLock::new(),
         })
-    }
-
-    /// The shared connection, connecting once if there is none yet (one attempt at a time;
-    /// concurrent callers fail fast instead of queueing behind it).
-    async fn connection(&self) -> Result<ConnectionManager, QuotaError> {
-        if let Some(c) = self.conn.load_full() {
-            return Ok((*c).clone());
-        }
-        let Ok(_guard) = self.connecting.try_lock() else {
-            return Err(QuotaError("connecting to Redis".to_string()));
-        };
-        if let Some(c) = self.conn.load_full() {
-            return Ok((*c).clone());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let manager = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| {
-            QuotaError(format!(
-                "connecting to Redis timed out after {:?}",
-                self.timeout * 2
-            ))
-        })?
-        .map_err(err)?;
-        self.conn.store(Some(Arc::new(manager.clone())));
-        Ok(manager)
     }
 
     /// Connects now (used at start to say early whether Redis answers).
     pub async fn ping(&self) -> Result<(), QuotaError> {
-        let mut conn = self.connection().await?;
+        let link = &self.link;
+        let mut conn = link.connection().await?;
         let _: String =
-            tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
+            tokio::time::timeout(link.timeout, redis::cmd("PING").query_async(&mut conn))
                 .await
                 .map_err(|_| QuotaError("Redis PING timed out".to_string()))?
                 .map_err(err)?;
         Ok(())
     }
 
-    /// The Redis keys of an API key's quota state: its state and its log (braces: a hash tag,
-    /// so that both live in one Redis Cluster slot).
+    /// The Redis keys of an API key's quota state: its state and its log (one hash tag, the
+    /// key id, in both).
     fn state_keys(&self, key: KeyId) -> [String; 2] {
         let base = format!("{}:{{{:016x}}}:", self.prefix, key.0);
         [format!("{base}q"), base + "l"]
@@ -305,16 +305,22 @@ impl RedisQuota {
         limits: Limits,
         cost: u64,
     ) -> Result<Decision, QuotaError> {
-        let now = self.clock.now_ms();
-        let [state, log] = self.state_keys(key);
-        let mut inv = self.reserve.key(state);
-        inv.key(log);
-        inv.arg(now)
-            .arg(limits.per_minute)
-            .arg(limits.per_day)
-            .arg(cost)
-            .arg(coarse_granularity(limits.per_minute));
-        let out: Vec<i64> = self.invoke(&inv).await?;
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            keys: self.state_keys(key),
+            now: self.clock.now_ms(),
+            limits,
+            cost,
+            reply,
+        };
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(batcher(self.link.clone(), rx));
+            tx
+        });
+        let stopped = || QuotaError("the Redis quota batcher stopped".to_string());
+        queue.send(job).map_err(|_| stopped())?;
+        let out = answer.await.map_err(|_| stopped())??;
         let u = |i: usize| out.get(i).copied().unwrap_or(0);
         let secs = |ms: i64| super::ceil_secs(ms);
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
@@ -355,11 +361,96 @@ impl RedisQuota {
 
     pub async fn give_back(&self, r: Reservation) -> Result<(), QuotaError> {
         let [state, log] = self.state_keys(r.key);
-        let mut inv = self.refund.key(state);
+        let mut inv = self.link.refund.key(state);
         inv.key(log);
         inv.arg(r.at_ms).arg(r.cost).arg(r.day());
-        let _: i64 = self.invoke(&inv).await?;
+        let _: i64 = self.link.invoke(&inv).await?;
         Ok(())
+    }
+
+    #[cfg(test)]
+    async fn connection(&self) -> Result<ConnectionManager, QuotaError> {
+        self.link.connection().await
+    }
+}
+
+/// Sends the queued decisions in batches of up to [`BATCH`], one script call each: whatever
+/// queued while the batcher waited for its turn on the runtime goes out together, and several
+/// batches may be in flight on the multiplexed connection. Redis spends ~2 µs per script call
+/// on top of the decisions themselves, and the gateway one command's encoding per batch.
+async fn batcher(link: Arc<Link>, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let mut jobs = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut jobs, BATCH).await > 0 {
+        let batch = std::mem::replace(&mut jobs, Vec::with_capacity(BATCH));
+        tokio::spawn(link.clone().send(batch));
+    }
+}
+
+impl Link {
+    /// One script call for a batch; every decision gets its reply, or the call's error.
+    async fn send(self: Arc<Self>, batch: Vec<Job>) {
+        let mut inv = self.reserve.prepare_invoke();
+        for job in &batch {
+            inv.key(&job.keys[0]).key(&job.keys[1]);
+            inv.arg(job.now)
+                .arg(job.limits.per_minute)
+                .arg(job.limits.per_day)
+                .arg(job.cost)
+                .arg(coarse_granularity(job.limits.per_minute));
+        }
+        let replies = match self.invoke::<Vec<Vec<i64>>>(&inv).await {
+            Ok(replies) if replies.len() == batch.len() => Ok(replies),
+            Ok(replies) => Err(QuotaError(format!(
+                "the quota script answered {} decisions of {}",
+                replies.len(),
+                batch.len()
+            ))),
+            Err(e) => Err(e),
+        };
+        match replies {
+            Ok(replies) => {
+                for (job, reply) in batch.into_iter().zip(replies) {
+                    let _ = job.reply.send(Ok(reply));
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// The shared connection, connecting once if there is none yet (one attempt at a time;
+    /// concurrent callers fail fast instead of queueing behind it).
+    async fn connection(&self) -> Result<ConnectionManager, QuotaError> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let Ok(_guard) = self.connecting.try_lock() else {
+            return Err(QuotaError("connecting to Redis".to_string()));
+        };
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let manager = tokio::time::timeout(
+            self.timeout * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| {
+            QuotaError(format!(
+                "connecting to Redis timed out after {:?}",
+                self.timeout * 2
+            ))
+        })?
+        .map_err(err)?;
+        self.conn.store(Some(Arc::new(manager.clone())));
+        Ok(manager)
     }
 
     /// Runs a script on the shared connection, within the configured timeout.

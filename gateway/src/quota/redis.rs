@@ -15,8 +15,10 @@
 //! NTP-synchronised clocks; the script never lets a key's log go backwards in time, so a gateway
 //! whose clock lags can only count its units slightly longer.
 //!
-//! Requests share one multiplexed connection ([`redis::aio::ConnectionManager`]): concurrent
-//! scripts are pipelined on it, and it reconnects by itself when Redis comes back.
+//! Decisions that wait at the same moment go out together, as one script call ([`batcher`]);
+//! calls share one multiplexed connection ([`redis::aio::ConnectionManager`]), pipelined, which
+//! reconnects by itself when Redis comes back. One call carries many keys, so this needs a single
+//! Redis (or a primary), not Redis Cluster.
 
 use super::local::coarse_granularity;
 use super::{Clock, Decision, Exceeded, QuotaError, QuotaStore, Reservation, Usage};

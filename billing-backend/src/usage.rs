@@ -23,12 +23,18 @@ pub struct MinuteWindow {
 }
 
 impl MinuteWindow {
-    fn record(&self, key_id: &str, at: i64, units: u64, now: i64) {
+    /// Records a batch's entries under one lock; a key's id is copied only the first time.
+    fn record_all<'a>(&self, entries: impl Iterator<Item = (&'a str, i64, u64)>, now: i64) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let q = map.entry(key_id.to_string()).or_default();
-        q.push_back((at, units));
-        while q.front().is_some_and(|(t, _)| *t <= now - 60) {
-            q.pop_front();
+        for (key_id, at, units) in entries {
+            let q = match map.get_mut(key_id) {
+                Some(q) => q,
+                None => map.entry(key_id.to_string()).or_default(),
+            };
+            q.push_back((at, units));
+            while q.front().is_some_and(|(t, _)| *t <= now - 60) {
+                q.pop_front();
+            }
         }
         // Forget idle keys so the map stays small.
         if map.len() > 100_000 {
@@ -80,11 +86,18 @@ pub async fn ingest(state: &AppState, batch: UsageBatch) -> Result<UsageAck, Api
     let now = state.now();
     let duplicate = state.store.ingest_usage(&batch, now).await?;
     if !duplicate {
-        let mut units = 0u64;
-        for e in &batch.entries {
-            state.minute.record(&e.key_id, e.last_used, e.count, now);
-            units = units.saturating_add(e.count);
-        }
+        let units = batch
+            .entries
+            .iter()
+            .map(|e| e.count)
+            .fold(0u64, u64::saturating_add);
+        state.minute.record_all(
+            batch
+                .entries
+                .iter()
+                .map(|e| (e.key_id.as_str(), e.last_used, e.count)),
+            now,
+        );
         state.metrics.usage_units.inc_by(units);
     }
     state

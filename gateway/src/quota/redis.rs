@@ -45,16 +45,22 @@ use tollgate_protocol::plans::Limits;
 const COMMON: &str = r#"
 local W = 60000
 local DAY = 86400000
+local SLOT = '<i6BI6'
 local S = 13
 local FRONT = 4 * S
 local HEAD = '<I8i4I8I4I4'
+local HS = 28
 -- inw, day (nil when there is no state), du, h, n, b, f
 local function load(kq)
   local st = redis.call('GET', kq)
   if not st then return 0, nil, 0, 0, 0, '', '' end
   local inw, day, du, h, n = struct.unpack(HEAD, st)
   if n == 0 then return inw, day, du, h, n, '', '' end
-  return inw, day, du, h, n, string.sub(st, 29, 28 + S), string.sub(st, 29 + S)
+  return inw, day, du, h, n, string.sub(st, HS + 1, HS + S), string.sub(st, HS + S + 1)
+end
+-- The state string `load` reads.
+local function state(inw, day, du, h, n, b, f)
+  return struct.pack(HEAD, inw, day, du, h, n) .. b .. f
 end
 "#;
 
@@ -76,7 +82,7 @@ for j = 1, #KEYS / 2 do
   local bf, bd, bu = 0, 0, 0
   local front_last = nil
   if n > h then
-    bf, bd, bu = struct.unpack('<i6BI6', b)
+    bf, bd, bu = struct.unpack(SLOT, b)
     -- A clock that lags (another gateway's, or a step back) must not reorder the log.
     if now < bf + bd then now = bf + bd end
   end
@@ -90,7 +96,7 @@ for j = 1, #KEYS / 2 do
       -- (a log that is not there is an empty one)
       if #f < S then h = n break end
     end
-    local sf, sd, u = struct.unpack('<i6BI6', f, used + 1)
+    local sf, sd, u = struct.unpack(SLOT, f, used + 1)
     if sf + sd + W > now then
       front_last = sf + sd
       break
@@ -121,7 +127,7 @@ for j = 1, #KEYS / 2 do
     local merged = false
     if n > 0 then
       if math.floor(bf / gran) == math.floor(now / gran) then
-        b = struct.pack('<i6BI6', bf, math.max(bd, now - bf), bu + cost)
+        b = struct.pack(SLOT, bf, math.max(bd, now - bf), bu + cost)
         if n - h == S then front_last = math.max(bf + bd, now) end
         redis.call('SETRANGE', kl, n - S, b)
         -- (the front copy holds the last slot too when it reaches the end of the log)
@@ -130,7 +136,7 @@ for j = 1, #KEYS / 2 do
       end
     end
     if not merged then
-      b = struct.pack('<i6BI6', now, 0, cost)
+      b = struct.pack(SLOT, now, 0, cost)
       if n == 0 then
         front_last = now
         -- The log's TTL is never shorter than the state's: the state never points into a log
@@ -157,7 +163,7 @@ for j = 1, #KEYS / 2 do
             if fetched or h + #f >= n then break end
             log, i, fetched = redis.call('GETRANGE', kl, h + #f, n - 1), 0, true
           end
-          local sf, sd, u = struct.unpack('<i6BI6', log, i + 1)
+          local sf, sd, u = struct.unpack(SLOT, log, i + 1)
           freed = freed + u
           if freed >= need then
             wait = sf + sd + W - now
@@ -169,13 +175,13 @@ for j = 1, #KEYS / 2 do
     end
     if not day_ok then wait = math.max(wait, (today + 1) * DAY - now) end
   end
-  local state = struct.pack(HEAD, inw, day, du, h, n) .. b .. f
+  local st = state(inw, day, du, h, n, b, f)
   if newday then
     -- Set once a day (the next day's first request sets it again).
-    redis.call('SET', kq, state, 'PX', ttl)
+    redis.call('SET', kq, st, 'PX', ttl)
     redis.call('PEXPIRE', kl, ttl)
   else
-    redis.call('SET', kq, state, 'KEEPTTL')
+    redis.call('SET', kq, st, 'KEEPTTL')
   end
   local reset = 0
   if front_last then reset = front_last + W - now end
@@ -204,10 +210,10 @@ end
 local log = f
 if h + #f < n then log = f .. redis.call('GETRANGE', KEYS[2], h + #f, n - 1) end
 for i = 0, #log / S - 1 do
-  local sf, sd, u = struct.unpack('<i6BI6', log, i * S + 1)
+  local sf, sd, u = struct.unpack(SLOT, log, i * S + 1)
   if sf <= at and at <= sf + sd then
     local back = math.min(cost, u)
-    local slot = struct.pack('<i6BI6', sf, sd, u - back)
+    local slot = struct.pack(SLOT, sf, sd, u - back)
     local off = i * S
     redis.call('SETRANGE', KEYS[2], h + off, slot)
     if off < #f then f = string.sub(f, 1, off) .. slot .. string.sub(f, off + S + 1) end
@@ -216,7 +222,7 @@ for i = 0, #log / S - 1 do
     break
   end
 end
-redis.call('SET', KEYS[1], struct.pack(HEAD, inw, day, du, h, n) .. b .. f, 'KEEPTTL')
+redis.call('SET', KEYS[1], state(inw, day, du, h, n, b, f), 'KEEPTTL')
 return 1
 "#;
 

@@ -115,6 +115,7 @@ impl Backend {
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(crate::billing::expiry_sweep(state.clone(), stop_rx.clone()));
         crate::providers::spawn_background(&state, stop_rx.clone());
+        tokio::spawn(crate::usage::settle_loop(state.clone(), stop_rx.clone()));
         tokio::spawn(crate::feed::watch_head(state.clone(), stop_rx));
         Ok(Backend {
             state,

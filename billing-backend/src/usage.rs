@@ -12,6 +12,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
 use tollgate_protocol::day::{day_index, format_day, parse_day};
 use tollgate_protocol::feed::{UsageAck, UsageBatch, MAX_BATCH_ENTRIES};
 
@@ -110,6 +112,25 @@ pub async fn ingest(state: &AppState, batch: UsageBatch) -> Result<UsageAck, Api
         batch_id: batch.batch_id,
         duplicate,
     })
+}
+
+/// How often accepted usage batches are applied (summed per key). Reads apply what is pending
+/// first, so this bounds only how much waits, not what a read sees.
+pub const SETTLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Applies pending usage every [`SETTLE_EVERY`] (closing the store applies the rest).
+pub async fn settle_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SETTLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = state.store.settle_usage().await {
+            tracing::warn!(error = %e, "pending usage could not be applied; retrying");
+        }
+    }
 }
 
 async fn key_usage(

@@ -97,6 +97,8 @@ conformance!(
     concurrent_duplicate_batches_count_once,
     large_batches_span_statements,
     concurrent_batches_over_the_same_keys_all_count,
+    usage_is_pending_until_settled_or_read,
+    settles_racing_ingests_and_reads_count_everything_once,
     subscription_moves_keys_and_ledgers,
     due_subscriptions_found,
     idempotency_states,
@@ -580,6 +582,112 @@ async fn concurrent_batches_over_the_same_keys_all_count(s: Arc<SqlStore>) {
         let u = s.usage_of(id, "2026-11-25", 30).await.expect("usage");
         assert_eq!((u.today, u.total), (21, 21));
     }
+}
+
+async fn count(s: &SqlStore, sql: &str) -> i64 {
+    s.raw_count(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// An accepted batch is stored as one pending row and applied when settled or before a read;
+/// a damaged pending row is left out without stopping the others.
+async fn usage_is_pending_until_settled_or_read(s: Arc<SqlStore>) {
+    let k = s
+        .create_key(new_key("nina", "cli_free_n", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    let pending = "SELECT COUNT(*) FROM usage_pending";
+    let daily = "SELECT COUNT(*) FROM usage_daily";
+    assert!(!s
+        .ingest_usage(&batch("gw1", 1, vec![(&k.key_id, "2026-11-25", 2, 1100)]), 2000)
+        .await
+        .expect("ingest"));
+    assert_eq!((count(&s, pending).await, count(&s, daily).await), (1, 0));
+    assert_eq!(s.settle_usage().await.expect("settle"), 1);
+    assert_eq!((count(&s, pending).await, count(&s, daily).await), (0, 1));
+    assert_eq!(s.settle_usage().await.expect("settle"), 0, "nothing left");
+    for id in 2..=3 {
+        s.ingest_usage(&batch("gw1", id, vec![(&k.key_id, "2026-11-25", 3, 1000 + id as i64)]), 2000)
+            .await
+            .expect("ingest");
+    }
+    assert_eq!(count(&s, pending).await, 2);
+    let key = s.get_key(&k.key_id).await.expect("get");
+    assert_eq!((key.usage_total, key.last_used), (8, Some(1100)), "a read settles first");
+    assert_eq!(count(&s, pending).await, 0);
+
+    let damaged = match s.dialect() {
+        super::sql::Dialect::Sqlite => "X'0500ff'",
+        super::sql::Dialect::Postgres => "'\\x0500ff'::bytea",
+    };
+    s.raw_execute(&format!(
+        "INSERT INTO usage_pending (gateway_id, batch_id, entries) VALUES ('gw9', 1, {damaged})"
+    ))
+    .await
+    .expect("insert damaged row");
+    s.ingest_usage(&batch("gw1", 4, vec![(&k.key_id, "2026-11-25", 1, 1300)]), 2000)
+        .await
+        .expect("ingest");
+    assert_eq!(s.settle_usage().await.expect("settle"), 2);
+    let u = s.usage_of(&k.key_id, "2026-11-25", 30).await.expect("usage");
+    assert_eq!((u.today, u.total, u.last_used), (9, 9, Some(1300)));
+    assert_eq!(count(&s, pending).await, 0);
+}
+
+/// Gateways ingesting, two settlers and a reader at once: every unit is applied exactly once
+/// (on PostgreSQL, settlers on several connections take turns instead of double-applying).
+async fn settles_racing_ingests_and_reads_count_everything_once(s: Arc<SqlStore>) {
+    let ids = Arc::new(many_keys(&s, "olga", 40).await);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut helpers = Vec::new();
+    for _ in 0..2 {
+        let (s, done) = (s.clone(), done.clone());
+        helpers.push(tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                s.settle_usage().await.expect("settle");
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    {
+        let (s, ids, done) = (s.clone(), ids.clone(), done.clone());
+        helpers.push(tokio::spawn(async move {
+            let mut last = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let u = s.usage_of(&ids[0], "2026-11-25", 30).await.expect("usage");
+                assert!(u.total >= last, "usage never goes backwards");
+                last = u.total;
+            }
+        }));
+    }
+    let mut gateways = Vec::new();
+    for g in 0..4u64 {
+        let (s, ids) = (s.clone(), ids.clone());
+        gateways.push(tokio::spawn(async move {
+            for b in 0..15 {
+                let entries = ids
+                    .iter()
+                    .map(|id| (id.as_str(), "2026-11-25", g + 1, 2000 + b))
+                    .collect();
+                let first = !s
+                    .ingest_usage(&batch(&format!("gw{g}"), b as u64, entries), 3000)
+                    .await
+                    .expect("ingest");
+                assert!(first);
+            }
+        }));
+    }
+    for t in gateways {
+        t.await.expect("join");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in helpers {
+        t.await.expect("join");
+    }
+    for id in ids.iter() {
+        let u = s.usage_of(id, "2026-11-25", 30).await.expect("usage");
+        assert_eq!((u.today, u.total, u.last_used), (150, 150, Some(2014)));
+    }
+    assert_eq!(count(&s, "SELECT COUNT(*) FROM usage_pending").await, 0);
 }
 
 async fn subscription_moves_keys_and_ledgers(s: Arc<SqlStore>) {

@@ -8,6 +8,7 @@
 //! touched, so a gateway sees either all of it or none of it.
 
 pub mod payments;
+pub mod pending;
 pub mod schema;
 pub mod sql;
 
@@ -273,8 +274,13 @@ pub trait KeyStore: Send + Sync {
 
 #[async_trait]
 pub trait UsageStore: Send + Sync {
-    /// Applies a batch once per (gateway_id, batch_id); returns true when it was a duplicate.
+    /// Accepts a batch once per (gateway_id, batch_id), durably; returns true when it was a
+    /// duplicate. Accepted batches are applied by [`UsageStore::settle_usage`], which every read
+    /// of usage (here and in key records) runs first.
     async fn ingest_usage(&self, batch: &UsageBatch, now: i64) -> StoreResult<bool>;
+    /// Applies every accepted batch not yet applied, summed per key, in one transaction;
+    /// returns how many batches that was.
+    async fn settle_usage(&self) -> StoreResult<usize>;
     async fn usage_of(
         &self,
         key_id: &str,

@@ -212,6 +212,13 @@ CREATE TABLE stripe_prices (
   PRIMARY KEY (plan, cycle))
 "#;
 
+/// Usage batches that are durable but not yet applied (see `store::pending`): the payload holds
+/// the batch's entries; a row is deleted in the transaction that applies it.
+const V5_SQLITE: &str = "CREATE TABLE usage_pending (gateway_id TEXT NOT NULL, \
+    batch_id BIGINT NOT NULL, entries BLOB NOT NULL, PRIMARY KEY (gateway_id, batch_id))";
+const V5_POSTGRES: &str = "CREATE TABLE usage_pending (gateway_id TEXT NOT NULL, \
+    batch_id BIGINT NOT NULL, entries BYTEA NOT NULL, PRIMARY KEY (gateway_id, batch_id))";
+
 /// `(version, sqlite statements, postgres statements)`, in order.
 pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
     let split = |s: &'static str| -> Vec<&'static str> {
@@ -229,5 +236,6 @@ pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
         (2, split(V2_COMMON), split(V2_COMMON)),
         (3, split(V3_COMMON), split(V3_COMMON)),
         (4, split(V4_SEPA), split(V4_SEPA)),
+        (5, vec![V5_SQLITE], vec![V5_POSTGRES]),
     ]
 }

@@ -4,7 +4,7 @@
 //! with SQL both SQLite and PostgreSQL speak.
 
 use crate::store::sql::{db_err, SqlStore};
-use crate::store::{Cause, StoreError, StoreResult};
+use crate::store::{Cause, StoreError, StoreResult, UsageStore};
 use async_trait::async_trait;
 use sqlx::Row;
 
@@ -279,6 +279,7 @@ impl StripeStore for SqlStore {
         since_day: &str,
         user_id: Option<&str>,
     ) -> StoreResult<Vec<UsageLine>> {
+        self.settle_usage().await?;
         let rows = sqlx::query(
             "SELECT u.key_id AS key_id, k.user_id AS user_id, c.customer_id AS customer_id, u.day AS day, u.units AS metered, \
              CAST(COALESCE((SELECT SUM(m.value) FROM meter_exports m WHERE m.key_id = u.key_id AND m.period = u.day), 0) AS BIGINT) AS recorded, \

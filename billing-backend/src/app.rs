@@ -7,7 +7,7 @@ use crate::config::BackendConfig;
 use crate::feed::FeedHub;
 use crate::metrics::Metrics;
 use crate::store::sql::SqlStore;
-use crate::store::Store;
+use crate::store::{Store, UsageRow};
 use crate::usage::MinuteWindow;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -144,7 +144,8 @@ impl Backend {
     }
 
     pub async fn ingest_usage(&self, batch: UsageBatch) -> Result<UsageAck, String> {
-        crate::usage::ingest(&self.state, batch)
+        let rows: Vec<UsageRow<'_>> = batch.entries.iter().map(UsageRow::from).collect();
+        crate::usage::ingest(&self.state, &batch.gateway_id, batch.batch_id, &rows)
             .await
             .map_err(|e| e.to_string())
     }

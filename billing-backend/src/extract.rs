@@ -13,6 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 pub struct ValidatedJson<T>(pub T);
 
@@ -28,13 +29,17 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for ValidatedJson<T> {
     }
 }
 
-/// Parses JSON with a message naming the field that is wrong.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// Parses JSON with a message naming the field that is wrong. Bodies are parsed directly; only
+/// a body that fails is parsed again with path tracking, to name the field in the message.
+pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad(
             "invalid_json",
             "request body is empty; expected a JSON object",
         ));
+    }
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize::<_, T>(de) {

@@ -14,8 +14,8 @@ use axum::{Json, Router};
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::feed::{
-    FeedKey, FeedPage, FeedQuery, GraceHash, KeyState, UsageAck, UsageBatch, DEFAULT_PAGE,
-    FEED_PATH, MAX_PAGE, MAX_WAIT_SECS, USAGE_PATH,
+    FeedKey, FeedPage, FeedQuery, GraceHash, KeyState, UsageAck, DEFAULT_PAGE, FEED_PATH, MAX_PAGE,
+    MAX_WAIT_SECS, USAGE_PATH,
 };
 use tollgate_protocol::plans::Limits;
 
@@ -153,8 +153,10 @@ async fn usage_handler(
     State(state): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<Json<UsageAck>, ApiError> {
-    let batch: UsageBatch = parse_json(&body)?;
-    crate::usage::ingest(&state, batch).await.map(Json)
+    let batch: crate::usage::BatchIn<'_> = parse_json(&body)?;
+    crate::usage::ingest(&state, &batch.gateway_id, batch.batch_id, &batch.rows())
+        .await
+        .map(Json)
 }
 
 pub fn router() -> Router<AppState> {

@@ -585,7 +585,9 @@ async fn concurrent_batches_over_the_same_keys_all_count(s: Arc<SqlStore>) {
 }
 
 async fn count(s: &SqlStore, sql: &str) -> i64 {
-    s.raw_count(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    s.raw_count(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// An accepted batch is stored as one pending row and applied when settled or before a read;
@@ -598,7 +600,10 @@ async fn usage_is_pending_until_settled_or_read(s: Arc<SqlStore>) {
     let pending = "SELECT COUNT(*) FROM usage_pending";
     let daily = "SELECT COUNT(*) FROM usage_daily";
     assert!(!s
-        .ingest_usage(&batch("gw1", 1, vec![(&k.key_id, "2026-11-25", 2, 1100)]), 2000)
+        .ingest_usage(
+            &batch("gw1", 1, vec![(&k.key_id, "2026-11-25", 2, 1100)]),
+            2000
+        )
         .await
         .expect("ingest"));
     assert_eq!((count(&s, pending).await, count(&s, daily).await), (1, 0));
@@ -606,13 +611,24 @@ async fn usage_is_pending_until_settled_or_read(s: Arc<SqlStore>) {
     assert_eq!((count(&s, pending).await, count(&s, daily).await), (0, 1));
     assert_eq!(s.settle_usage().await.expect("settle"), 0, "nothing left");
     for id in 2..=3 {
-        s.ingest_usage(&batch("gw1", id, vec![(&k.key_id, "2026-11-25", 3, 1000 + id as i64)]), 2000)
-            .await
-            .expect("ingest");
+        s.ingest_usage(
+            &batch(
+                "gw1",
+                id,
+                vec![(&k.key_id, "2026-11-25", 3, 1000 + id as i64)],
+            ),
+            2000,
+        )
+        .await
+        .expect("ingest");
     }
     assert_eq!(count(&s, pending).await, 2);
     let key = s.get_key(&k.key_id).await.expect("get");
-    assert_eq!((key.usage_total, key.last_used), (8, Some(1100)), "a read settles first");
+    assert_eq!(
+        (key.usage_total, key.last_used),
+        (8, Some(1100)),
+        "a read settles first"
+    );
     assert_eq!(count(&s, pending).await, 0);
 
     let damaged = match s.dialect() {
@@ -624,11 +640,17 @@ async fn usage_is_pending_until_settled_or_read(s: Arc<SqlStore>) {
     ))
     .await
     .expect("insert damaged row");
-    s.ingest_usage(&batch("gw1", 4, vec![(&k.key_id, "2026-11-25", 1, 1300)]), 2000)
-        .await
-        .expect("ingest");
+    s.ingest_usage(
+        &batch("gw1", 4, vec![(&k.key_id, "2026-11-25", 1, 1300)]),
+        2000,
+    )
+    .await
+    .expect("ingest");
     assert_eq!(s.settle_usage().await.expect("settle"), 2);
-    let u = s.usage_of(&k.key_id, "2026-11-25", 30).await.expect("usage");
+    let u = s
+        .usage_of(&k.key_id, "2026-11-25", 30)
+        .await
+        .expect("usage");
     assert_eq!((u.today, u.total, u.last_used), (9, 9, Some(1300)));
     assert_eq!(count(&s, pending).await, 0);
 }

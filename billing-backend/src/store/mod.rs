@@ -17,7 +17,7 @@ pub use payments::{PayStatus, Payment, PaymentStore, Settled};
 use async_trait::async_trait;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use tollgate_protocol::feed::UsageBatch;
+use tollgate_protocol::feed::{UsageBatch, UsageEntry};
 use tollgate_protocol::keys::KeyHash;
 
 #[derive(Debug)]
@@ -272,12 +272,47 @@ pub trait KeyStore: Send + Sync {
     async fn key_stats(&self, now: i64) -> StoreResult<KeyStats>;
 }
 
+/// One usage entry as the store takes it: a key's units on a UTC day, borrowed from a request
+/// body or a stored batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageRow<'a> {
+    pub key_id: &'a str,
+    /// `YYYY-MM-DD`
+    pub day: &'a str,
+    pub count: u64,
+    /// Unix seconds of the last admitted request counted here.
+    pub last_used: i64,
+}
+
+impl<'a> From<&'a UsageEntry> for UsageRow<'a> {
+    fn from(e: &'a UsageEntry) -> Self {
+        UsageRow {
+            key_id: &e.key_id,
+            day: &e.day,
+            count: e.count,
+            last_used: e.last_used,
+        }
+    }
+}
+
 #[async_trait]
 pub trait UsageStore: Send + Sync {
     /// Accepts a batch once per (gateway_id, batch_id), durably; returns true when it was a
     /// duplicate. Accepted batches are applied by [`UsageStore::settle_usage`], which every read
     /// of usage (here and in key records) runs first.
-    async fn ingest_usage(&self, batch: &UsageBatch, now: i64) -> StoreResult<bool>;
+    async fn ingest_rows(
+        &self,
+        gateway_id: &str,
+        batch_id: u64,
+        rows: &[UsageRow<'_>],
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// [`UsageStore::ingest_rows`] for an owned batch.
+    async fn ingest_usage(&self, batch: &UsageBatch, now: i64) -> StoreResult<bool> {
+        let rows: Vec<UsageRow<'_>> = batch.entries.iter().map(UsageRow::from).collect();
+        self.ingest_rows(&batch.gateway_id, batch.batch_id, &rows, now)
+            .await
+    }
     /// Applies every accepted batch not yet applied, summed per key, in one transaction;
     /// returns how many batches that was.
     async fn settle_usage(&self) -> StoreResult<usize>;

@@ -7,7 +7,7 @@
 //! every transaction that bumps a key's sequence, so sequences commit in order and a gateway
 //! reading `seq > since` never skips a change that commits later with a lower number.
 
-use super::pending::{self, PendingEntry};
+use super::pending;
 use super::*;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -853,7 +853,7 @@ impl SqlStore {
     async fn apply_usage<'a>(
         &self,
         tx: &mut Tx,
-        entries: impl Iterator<Item = PendingEntry<'a>>,
+        entries: impl Iterator<Item = UsageRow<'a>>,
     ) -> StoreResult<()> {
         let mut daily: HashMap<(&str, &str), i64> = HashMap::new();
         let mut totals: HashMap<&str, (i64, i64)> = HashMap::new();
@@ -925,23 +925,25 @@ impl SqlStore {
 
 #[async_trait]
 impl UsageStore for SqlStore {
-    async fn ingest_usage(&self, batch: &UsageBatch, now: i64) -> StoreResult<bool> {
-        let payload = pending::encode(&batch.entries)?;
-        let batch_id = to_i64(batch.batch_id, "batch_id")?;
-        let units: u64 = batch
-            .entries
-            .iter()
-            .map(|e| e.count)
-            .fold(0u64, u64::saturating_add);
+    async fn ingest_rows(
+        &self,
+        gateway_id: &str,
+        batch_id: u64,
+        rows: &[UsageRow<'_>],
+        now: i64,
+    ) -> StoreResult<bool> {
+        let payload = pending::encode(rows)?;
+        let batch_id = to_i64(batch_id, "batch_id")?;
+        let units: u64 = rows.iter().map(|e| e.count).fold(0u64, u64::saturating_add);
         let mut tx = self.begin().await?;
         let claimed = sqlx::query(
             "INSERT INTO usage_batches (gateway_id, batch_id, received_at, entries, units) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (gateway_id, batch_id) DO NOTHING",
         )
-        .bind(&batch.gateway_id)
+        .bind(gateway_id)
         .bind(batch_id)
         .bind(now)
-        .bind(to_i64(u64::try_from(batch.entries.len()).unwrap_or(u64::MAX), "entries")?)
+        .bind(to_i64(u64::try_from(rows.len()).unwrap_or(u64::MAX), "entries")?)
         .bind(to_i64(units, "units")?)
         .execute(&mut *tx)
         .await
@@ -950,13 +952,15 @@ impl UsageStore for SqlStore {
         if claimed == 0 {
             return Ok(true);
         }
-        sqlx::query("INSERT INTO usage_pending (gateway_id, batch_id, entries) VALUES ($1, $2, $3)")
-            .bind(&batch.gateway_id)
-            .bind(batch_id)
-            .bind(payload)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_err("pending usage", e))?;
+        sqlx::query(
+            "INSERT INTO usage_pending (gateway_id, batch_id, entries) VALUES ($1, $2, $3)",
+        )
+        .bind(gateway_id)
+        .bind(batch_id)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_err("pending usage", e))?;
         tx.commit().await.map_err(|e| db_err("commit", e))?;
         Ok(false)
     }

@@ -18,6 +18,7 @@ use tollgate_protocol::feed::{
     MAX_WAIT_SECS, USAGE_PATH,
 };
 use tollgate_protocol::plans::Limits;
+use tollgate_protocol::usage_wire;
 
 #[derive(Clone)]
 pub struct FeedHub {
@@ -148,11 +149,27 @@ async fn feed_handler(
 /// Usage batches can be far larger than a management request, so this route has its own limit.
 const USAGE_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
+/// Takes a batch as JSON (`UsageBatch`) or in the binary form gateways send
+/// ([`usage_wire::CONTENT_TYPE`]).
 async fn usage_handler(
     _: FeedAuth,
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<UsageAck>, ApiError> {
+    let binary = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == usage_wire::CONTENT_TYPE);
+    if binary {
+        let bad = |e: String| ApiError::bad("invalid_body", e);
+        let (gateway_id, batch_id, entries) = usage_wire::read_header(&body).map_err(bad)?;
+        let mut rows = Vec::with_capacity(entries.len() / 48);
+        usage_wire::read_entries(entries, |r| rows.push(r)).map_err(bad)?;
+        return crate::usage::ingest(&state, gateway_id, batch_id, &rows)
+            .await
+            .map(Json);
+    }
     let batch: crate::usage::BatchIn<'_> = parse_json(&body)?;
     crate::usage::ingest(&state, &batch.gateway_id, batch.batch_id, &batch.rows())
         .await

@@ -13,8 +13,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch, FEED_PATH, USAGE_PATH};
+use tollgate_protocol::usage_wire;
 
 pub type HttpClient = Client<HttpConnector, Body>;
 
@@ -25,10 +27,15 @@ pub trait BackendLink: Send + Sync {
         -> Result<FeedPage, String>;
     /// Delivers a usage batch; the backend applies each `(gateway_id, batch_id)` once.
     async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String>;
-    /// Delivers a usage batch already serialised as `UsageBatch` JSON: the shipper serialises a
-    /// batch once, off the async workers, and journals and sends those same bytes. Links that
-    /// need the struct get it parsed back on the background thread by this default.
-    async fn ingest_usage_json(&self, json: Bytes) -> Result<UsageAck, String> {
+    /// Delivers a usage batch already serialised, as `UsageBatch` JSON and (when it fits) in
+    /// the binary form: the shipper serialises a batch once, off the async workers, and
+    /// journals the JSON. This default (links that need the struct) parses the JSON back on the
+    /// background thread; the remote link sends the binary form.
+    async fn ingest_usage_sealed(
+        &self,
+        json: Bytes,
+        _binary: Option<Bytes>,
+    ) -> Result<UsageAck, String> {
         let batch = crate::background::run(move || serde_json::from_slice::<UsageBatch>(&json))
             .await
             .map_err(|e| format!("reading usage batch: {e}"))?
@@ -42,6 +49,8 @@ pub struct RemoteBackend {
     client: HttpClient,
     base: Uri,
     auth: HeaderValue,
+    /// Cleared when the backend refuses the binary usage form.
+    binary_usage: AtomicBool,
 }
 
 /// Largest feed page body accepted (a 50,000-key page is ~20 MB of JSON).
@@ -52,7 +61,12 @@ impl RemoteBackend {
         let mut auth = HeaderValue::from_str(&format!("Bearer {feed_token}"))
             .map_err(|_| "backend.feed_token: must be printable ASCII".to_string())?;
         auth.set_sensitive(true);
-        Ok(RemoteBackend { client, base, auth })
+        Ok(RemoteBackend {
+            client,
+            base,
+            auth,
+            binary_usage: AtomicBool::new(true),
+        })
     }
 
     fn uri(&self, path_and_query: &str) -> Result<Uri, String> {
@@ -103,15 +117,40 @@ impl BackendLink for RemoteBackend {
 
     async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String> {
         let json = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
-        self.ingest_usage_json(json.into()).await
+        self.post_usage(json.into(), "application/json").await
     }
 
-    /// Posts the bytes as they are: no serialisation on the caller's (async) thread.
-    async fn ingest_usage_json(&self, json: Bytes) -> Result<UsageAck, String> {
+    /// Posts the bytes as they are (no serialisation on the caller's async thread), binary when
+    /// there is a binary form and the backend has not refused one.
+    async fn ingest_usage_sealed(
+        &self,
+        json: Bytes,
+        binary: Option<Bytes>,
+    ) -> Result<UsageAck, String> {
+        if let Some(binary) = binary.filter(|_| self.binary_usage.load(Ordering::Relaxed)) {
+            match self.post_usage(binary, usage_wire::CONTENT_TYPE).await {
+                // A backend from before the binary form parses the body as JSON.
+                Err(e) if e.contains(" 415 ") || e.contains("invalid_json") => {
+                    tracing::warn!(error = %e, "backend does not take binary usage batches (older version?); sending JSON");
+                    self.binary_usage.store(false, Ordering::Relaxed);
+                }
+                done => return done,
+            }
+        }
+        self.post_usage(json, "application/json").await
+    }
+}
+
+impl RemoteBackend {
+    async fn post_usage(
+        &self,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<UsageAck, String> {
         let req = Request::post(self.uri(USAGE_PATH)?)
             .header(AUTHORIZATION, self.auth.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Body::full(json))
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Body::full(body))
             .map_err(|e| e.to_string())?;
         let body = self.call(req, Duration::from_secs(10)).await?;
         serde_json::from_slice(&body).map_err(|e| format!("usage ack is not valid JSON: {e}"))

@@ -50,14 +50,19 @@ impl KeyId {
 }
 
 impl KeyId {
-    /// `key_<16 hex>` as a header value, rendered without a temporary string.
-    pub fn header(self) -> HeaderValue {
+    /// `key_<16 hex>`, rendered without a temporary string (ASCII).
+    pub fn text(self) -> [u8; 20] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut b = *b"key_0000000000000000";
         for i in 0..16 {
             b[4 + i] = HEX[usize::try_from((self.0 >> (60 - 4 * i)) & 0xf).unwrap_or(0)];
         }
-        HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static("key_invalid"))
+        b
+    }
+
+    /// `key_<16 hex>` as a header value.
+    pub fn header(self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.text()).unwrap_or(HeaderValue::from_static("key_invalid"))
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`feed`]: the key feed (snapshot, then changes by sequence number) and usage batches.
 //! - [`error`]: the JSON error body every client-visible error uses (SPEC §9).
 //! - [`config`]: `TOLLGATE_<SECTION>_<KEY>` environment overrides applied to a TOML document.
+//! - [`usage_wire`]: the binary form of a usage batch (gateway to backend, and stored).
 //! - [`day`]: UTC day arithmetic on unix seconds (the daily quota resets at 00:00 UTC).
 
 pub mod config;
@@ -16,3 +17,4 @@ pub mod feed;
 pub mod keys;
 pub mod money;
 pub mod plans;
+pub mod usage_wire;

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tollgate_e2e::{client, Proc, TempDir};
+use tollgate_protocol::feed::{UsageBatch, UsageEntry};
 
 const TOKEN: &str = "e2e-service-token-0123456789";
 
@@ -422,6 +423,63 @@ async fn feed_long_poll_wakes_within_a_second_and_usage_counts_once() {
         (json!(4), json!(4))
     );
     assert_eq!(usage["rate_limit"]["current_minute_usage"], json!(4));
+
+    // The binary form gateways send counts the same way; damaged binary is a precise 400.
+    let key_id = k2["key_id"].as_str().unwrap_or_default();
+    let binary = tollgate_protocol::usage_wire::encode_batch(&UsageBatch {
+        gateway_id: "gw-b".into(),
+        batch_id: 1,
+        entries: vec![UsageEntry {
+            key_id: key_id.into(),
+            day: today(),
+            count: 3,
+            last_used: unix_now(),
+        }],
+    })
+    .expect("encode");
+    let post_binary = |body: Vec<u8>| {
+        client()
+            .post(format!("{u}/internal/usage"))
+            .bearer_auth(TOKEN)
+            .header("content-type", tollgate_protocol::usage_wire::CONTENT_TYPE)
+            .body(body)
+            .send()
+    };
+    let resp = post_binary(binary.clone()).await.expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let ack: Value = resp.json().await.expect("ack");
+    assert_eq!(
+        ack,
+        json!({"gateway_id": "gw-b", "batch_id": 1, "duplicate": false})
+    );
+    let resp = post_binary(binary[..binary.len() - 3].to_vec())
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    let err: Value = resp.json().await.expect("error");
+    assert_eq!(err["error"]["code"], json!("invalid_body"));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("truncated"),
+        "{err}"
+    );
+    let (_, usage) = call(
+        "GET",
+        &format!("{u}/api/marketplace/keys/{key_id}/usage"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            usage["usage"]["today"].clone(),
+            usage["usage"]["total"].clone(),
+            usage["rate_limit"]["current_minute_usage"].clone()
+        ),
+        (json!(7), json!(7), json!(7))
+    );
 }
 
 #[tokio::test]

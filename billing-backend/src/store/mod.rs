@@ -17,7 +17,7 @@ pub use payments::{PayStatus, Payment, PaymentStore, Settled};
 use async_trait::async_trait;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use tollgate_protocol::feed::{UsageBatch, UsageEntry};
+use tollgate_protocol::feed::UsageBatch;
 use tollgate_protocol::keys::KeyHash;
 
 #[derive(Debug)]
@@ -274,26 +274,7 @@ pub trait KeyStore: Send + Sync {
 
 /// One usage entry as the store takes it: a key's units on a UTC day, borrowed from a request
 /// body or a stored batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UsageRow<'a> {
-    pub key_id: &'a str,
-    /// `YYYY-MM-DD`
-    pub day: &'a str,
-    pub count: u64,
-    /// Unix seconds of the last admitted request counted here.
-    pub last_used: i64,
-}
-
-impl<'a> From<&'a UsageEntry> for UsageRow<'a> {
-    fn from(e: &'a UsageEntry) -> Self {
-        UsageRow {
-            key_id: &e.key_id,
-            day: &e.day,
-            count: e.count,
-            last_used: e.last_used,
-        }
-    }
-}
+pub use tollgate_protocol::usage_wire::EntryRef as UsageRow;
 
 #[async_trait]
 pub trait UsageStore: Send + Sync {

@@ -145,7 +145,7 @@ impl Backend {
 
     pub async fn ingest_usage(&self, batch: UsageBatch) -> Result<UsageAck, String> {
         let rows: Vec<UsageRow<'_>> = batch.entries.iter().map(UsageRow::from).collect();
-        crate::usage::ingest(&self.state, &batch.gateway_id, batch.batch_id, &rows)
+        crate::usage::ingest(&self.state, &batch.gateway_id, batch.batch_id, &rows, None)
             .await
             .map_err(|e| e.to_string())
     }

@@ -166,14 +166,21 @@ async fn usage_handler(
         let (gateway_id, batch_id, entries) = usage_wire::read_header(&body).map_err(bad)?;
         let mut rows = Vec::with_capacity(entries.len() / 48);
         usage_wire::read_entries(entries, |r| rows.push(r)).map_err(bad)?;
-        return crate::usage::ingest(&state, gateway_id, batch_id, &rows)
+        let encoded = body.slice_ref(entries);
+        return crate::usage::ingest(&state, gateway_id, batch_id, &rows, Some(encoded))
             .await
             .map(Json);
     }
     let batch: crate::usage::BatchIn<'_> = parse_json(&body)?;
-    crate::usage::ingest(&state, &batch.gateway_id, batch.batch_id, &batch.rows())
-        .await
-        .map(Json)
+    crate::usage::ingest(
+        &state,
+        &batch.gateway_id,
+        batch.batch_id,
+        &batch.rows(),
+        None,
+    )
+    .await
+    .map(Json)
 }
 
 pub fn router() -> Router<AppState> {

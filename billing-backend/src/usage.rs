@@ -7,6 +7,7 @@ use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::keys::{rfc3339, valid_key_id_or_404};
 use crate::store::{pending, UsageRow};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::day::{day_index, format_day, parse_day};
@@ -23,10 +24,10 @@ use tollgate_protocol::feed::{UsageAck, MAX_BATCH_ENTRIES};
 /// Units reported by gateways per key over the last 60 s, by the time of last use; this is
 /// what `current_minute_usage` shows (the gateways enforce the exact window themselves).
 ///
-/// Kept as the last minute's batches in their compact stored form ([`pending`]): recording a
-/// batch is one encoding pass with no per-key work (a per-key map cost a hash lookup and two
-/// cache misses per entry, ~18 % of the ingest), and a read scans what arrived in the last
-/// minute (for 10 k active keys, 600 k entries: a few milliseconds).
+/// Kept as the last minute's batches in their compact stored form ([`pending`]), the same
+/// bytes the store keeps: recording a batch shares them, with no per-key work (a per-key map
+/// cost a hash lookup and two cache misses per entry, ~18 % of the ingest), and a read scans
+/// what arrived in the last minute (for 10 k active keys, 600 k entries: a few milliseconds).
 #[derive(Default)]
 pub struct MinuteWindow {
     batches: Mutex<VecDeque<Recent>>,
@@ -36,20 +37,16 @@ struct Recent {
     received: i64,
     /// Newest `last_used` in the batch: it leaves the window once this is a minute old.
     newest: i64,
-    payload: Arc<[u8]>,
+    payload: Bytes,
 }
 
 impl MinuteWindow {
-    fn record(&self, rows: &[UsageRow<'_>], now: i64) {
-        let Ok(payload) = pending::encode(rows) else {
-            return; // not reachable: `ingest` checked the lengths
-        };
-        let newest = rows.iter().map(|r| r.last_used).max().unwrap_or(i64::MIN);
+    fn record(&self, payload: Bytes, newest: i64, now: i64) {
         let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
         batches.push_back(Recent {
             received: now,
             newest,
-            payload: payload.into(),
+            payload,
         });
         // Batches are in arrival order; a gateway whose clock runs ahead keeps its batch at
         // most two minutes.
@@ -62,7 +59,7 @@ impl MinuteWindow {
     }
 
     pub fn current(&self, key_id: &str, now: i64) -> u64 {
-        let recent: Vec<Arc<[u8]>> = {
+        let recent: Vec<Bytes> = {
             let batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
             batches
                 .iter()
@@ -118,11 +115,16 @@ impl BatchIn<'_> {
 const MAX_KEY_ID: usize = 128;
 
 /// Accepts a batch once. Duplicates (same gateway and batch id) are acknowledged, not applied.
+///
+/// `encoded` is the entries already in their stored form ([`pending`]), as a binary body
+/// carries them (the same bytes `rows` were read from); otherwise they are encoded here. The
+/// one encoding is what the store keeps and what the minute window scans.
 pub async fn ingest(
     state: &AppState,
     gateway_id: &str,
     batch_id: u64,
     rows: &[UsageRow<'_>],
+    encoded: Option<Bytes>,
 ) -> Result<UsageAck, ApiError> {
     if gateway_id.is_empty() || gateway_id.len() > 128 {
         return Err(ApiError::bad(
@@ -136,6 +138,8 @@ pub async fn ingest(
             format!("a batch holds at most {MAX_BATCH_ENTRIES} entries"),
         ));
     }
+    let mut units = 0u64;
+    let mut newest = i64::MIN;
     for (i, e) in rows.iter().enumerate() {
         if e.key_id.is_empty() || e.key_id.len() > MAX_KEY_ID {
             return Err(ApiError::bad(
@@ -155,15 +159,20 @@ pub async fn ingest(
                 format!("entries[{i}].count is too large"),
             ));
         }
+        units = units.saturating_add(e.count);
+        newest = newest.max(e.last_used);
     }
+    let payload = match encoded {
+        Some(bytes) => bytes,
+        None => Bytes::from(pending::encode(rows)?),
+    };
     let now = state.now();
     let duplicate = state
         .store
-        .ingest_rows(gateway_id, batch_id, rows, now)
+        .ingest_payload(gateway_id, batch_id, &payload, rows.len(), units, now)
         .await?;
     if !duplicate {
-        let units = rows.iter().map(|e| e.count).fold(0u64, u64::saturating_add);
-        state.minute.record(rows, now);
+        state.minute.record(payload, newest, now);
         state.metrics.usage_units.inc_by(units);
     }
     state

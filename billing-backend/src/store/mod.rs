@@ -279,20 +279,33 @@ pub use tollgate_protocol::usage_wire::EntryRef as UsageRow;
 #[async_trait]
 pub trait UsageStore: Send + Sync {
     /// Accepts a batch once per (gateway_id, batch_id), durably; returns true when it was a
-    /// duplicate. Accepted batches are applied by [`UsageStore::settle_usage`], which every read
-    /// of usage (here and in key records) runs first.
-    async fn ingest_rows(
+    /// duplicate. `payload` is the batch's entries in their stored form ([`pending::encode`]),
+    /// `entries` and `units` their number and the sum of their counts. Accepted batches are
+    /// applied by [`UsageStore::settle_usage`], which every read of usage (here and in key
+    /// records) runs first.
+    async fn ingest_payload(
         &self,
         gateway_id: &str,
         batch_id: u64,
-        rows: &[UsageRow<'_>],
+        payload: &[u8],
+        entries: usize,
+        units: u64,
         now: i64,
     ) -> StoreResult<bool>;
-    /// [`UsageStore::ingest_rows`] for an owned batch.
+    /// [`UsageStore::ingest_payload`] for an owned batch.
     async fn ingest_usage(&self, batch: &UsageBatch, now: i64) -> StoreResult<bool> {
         let rows: Vec<UsageRow<'_>> = batch.entries.iter().map(UsageRow::from).collect();
-        self.ingest_rows(&batch.gateway_id, batch.batch_id, &rows, now)
-            .await
+        let payload = pending::encode(&rows)?;
+        let units = rows.iter().map(|e| e.count).fold(0u64, u64::saturating_add);
+        self.ingest_payload(
+            &batch.gateway_id,
+            batch.batch_id,
+            &payload,
+            rows.len(),
+            units,
+            now,
+        )
+        .await
     }
     /// Applies every accepted batch not yet applied, summed per key, in one transaction;
     /// returns how many batches that was.

@@ -925,16 +925,16 @@ impl SqlStore {
 
 #[async_trait]
 impl UsageStore for SqlStore {
-    async fn ingest_rows(
+    async fn ingest_payload(
         &self,
         gateway_id: &str,
         batch_id: u64,
-        rows: &[UsageRow<'_>],
+        payload: &[u8],
+        entries: usize,
+        units: u64,
         now: i64,
     ) -> StoreResult<bool> {
-        let payload = pending::encode(rows)?;
         let batch_id = to_i64(batch_id, "batch_id")?;
-        let units: u64 = rows.iter().map(|e| e.count).fold(0u64, u64::saturating_add);
         let mut tx = self.begin().await?;
         let claimed = sqlx::query(
             "INSERT INTO usage_batches (gateway_id, batch_id, received_at, entries, units) VALUES ($1, $2, $3, $4, $5) \
@@ -943,7 +943,7 @@ impl UsageStore for SqlStore {
         .bind(gateway_id)
         .bind(batch_id)
         .bind(now)
-        .bind(to_i64(u64::try_from(rows.len()).unwrap_or(u64::MAX), "entries")?)
+        .bind(to_i64(u64::try_from(entries).unwrap_or(u64::MAX), "entries")?)
         .bind(to_i64(units, "units")?)
         .execute(&mut *tx)
         .await

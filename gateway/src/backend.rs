@@ -221,71 +221,39 @@ impl Management {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tollgate_protocol::feed::UsageEntry;
 
     /// A backend from before the binary usage form: it parses every usage body as JSON and
     /// answers a binary one with its `invalid_json` error. Records each body's content type.
     async fn old_backend(seen: Arc<Mutex<Vec<String>>>) -> std::net::SocketAddr {
+        let app = axum::Router::new().route(
+            USAGE_PATH,
+            axum::routing::post(move |headers: http::HeaderMap, body: Bytes| async move {
+                let content_type = headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(content_type);
+                match serde_json::from_slice::<UsageBatch>(&body) {
+                    Ok(b) => (
+                        http::StatusCode::OK,
+                        axum::Json(serde_json::json!({"gateway_id": b.gateway_id, "batch_id": b.batch_id, "duplicate": false})),
+                    ),
+                    Err(e) => (
+                        http::StatusCode::BAD_REQUEST,
+                        axum::Json(serde_json::json!({"error": {"code": "invalid_json", "message": e.to_string()}})),
+                    ),
+                }
+            }),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
-                        if let Some(end) = head_end {
-                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                            let field = |name: &str| {
-                                head.lines()
-                                    .find_map(|l| {
-                                        l.strip_prefix(name).map(|v| v.trim().to_string())
-                                    })
-                                    .unwrap_or_default()
-                            };
-                            let len: usize = field("content-length:").parse().unwrap_or(0);
-                            if buf.len() >= end + 4 + len {
-                                let body = buf[end + 4..end + 4 + len].to_vec();
-                                buf.drain(..end + 4 + len);
-                                let content_type = field("content-type:");
-                                seen.lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .push(content_type);
-                                let answer = match serde_json::from_slice::<UsageBatch>(&body) {
-                                    Ok(b) => (
-                                        "200 OK",
-                                        serde_json::json!({"gateway_id": b.gateway_id, "batch_id": b.batch_id, "duplicate": false}),
-                                    ),
-                                    Err(e) => (
-                                        "400 Bad Request",
-                                        serde_json::json!({"error": {"code": "invalid_json", "message": e.to_string()}}),
-                                    ),
-                                };
-                                let text = answer.1.to_string();
-                                let resp = format!(
-                                    "HTTP/1.1 {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
-                                    answer.0,
-                                    text.len()
-                                );
-                                if sock.write_all(resp.as_bytes()).await.is_err() {
-                                    return;
-                                }
-                                continue;
-                            }
-                        }
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                });
-            }
-        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
         addr
     }
 

@@ -159,3 +159,38 @@ impl Backend {
         self.state.store.close().await;
     }
 }
+
+/// Router-level unit tests start a real [`Backend`] on a fresh SQLite database.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A started backend in its own temporary directory, removed on drop.
+    pub struct TestBackend {
+        pub backend: Backend,
+        dir: PathBuf,
+    }
+
+    impl TestBackend {
+        /// Starts a backend on [`BackendConfig::for_tests`], changed by `edit` first.
+        pub async fn start(edit: impl FnOnce(&mut BackendConfig)) -> TestBackend {
+            let dir = std::env::temp_dir().join(format!("tg-app-{}", crate::ids::random_hex(8)));
+            let mut cfg = BackendConfig::for_tests(&dir);
+            edit(&mut cfg);
+            let backend = Backend::start(cfg)
+                .await
+                .unwrap_or_else(|e| panic!("backend start: {e}"));
+            TestBackend { backend, dir }
+        }
+
+        pub fn state(&self) -> &AppState {
+            self.backend.state()
+        }
+    }
+
+    impl Drop for TestBackend {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 use crate::app::AppState;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
@@ -108,12 +109,92 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let resp = next.run(req).await;
     state
         .metrics
         .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .with_label_values(&[route.as_str(), method, resp.status().as_str()])
         .inc();
     resp
+}
+
+/// The `method` label: the standard methods by name, anything else as `OTHER`. HTTP lets a
+/// client send any token as a method, and each distinct label value is a new series kept
+/// for the life of the process, so client-chosen text never becomes a label.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::testing::TestBackend;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn client_chosen_methods_are_counted_as_other() {
+        let tb = TestBackend::start(|_| {}).await;
+        for method in ["FOOBAR", "X1", "GET"] {
+            let req = Request::builder()
+                .method(method)
+                .uri("/health")
+                .body(Body::empty())
+                .unwrap_or_else(|e| panic!("request: {e}"));
+            let resp = tb
+                .backend
+                .router()
+                .oneshot(req)
+                .await
+                .unwrap_or_else(|e| panic!("call: {e}"));
+            assert!(
+                method == "GET" || resp.status().is_client_error(),
+                "{method}: {}",
+                resp.status()
+            );
+        }
+        let m = &tb.state().metrics;
+        assert_eq!(
+            m.http_requests
+                .with_label_values(&["/health", "OTHER", "405"])
+                .get(),
+            2
+        );
+        let text = m.render(tb.state()).await;
+        assert!(text.contains(r#"method="OTHER""#), "{text}");
+        assert!(text.contains(r#"method="GET""#), "{text}");
+        assert!(
+            !text.contains("FOOBAR") && !text.contains(r#""X1""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_standard_method_keeps_its_name() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::CONNECT,
+        ] {
+            assert_eq!(method_label(&m), m.as_str());
+        }
+    }
 }

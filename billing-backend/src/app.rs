@@ -11,8 +11,9 @@ use crate::store::{Store, UsageRow};
 use crate::usage::MinuteWindow;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch};
@@ -34,6 +35,11 @@ pub struct AppState {
     pub providers: Arc<crate::providers::Providers>,
     /// Customer portal: sessions and hand-off signing (see [`crate::portal`]).
     pub portal: Arc<crate::portal::Portal>,
+    /// The origin (`http://host:port`) of the listener that actually serves this backend, set
+    /// once by [`Backend::advertise`] after the bind; links fall back to it when
+    /// `[backend] public_url` is unset (see [`crate::portal::origin`]). Shared, so routers
+    /// built before the bind see it too.
+    pub advertised: Arc<OnceLock<String>>,
     pub started: Instant,
 }
 
@@ -110,6 +116,7 @@ impl Backend {
             minute: Arc::new(MinuteWindow::default()),
             providers: Arc::new(providers),
             portal: Arc::new(crate::portal::Portal::new(&token)?),
+            advertised: Arc::new(OnceLock::new()),
             started: Instant::now(),
         };
         let (stop, stop_rx) = watch::channel(false);
@@ -130,6 +137,18 @@ impl Backend {
 
     pub fn router(&self) -> Router {
         router(self.state.clone())
+    }
+
+    /// Tells the backend the address its routes are served on: the standalone binary's bound
+    /// `[backend] listen`, or the embedding gateway's bound listener. Links the backend builds
+    /// (portal hand-offs, payment return pages) use it when `[backend] public_url` is unset,
+    /// rather than the request's `Host`, which the client chooses. A wildcard address is shown
+    /// as loopback. The first call wins: the listener does not move while the process runs.
+    pub fn advertise(&self, addr: SocketAddr) {
+        let _ = self
+            .state
+            .advertised
+            .set(crate::portal::listen_origin(addr));
     }
 
     pub async fn feed_page(

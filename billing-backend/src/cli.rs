@@ -239,6 +239,8 @@ pub async fn serve(cfg: BackendConfig) -> Result<(), String> {
         .map_err(|e| format!("backend.listen {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let backend = Backend::start(cfg).await?;
+    // The bound address, not the configured one: `listen = "127.0.0.1:0"` picks the port here.
+    backend.advertise(addr);
     match backend.service_token_path() {
         Some(p) => println!("tollgate: service token in {}", p.display()),
         None => println!("tollgate: service token from TOLLGATE_SERVICE_TOKEN"),

@@ -17,7 +17,7 @@ use crate::app::AppState;
 use crate::keys::{effective_limits, valid_key_id_or_404, GenerateRequest};
 use crate::store::{Cause, KeyRecord, PayStatus, Payment, StoreError, SubStatus, Subscription};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json;
 use std::collections::HashMap;
@@ -509,7 +509,6 @@ fn external(url: Option<&str>) -> Result<Response, PortalError> {
 pub async fn upgrade(
     c: Customer,
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, PortalError> {
     let form = checked_form(&c.session, &body)?;
@@ -548,9 +547,7 @@ pub async fn upgrade(
             Ok(see_other(&format!("/portal/payments/{id}")))
         }
         "stripe" => {
-            let base = origin(&state, &headers).ok_or_else(|| {
-                PortalError::bad("set [backend] public_url so the card payment page knows where to send you back")
-            })?;
+            let base = origin(&state);
             let answer = internal::post(
                 &state,
                 &token,

@@ -21,6 +21,9 @@
 //! Cookies get `Secure` when the portal is reached over HTTPS: `TOLLGATE_PORTAL_SECURE_COOKIE`
 //! = `auto` (default: when `[backend] public_url` starts with `https://` or the request carries
 //! `X-Forwarded-Proto: https` from the TLS-terminating proxy), `always` or `never`.
+//!
+//! Absolute links (the hand-off `url`, payment return pages) are built on [`origin`]: `[backend]
+//! public_url`, else the listen address that serves the portal, never the request's `Host`.
 
 pub mod chart;
 pub mod csrf;
@@ -47,6 +50,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use session::{HandoffError, Role, SessionView, Sessions};
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -122,25 +126,31 @@ fn forwarded_proto(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-/// The portal's public origin: `[backend] public_url`, else the request's (forwarded) host.
-pub fn origin(state: &AppState, headers: &HeaderMap) -> Option<String> {
+/// The origin absolute links are built on (portal hand-offs, Stripe Checkout's return pages,
+/// PayPal's return and cancel pages): `[backend] public_url`, else the listener this process
+/// serves on ([`crate::Backend::advertise`]), else `[backend] listen`. Never the request's
+/// `Host` or `X-Forwarded-Host`: the client chooses those, and a link minted for a customer
+/// must not point at a host an attacker put in the request. Behind a proxy or on another
+/// public name, the operator sets `public_url`.
+pub fn origin(state: &AppState) -> String {
     if let Some(u) = &state.cfg.public_url {
-        return Some(u.trim_end_matches('/').to_string());
+        return u.trim_end_matches('/').to_string();
     }
-    let host = headers
-        .get("x-forwarded-host")
-        .or_else(|| headers.get(header::HOST))
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })?;
-    let proto = match forwarded_proto(headers).as_deref() {
-        Some("https") => "https",
-        _ => "http",
+    match state.advertised.get() {
+        Some(o) => o.clone(),
+        None => listen_origin(state.cfg.listen),
+    }
+}
+
+/// `http://addr` for a listen address, with a wildcard bind (`0.0.0.0`, `[::]`) shown as
+/// loopback on the same family: a wildcard is not an address anyone can open, loopback is.
+pub fn listen_origin(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
     };
-    Some(format!("{proto}://{host}"))
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// 303 See Other.
@@ -258,13 +268,10 @@ fn ttl(v: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-fn handoff_answer(state: &AppState, headers: &HeaderMap, role: &Role, ttl: i64) -> Json<Value> {
+fn handoff_answer(state: &AppState, role: &Role, ttl: i64) -> Json<Value> {
     let (token, exp) = state.portal.sessions.mint_handoff(role, state.now(), ttl);
     let path = format!("/portal/login?token={token}");
-    let url = match origin(state, headers) {
-        Some(o) => format!("{o}{path}"),
-        None => path.clone(),
-    };
+    let url = format!("{}{path}", origin(state));
     Json(json!({
         "url": url,
         "path": path,
@@ -277,24 +284,17 @@ fn handoff_answer(state: &AppState, headers: &HeaderMap, role: &Role, ttl: i64) 
 async fn handoff(
     _: ServiceAuth,
     State(state): State<AppState>,
-    headers: HeaderMap,
     crate::extract::ValidatedJson(req): crate::extract::ValidatedJson<HandoffRequest>,
 ) -> Result<Json<Value>, ApiError> {
     crate::keys::valid_user_id(&req.user_id)?;
     let ttl = ttl(req.ttl_seconds)?;
-    Ok(handoff_answer(
-        &state,
-        &headers,
-        &Role::Customer(req.user_id),
-        ttl,
-    ))
+    Ok(handoff_answer(&state, &Role::Customer(req.user_id), ttl))
 }
 
 /// `POST /portal/api/operator-handoff` (service token): a sign-in link for the operator view.
 async fn operator_handoff(
     _: ServiceAuth,
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: OperatorHandoffRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -303,7 +303,7 @@ async fn operator_handoff(
         crate::extract::parse_json(&body)?
     };
     let ttl = ttl(req.ttl_seconds)?;
-    Ok(handoff_answer(&state, &headers, &Role::Operator, ttl))
+    Ok(handoff_answer(&state, &Role::Operator, ttl))
 }
 
 /// `GET /portal/login?token=...`: redeems a hand-off token, opens a session and redirects, so
@@ -479,6 +479,91 @@ pub fn notice_text(code: Option<&str>) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::testing::TestBackend;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    /// Mints a hand-off link through the router with a request that names an attacker's host
+    /// in every header a proxy or client could set.
+    async fn poisoned_handoff(tb: &TestBackend, path: &str, body: Value) -> String {
+        let req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header(header::HOST, "evil.example")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .header(
+                header::AUTHORIZATION,
+                "Bearer test-service-token-0123456789",
+            )
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        let resp = tb
+            .backend
+            .router()
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|e| panic!("call: {e}"));
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let url = v["url"].as_str().unwrap_or_default().to_string();
+        assert!(!url.contains("evil.example"), "{url}");
+        assert!(url.ends_with(v["path"].as_str().unwrap_or("?")), "{v}");
+        url
+    }
+
+    #[tokio::test]
+    async fn handoff_links_use_the_listen_address_not_the_request_host() {
+        let tb = TestBackend::start(|c| c.listen = SocketAddr::from(([0, 0, 0, 0], 8099))).await;
+        let customer =
+            poisoned_handoff(&tb, "/portal/api/handoff", json!({"user_id": "alice"})).await;
+        assert!(
+            customer.starts_with("http://127.0.0.1:8099/portal/login?token="),
+            "{customer}"
+        );
+        let operator = poisoned_handoff(&tb, "/portal/api/operator-handoff", json!({})).await;
+        assert!(
+            operator.starts_with("http://127.0.0.1:8099/portal/login?token="),
+            "{operator}"
+        );
+        // The listener the process really serves on (a gateway embedding the backend, or a
+        // port picked at bind) replaces the configured address.
+        tb.backend.advertise(SocketAddr::from(([0u16; 8], 9123)));
+        let advertised =
+            poisoned_handoff(&tb, "/portal/api/handoff", json!({"user_id": "alice"})).await;
+        assert!(
+            advertised.starts_with("http://[::1]:9123/portal/login?token="),
+            "{advertised}"
+        );
+    }
+
+    #[tokio::test]
+    async fn handoff_links_use_public_url_when_set() {
+        let tb =
+            TestBackend::start(|c| c.public_url = Some("https://billing.example.com/".to_string()))
+                .await;
+        tb.backend
+            .advertise(SocketAddr::from(([10, 0, 0, 5], 8080)));
+        let url = poisoned_handoff(&tb, "/portal/api/handoff", json!({"user_id": "bob"})).await;
+        assert!(
+            url.starts_with("https://billing.example.com/portal/login?token="),
+            "{url}"
+        );
+    }
+
+    #[test]
+    fn wildcard_listen_addresses_are_shown_as_loopback() {
+        let shown = |a: &str| listen_origin(a.parse().unwrap_or_else(|e| panic!("{a}: {e}")));
+        assert_eq!(shown("0.0.0.0:8080"), "http://127.0.0.1:8080");
+        assert_eq!(shown("[::]:8080"), "http://[::1]:8080");
+        assert_eq!(shown("10.1.2.3:81"), "http://10.1.2.3:81");
+        assert_eq!(shown("[2001:db8::1]:81"), "http://[2001:db8::1]:81");
+    }
 
     #[test]
     fn notices_are_fixed_texts() {

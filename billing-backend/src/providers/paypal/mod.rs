@@ -473,12 +473,8 @@ impl PayPal {
     }
 
     fn urls(&self, state: &AppState) -> (String, String) {
-        let root = state
-            .cfg
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", state.cfg.listen));
-        let root = root.trim_end_matches('/');
+        // The same origin as every other link the backend builds: never from the request.
+        let root = crate::portal::origin(state);
         (
             self.return_url
                 .clone()

@@ -1289,7 +1289,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/billing/paypal/order", post(create_order))
         .route("/billing/paypal/capture/{order_id}", post(capture_handler))
-        .route("/billing/paypal/webhook", post(webhook_handler))
+        .route(
+            "/billing/paypal/webhook",
+            post(webhook_handler).layer(axum::extract::DefaultBodyLimit::max(
+                super::WEBHOOK_BODY_LIMIT,
+            )),
+        )
         .route("/billing/paypal/return", get(return_handler))
         .route("/billing/paypal/cancel", get(cancel_handler))
 }

@@ -1094,7 +1094,12 @@ pub fn router() -> Router<AppState> {
             "/api/v1/billing/checkout/{session_id}",
             get(checkout_status),
         )
-        .route("/api/v1/billing/webhook", post(webhook::handle))
+        .route(
+            "/api/v1/billing/webhook",
+            post(webhook::handle).layer(axum::extract::DefaultBodyLimit::max(
+                super::WEBHOOK_BODY_LIMIT,
+            )),
+        )
         .route("/api/v1/billing/report-usage", post(meter::report_usage))
         .route("/api/v1/billing/usage-drift", get(meter::drift_report))
 }

@@ -60,6 +60,13 @@ pub struct GatewaySettings {
     /// Longest wait for one Redis answer before the failure behaviour applies.
     pub redis_timeout: Duration,
     pub json_logs: bool,
+    /// Proxy plain HTTP/1.1 keyed requests on the fast lane (`h1`); `false` sends every
+    /// connection through hyper (same answers, more CPU). For tests and as an escape hatch.
+    pub fast_lane: bool,
+    /// Client connections held open at most on the main listener. At the cap, the least
+    /// recently active idle connection is closed to make room; with none idle, a new connection
+    /// is closed at once.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -243,6 +250,21 @@ impl<'e> Fields<'e> {
     }
 }
 
+/// Half the process's open-file limit (each client connection may hold an upstream one too),
+/// less a reserve for listeners, the database and logs; at most 10,000 and at least 64.
+fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    (soft.saturating_sub(256) / 2).clamp(64, 10_000)
+}
+
 fn gateway_settings(doc: &toml::Table, errors: &mut Vec<String>) -> GatewaySettings {
     let mut f = Fields::new("gateway", doc.get("gateway"), errors);
     let default_workers = std::thread::available_parallelism()
@@ -294,6 +316,11 @@ fn gateway_settings(doc: &toml::Table, errors: &mut Vec<String>) -> GatewaySetti
         },
         redis_timeout: f.millis("redis_timeout_ms", 250, 1, 10_000),
         json_logs: f.bool("json_logs").unwrap_or(false),
+        fast_lane: f.bool("fast_lane").unwrap_or(true),
+        max_connections: f
+            .u64("max_connections", 1, 10_000_000)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or_else(default_max_connections),
     };
     if let Some(id) = &s.gateway_id {
         if id.is_empty()

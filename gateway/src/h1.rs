@@ -23,11 +23,12 @@
 //! idle) is retried once on a fresh connection, as the request was never processed.
 
 use crate::body::Body;
+use crate::conns::Conn;
 use crate::keys::KeyEntry;
 use crate::metrics::Outcome;
 use crate::proxy::{
     self, check_body_size, check_route, extract_key, Gateway, HeaderSink, Headers, KeyHeader,
-    UpstreamError, HOP_HEADERS, X_API_KEY, X_KEY_ID, X_PLAN, X_USER_ID,
+    UpstreamError, HOP_HEADERS, X_KEY_ID, X_PLAN, X_USER_ID,
 };
 use crate::quota::{Reservation, Usage};
 use crate::routes::{Route, Target};
@@ -43,8 +44,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Headers parsed per message; a head with more goes to hyper (which allows 100 too).
-const MAX_HEADERS: usize = 64;
+/// Headers parsed per message: hyper's limit (100) on both sides, so both request paths take
+/// the same heads. A request with more goes to hyper (431); a response with more is a 502.
+const MAX_HEADERS: usize = 100;
 /// A response is written in one piece when head and body fit in this much.
 const ONE_WRITE: usize = 64 * 1024;
 /// Read size for a connection's buffers.
@@ -120,18 +122,24 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is not past the idle timeout.
+    /// The most recently used idle connection that is not past the idle timeout and has
+    /// nothing to read: bytes an upstream sent while the connection sat idle (a body after a
+    /// HEAD or 204 head, a late second response) would otherwise be read as the answer to the
+    /// next client's request. A connection the upstream closed is dropped here too.
     fn take(&self) -> Option<TcpStream> {
-        let mut idle = self.idle.lock();
-        while let Some((s, since)) = idle.pop() {
-            if since.elapsed() < self.settings.idle_timeout {
+        loop {
+            let (s, since) = self.idle.lock().pop()?;
+            if since.elapsed() < self.settings.idle_timeout && quiet(&s) {
                 return Some(s);
             }
         }
-        None
     }
 
+    /// Keeps a connection whose response was framed exactly, if it has nothing more to read.
     fn put(&self, stream: TcpStream) {
+        if !quiet(&stream) {
+            return;
+        }
         let mut idle = self.idle.lock();
         if idle.len() < self.settings.max_idle {
             idle.push((stream, Instant::now()));
@@ -154,6 +162,14 @@ impl Pool {
         s.set_nodelay(true)?;
         Ok(s)
     }
+}
+
+/// Whether an idle upstream connection has nothing to read and is not closed. `try_read`
+/// costs no system call while tokio knows the socket is not readable; otherwise it makes the
+/// `recv` the next exchange's first read would have made anyway.
+fn quiet(s: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(s.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// How a connection left the lane.
@@ -279,11 +295,10 @@ fn facts<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
             }
             f.host = Some(std::str::from_utf8(h.value).ok()?);
         } else if is(n, &header::CONTENT_LENGTH) {
-            let text = std::str::from_utf8(h.value).ok()?.trim();
-            if length_seen || text.is_empty() || !text.bytes().all(|c| c.is_ascii_digit()) {
+            if length_seen {
                 return None;
             }
-            f.content_length = text.parse().ok()?;
+            f.content_length = proxy::parse_length(h.value)?;
             length_seen = true;
         } else if is(n, &header::CONNECTION) {
             for token in std::str::from_utf8(h.value).ok()?.split(',') {
@@ -467,8 +482,8 @@ pub async fn serve(
     mut client: TcpStream,
     mut drain: watch::Receiver<bool>,
     settings: LaneSettings,
+    conn: &Conn,
 ) -> Exit {
-    gw.metrics.connections.add(1);
     let mut b = Buffers {
         input: Vec::with_capacity(READ_CHUNK),
         upstream: Vec::new(),
@@ -485,6 +500,7 @@ pub async fn serve(
                 r = client.read_buf(&mut b.input) => r,
                 _ = timer => return Exit::Closed,
                 _ = drain.changed() => return Exit::Closed,
+                _ = conn.asked_to_close() => return Exit::Closed,
             };
             match read {
                 Ok(0) | Err(_) => return Exit::Closed,
@@ -498,7 +514,10 @@ pub async fn serve(
             deadline: &mut upstream_deadline,
         };
         let draining = *drain.borrow();
-        match one(&gw, &mut client, &b.input, work, settings, draining).await {
+        conn.start();
+        let step = one(&gw, &mut client, &b.input, work, settings, draining).await;
+        conn.end();
+        match step {
             Step::Next(used) => {
                 b.input.drain(..used);
             }
@@ -544,8 +563,11 @@ async fn one(
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Step::Handoff;
     };
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    if !path.starts_with('/') || proxy::is_own_path(path) || method == "CONNECT" {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if !path.starts_with('/') || method == "CONNECT" {
         return Step::Handoff;
     }
     let Some(f) = facts(req.headers) else {
@@ -558,11 +580,23 @@ async fn one(
     let Some(used) = used else {
         return Step::Handoff;
     };
+    let close = f.close || draining;
+    let normal = match crate::path::normalize(path) {
+        Ok(n) => n,
+        Err(message) => {
+            gw.own.unmatched.count(Outcome::BadRequest, 400);
+            let resp = proxy::error_response(Outcome::BadRequest, message);
+            return reply(client, w.out, resp, close, used).await;
+        }
+    };
+    let path = &*normal.path;
+    if proxy::is_own_path(path) {
+        return Step::Handoff;
+    }
     let route = {
         let table = gw.routes.load();
         table.find(f.host, path).cloned()
     };
-    let close = f.close || draining;
     let Some(route) = route else {
         gw.own.unmatched.count(Outcome::RouteNotFound, 404);
         let resp = proxy::error_response(Outcome::RouteNotFound, "no route for this path");
@@ -571,11 +605,16 @@ async fn one(
     if !route.fast {
         return Step::Handoff;
     }
+    if normal.climbs_out_of(route.depth) {
+        let resp = gw.refused(&route, proxy::CLIMBS_OUT, None, start);
+        return reply(client, w.out, resp, close, used).await;
+    }
     let headers = Parsed(req.headers);
     let body = &input[head_len..used];
     let request = Request {
         method,
-        target,
+        path,
+        query,
         headers: req.headers,
         body,
         close,
@@ -633,10 +672,11 @@ async fn one(
     forward(gw, client, w, &route, &request, Some(admitted), start, used).await
 }
 
-/// The request as parsed, borrowed from the input buffer.
+/// The request as parsed, borrowed from the input buffer (the path normalised).
 struct Request<'r, 'b> {
     method: &'b str,
-    target: &'b str,
+    path: &'r str,
+    query: Option<&'b str>,
     headers: &'r [httparse::Header<'b>],
     body: &'b [u8],
     close: bool,
@@ -732,27 +772,23 @@ fn upstream_request(
     out.clear();
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(proxy::upstream_target(route, req.target).as_bytes());
+    out.extend_from_slice(proxy::upstream_target(route, req.path).as_bytes());
+    if let Some(q) = req.query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let own_host = if route.cfg.preserve_host {
         None
     } else {
         target.host.as_ref()
     };
+    let key_from = key.map(|(_, from)| from);
     for h in req.headers {
         let n = h.name;
         let drop = is_hop(n)
-            || is(n, &X_KEY_ID)
-            || is(n, &X_USER_ID)
-            || is(n, &X_PLAN)
-            || (own_host.is_some() && is(n, &header::HOST))
-            || match key {
-                Some((_, from)) => {
-                    is(n, &X_API_KEY)
-                        || (from == KeyHeader::Bearer && is(n, &header::AUTHORIZATION))
-                }
-                None => false,
-            };
+            || proxy::carries_key(n.as_bytes(), h.value, key_from)
+            || (own_host.is_some() && is(n, &header::HOST));
         if !drop {
             put_header(out, n.as_bytes(), h.value);
         }
@@ -809,6 +845,7 @@ async fn forward(
     let exchange = exchange(
         gw,
         target,
+        req.method.as_bytes(),
         w.upstream,
         w.reply,
         w.out,
@@ -847,7 +884,11 @@ async fn forward(
         mut reusable,
         close,
     } = answer;
-    // The body: what came with the head, then the rest as it arrives.
+    // The body: what came with the head, then the rest as it arrives. Every wait (for the
+    // upstream's next bytes, for the client to take them) is bounded by the route's timeout,
+    // so a stalled upstream or a client that stops reading does not pin the task and both
+    // connections: past it, both are closed.
+    let idle = route.cfg.timeout;
     let mut ok = true;
     let rest = &w.reply[head_len..];
     let mut done = match framing.feed(rest) {
@@ -862,36 +903,37 @@ async fn forward(
         }
     };
     if ok && (!done || w.out.len() > ONE_WRITE) {
-        if client.write_all(w.out).await.is_err() {
-            ok = false;
-        }
+        ok = bounded(w.deadline, idle, client.write_all(w.out)).await;
         w.out.clear();
     }
     while ok && !done {
         w.reply.clear();
         w.reply.reserve(READ_CHUNK);
-        match upstream.read_buf(w.reply).await {
-            Ok(0) => {
+        let read = tokio::select! {
+            biased;
+            r = upstream.read_buf(w.reply) => Some(r),
+            _ = w.deadline.arm(tokio::time::Instant::now(), idle) => None,
+        };
+        match read {
+            Some(Ok(0)) => {
                 // The end of a close-delimited body; anything else ended early.
                 ok = matches!(framing, Framing::Close);
                 reusable = false;
                 done = true;
             }
-            Ok(_) => match framing.feed(w.reply) {
+            Some(Ok(_)) => match framing.feed(w.reply) {
                 Ok((n, end)) => {
                     reusable &= n == w.reply.len();
                     done = end;
-                    if client.write_all(&w.reply[..n]).await.is_err() {
-                        ok = false;
-                    }
+                    ok = bounded(w.deadline, idle, client.write_all(&w.reply[..n])).await;
                 }
                 Err(()) => ok = false,
             },
-            Err(_) => ok = false,
+            Some(Err(_)) | None => ok = false,
         }
     }
-    if ok && !w.out.is_empty() && client.write_all(w.out).await.is_err() {
-        ok = false;
+    if ok && !w.out.is_empty() {
+        ok = bounded(w.deadline, idle, client.write_all(w.out)).await;
     }
     if ok && reusable {
         target.pool.put(upstream);
@@ -904,6 +946,19 @@ async fn forward(
     }
 }
 
+/// Runs a client write within `idle`; `false` when it failed or timed out.
+async fn bounded(
+    deadline: &mut Deadline,
+    idle: Duration,
+    write: impl std::future::Future<Output = io::Result<()>>,
+) -> bool {
+    tokio::select! {
+        biased;
+        r = write => r.is_ok(),
+        _ = deadline.arm(tokio::time::Instant::now(), idle) => false,
+    }
+}
+
 /// Sends the request (retrying once on a fresh connection when a pooled one turns out closed),
 /// reads the response head and writes the client's head into `out`, with the gateway's headers
 /// and the keyed accounting done. Returns the connection, the head's length in `reply` and
@@ -912,6 +967,7 @@ async fn forward(
 async fn exchange(
     gw: &Gateway,
     target: &Target,
+    method: &[u8],
     request: &[u8],
     reply: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -933,7 +989,17 @@ async fn exchange(
     reply.clear();
     loop {
         let mut got_any = false;
-        if up.write_all(request).await.is_ok() {
+        // Whether the upstream can have seen any of the request: a first write that fails
+        // put nothing on the wire.
+        let mut wrote_any = false;
+        let written = match up.write(request).await {
+            Ok(n) if n > 0 => {
+                wrote_any = true;
+                up.write_all(&request[n..]).await.is_ok()
+            }
+            _ => false,
+        };
+        if written {
             'read: loop {
                 reply.reserve(READ_CHUNK);
                 match up.read_buf(reply).await {
@@ -951,11 +1017,13 @@ async fn exchange(
                 }
             }
         }
-        if !reused || got_any {
+        // A pooled connection the upstream closed while idle: the request goes once more on a
+        // fresh connection, but only when that cannot make it happen twice (nothing of it was
+        // written, or its method is idempotent): a POST the upstream read before closing may
+        // have been processed.
+        if !reused || got_any || (wrote_any && !proxy::idempotent(method)) {
             return Err(Failed::Io);
         }
-        // The pooled connection was closed by the upstream while idle: the request was never
-        // processed, so it goes once more on a fresh connection.
         reused = false;
         reply.clear();
         up = target
@@ -1011,8 +1079,7 @@ async fn head(
     let mut named_len = 0;
     for h in resp.headers.iter() {
         if is(h.name, &header::CONTENT_LENGTH) {
-            let v = std::str::from_utf8(h.value).map_err(|_| ())?.trim();
-            let v: u64 = v.parse().map_err(|_| ())?;
+            let v = proxy::parse_length(h.value).ok_or(())?;
             if length.is_some_and(|l| l != v) {
                 return Err(());
             }
@@ -1033,6 +1100,11 @@ async fn head(
                 }
             }
         }
+    }
+    // Both framings in one head: the coding wins and the length is dropped (RFC 9112 §6.3),
+    // and such a connection is not trusted with another request.
+    if chunked && length.is_some() {
+        reusable = false;
     }
     if !matches!(framing, Framing::Empty) {
         framing = match (chunked, length) {

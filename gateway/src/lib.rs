@@ -3,12 +3,14 @@
 //! # Layout
 //! - [`config`]: `[gateway]`, `[[routes]]`, the gateway's part of `[backend]`, `[[plans]]`;
 //!   validated at start, one error line per bad setting.
+//! - [`conns`]: the main listener's connections: `max_connections`, idle ones closed first.
 //! - [`server`]: start-up, the main and metrics listeners, SIGHUP reload, graceful shutdown.
 //! - [`proxy`]: **the request path, in one file**: extract key → replica lookup → route/plan
 //!   check → reserve quota → forward → settle (refund on 502/504) → record usage and metrics.
 //! - [`h1`]: the HTTP/1.1 fast lane: every main-listener connection starts here; ordinary
 //!   keep-alive requests on HTTP routes run the same phases between two sockets, anything else is
 //!   handed (with the bytes read) to hyper and [`proxy::Gateway::handle`].
+//! - [`path`]: the normalised request path both request paths route on and forward.
 //! - [`routes`]: the route table (host, path prefix), round-robin upstreams, passive health.
 //! - [`keys`]: the key replica (sharded, lock-light reads; snapshot in `data_dir`).
 //! - [`quota`]: the [`quota::QuotaStore`] trait, [`quota::local`] (sliding log per key) and the
@@ -37,6 +39,7 @@ pub mod backend;
 pub mod background;
 pub mod body;
 pub mod config;
+pub mod conns;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod feed;
@@ -44,6 +47,7 @@ pub mod h1;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod quota;
 pub mod routes;

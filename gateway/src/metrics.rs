@@ -28,10 +28,12 @@ pub enum Outcome {
     QuotaUnavailable,
     BadRequest,
     NotReady,
+    MethodNotAllowed,
+    NotImplemented,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 17] = [
         Outcome::Ok,
         Outcome::MissingKey,
         Outcome::InvalidKey,
@@ -47,6 +49,8 @@ impl Outcome {
         Outcome::QuotaUnavailable,
         Outcome::BadRequest,
         Outcome::NotReady,
+        Outcome::MethodNotAllowed,
+        Outcome::NotImplemented,
     ];
 
     /// The stable code clients see in `error.code` (and the metrics label).
@@ -67,6 +71,8 @@ impl Outcome {
             Outcome::QuotaUnavailable => "quota_unavailable",
             Outcome::BadRequest => "bad_request",
             Outcome::NotReady => "not_ready",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::NotImplemented => "not_implemented",
         }
     }
 
@@ -85,6 +91,8 @@ impl Outcome {
             Outcome::RouteNotFound => 404,
             Outcome::QuotaUnavailable | Outcome::NotReady => 503,
             Outcome::BadRequest => 400,
+            Outcome::MethodNotAllowed => 405,
+            Outcome::NotImplemented => 501,
         }
     }
 
@@ -204,11 +212,11 @@ fn seconds(ns: u64) -> String {
 /// Counters of one route (or one of the gateway's own pseudo-routes like `_validate`).
 pub struct RouteMetrics {
     pub name: String,
-    outcomes: [AtomicU64; 15],
+    outcomes: [AtomicU64; Outcome::ALL.len()],
     /// Forwarded responses by upstream status (100..=599).
     statuses: Box<[AtomicU64]>,
     /// Outcomes answered inside a 200 body (the validate endpoint's `valid:false` answers).
-    in_body: [AtomicU64; 15],
+    in_body: [AtomicU64; Outcome::ALL.len()],
     pub upstream: Histogram,
 }
 
@@ -275,6 +283,10 @@ pub struct Metrics {
     pub redis_errors: Counter,
     pub connections: Counter,
     pub handed_off: Counter,
+    pub connections_evicted: Counter,
+    pub connections_refused: Counter,
+    /// Client connections open on the main listener (a gauge).
+    pub connections_open: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -310,6 +322,9 @@ impl Metrics {
             usage_ship_errors: Counter::default(),
             redis_errors: Counter::default(),
             connections: Counter::default(),
+            connections_evicted: Counter::default(),
+            connections_refused: Counter::default(),
+            connections_open: AtomicU64::new(0),
             handed_off: Counter::default(),
         }
     }
@@ -369,7 +384,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &Counter); 9] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "tollgate_gateway_connections_total",
                 "Client connections accepted on the main listener.",
@@ -379,6 +394,16 @@ impl Metrics {
                 "tollgate_gateway_connections_handed_off_total",
                 "Client connections the HTTP/1.1 fast lane handed to the general HTTP stack (HTTP/2, HTTP/1.0, upgrades, the gateway's own paths, streamed uploads).",
                 &self.handed_off,
+            ),
+            (
+                "tollgate_gateway_connections_evicted_total",
+                "Idle client connections closed to make room at max_connections.",
+                &self.connections_evicted,
+            ),
+            (
+                "tollgate_gateway_connections_refused_total",
+                "Client connections closed at once at max_connections (none idle to close).",
+                &self.connections_refused,
             ),
             (
                 "tollgate_gateway_admitted_units_total",

@@ -13,7 +13,7 @@
 //! relaxed atomics for metrics. Header values are precomputed per key and per tier.
 
 use crate::backend::{HttpClient, Management};
-use crate::body::Body;
+use crate::body::{Body, BodyFault, ClientFault};
 use crate::config::{KeySource, MANAGEMENT_PREFIXES};
 use crate::health::Health;
 use crate::keys::{Found, KeyEntry, Replica};
@@ -100,6 +100,32 @@ pub struct Limited {
 pub enum UpstreamError {
     Unavailable,
     Timeout,
+    /// The client's request body failed while it streamed upstream.
+    Client(ClientFault),
+}
+
+impl UpstreamError {
+    /// The client's answer: 502/504 (refunded), or 400/413 for a client's broken body.
+    pub fn outcome(&self) -> (Outcome, &'static str) {
+        match self {
+            UpstreamError::Unavailable => (
+                Outcome::UpstreamUnavailable,
+                "the upstream service is unavailable",
+            ),
+            UpstreamError::Timeout => (
+                Outcome::UpstreamTimeout,
+                "the upstream service did not answer in time",
+            ),
+            UpstreamError::Client(ClientFault::Malformed) => (
+                Outcome::BadRequest,
+                "the request body is malformed or was cut short",
+            ),
+            UpstreamError::Client(ClientFault::TooLarge) => (
+                Outcome::PayloadTooLarge,
+                "request body is larger than this endpoint accepts",
+            ),
+        }
+    }
 }
 
 /// A JSON error body (SPEC §9) with the outcome's status.
@@ -121,8 +147,9 @@ pub fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
     resp
 }
 
-/// The hop-by-hop headers (RFC 9110 §7.6.1); `Connection` first and `Upgrade` second.
-pub(crate) static HOP_HEADERS: [HeaderName; 8] = [
+/// The hop-by-hop headers (RFC 9110 §7.6.1, and `HTTP2-Settings` of an h2c upgrade, RFC 9113
+/// §3.2.1); `Connection` first and `Upgrade` second.
+pub(crate) static HOP_HEADERS: [HeaderName; 9] = [
     header::CONNECTION,
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
@@ -131,6 +158,7 @@ pub(crate) static HOP_HEADERS: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
@@ -140,7 +168,7 @@ pub(crate) static HOP_HEADERS: [HeaderName; 8] = [
 /// removed. Removing an absent name still hashes and probes the map, and nine such removals per
 /// message, twice per request, were ~5 % of the gateway's instructions (benches/RESULTS.md).
 pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let mut present = 0u8;
+    let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = HOP_HEADERS.iter().position(|h| h == name) {
             present |= 1 << i;
@@ -171,15 +199,111 @@ pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// `name` is `want` (lower case, `-` separated) in any case, with `_` for any `-`: CGI-style
+/// upstreams (PHP, WSGI, Rack) read `X_Tollgate_Plan` as `X-Tollgate-Plan`.
+fn same_name(name: &[u8], want: &[u8]) -> bool {
+    name.len() == want.len()
+        && name.iter().zip(want).all(|(&a, &b)| {
+            let a = if a == b'_' {
+                b'-'
+            } else {
+                a.to_ascii_lowercase()
+            };
+            a == b
+        })
+}
+
+/// Headers the gateway owns: the key header and every `X-Tollgate-*` identity header, in any
+/// spelling. A client's copies never reach the upstream (the gateway sets its own identity).
+pub fn is_reserved_header(name: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"x-tollgate-";
+    same_name(name, X_API_KEY.as_str().as_bytes())
+        || (name.len() > PREFIX.len() && same_name(&name[..PREFIX.len()], PREFIX))
+}
+
+/// A bearer token shaped like an API key (`<prefix>_<plan>_<43 base64url characters>`).
+fn looks_like_key(token: &[u8]) -> bool {
+    const SECRET: usize = 43;
+    if token.len() < SECRET + 4 {
+        return false;
+    }
+    let (head, secret) = token.split_at(token.len() - SECRET);
+    secret
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        && head.ends_with(b"_")
+        && head.first().is_some_and(u8::is_ascii_alphanumeric)
+        && head.iter().filter(|&&c| c == b'_').count() >= 2
+}
+
+/// Whether a request header must not be forwarded because it carries an API key or a
+/// gateway-owned identity: the key header and `X-Tollgate-*` (any spelling), and an
+/// `Authorization` that either held the key of this request or is a bearer token shaped like
+/// a key (another customer's, say).
+pub fn carries_key(name: &[u8], value: &[u8], key_from: Option<KeyHeader>) -> bool {
+    if is_reserved_header(name) {
+        return true;
+    }
+    if !same_name(name, b"authorization") {
+        return false;
+    }
+    if key_from == Some(KeyHeader::Bearer) {
+        return true;
+    }
+    value.len() > 7
+        && value[..7].eq_ignore_ascii_case(b"bearer ")
+        && looks_like_key(value[7..].trim_ascii())
+}
+
+/// Removes every header [`carries_key`] names. A pass without removals allocates nothing.
+fn strip_key_headers(headers: &mut HeaderMap, key_from: Option<KeyHeader>) {
+    let found = |(n, v): (&HeaderName, &HeaderValue)| {
+        carries_key(n.as_str().as_bytes(), v.as_bytes(), key_from).then(|| n.clone())
+    };
+    if !headers.iter().any(|h| found(h).is_some()) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.iter().filter_map(found).collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+/// A `Content-Length` value: ASCII digits only (RFC 9110 §8.6), optional SP/HTAB around.
+/// `str::trim` would also take Unicode spaces (`5\u{a0}`), and `u64::from_str` a `+`.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Methods safe to send twice (RFC 9110 §9.2.2): a request on a pooled connection that closed
+/// without an answer is retried only when it is one of these (as nginx's
+/// `proxy_next_upstream` does without `non_idempotent`).
+pub fn idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+/// A WebSocket handshake (the only upgrade the gateway tunnels: one unit per upgrade). Any
+/// other `Upgrade` (`h2c` above all: a tunnel would carry unmetered requests) is dropped with
+/// the hop-by-hop headers and the request goes on as a plain one.
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get(header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
 
 /// Which header the key came from (so exactly that one is removed before forwarding).
@@ -257,14 +381,49 @@ pub fn check_body_size<H: Headers + ?Sized>(route: &Route, headers: &H) -> Resul
     if max > 0 {
         let declared = headers
             .first(&header::CONTENT_LENGTH)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+            .and_then(parse_length);
         if declared.is_some_and(|n| n > max) {
             return Err(refuse(
                 Outcome::PayloadTooLarge,
                 "request body is larger than this endpoint accepts",
             ));
         }
+    }
+    Ok(())
+}
+
+/// What no route may see, checked before routing (the fast lane hands such requests here):
+/// `CONNECT` (405: the gateway is not a forward proxy), a transfer coding other than
+/// `chunked` (501, RFC 9112 §6.1: the gateway would re-frame the body and lose the coding),
+/// and an HTTP/1.1 request without exactly one `Host` (400, RFC 9112 §3.2).
+pub fn check_request<B>(req: &Request<B>) -> Result<(), Refusal> {
+    if req.method() == Method::CONNECT {
+        return Err(refuse(
+            Outcome::MethodNotAllowed,
+            "CONNECT is not supported: this is a reverse proxy",
+        ));
+    }
+    let h = req.headers();
+    let mut codings = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&c| c == b','))
+        .map(<[u8]>::trim_ascii);
+    match (codings.next(), codings.next()) {
+        (None, _) => {}
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => {}
+        _ => {
+            return Err(refuse(
+                Outcome::NotImplemented,
+                "only the chunked transfer coding is supported",
+            ))
+        }
+    }
+    if req.version() == Version::HTTP_11 && h.get_all(header::HOST).iter().count() != 1 {
+        return Err(refuse(
+            Outcome::BadRequest,
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
     }
     Ok(())
 }
@@ -341,13 +500,84 @@ fn render_ratelimit(buf: &mut [u8; 64], remaining: u64, reset: u64) -> &[u8] {
     &buf[..n]
 }
 
+/// The 400 for a path whose `..` climbs out of the prefix of the route it matched.
+pub(crate) const CLIMBS_OUT: Refusal = refuse(
+    Outcome::BadRequest,
+    "the path climbs out of its route with '..'",
+);
+
+/// Routes and forwards the normalised path (see [`crate::path`]): rewrites `uri` when
+/// normalising changed it. Returns how far a `..` climbed, or the 400 message.
+fn normalize_uri(uri: &mut Uri) -> Result<Option<usize>, &'static str> {
+    let normal = crate::path::normalize(uri.path())?;
+    let climbed_to = normal.climbed_to;
+    if let std::borrow::Cow::Owned(path) = normal.path {
+        let pq = match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = std::mem::take(uri).into_parts();
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| "the normalised path is not a valid URI")?,
+        );
+        *uri = Uri::from_parts(parts).map_err(|_| "the normalised path is not a valid URI")?;
+    }
+    Ok(climbed_to)
+}
+
+/// An admitted request's units between the quota decision and the outcome. Dropped without
+/// [`Admission::settle`] (the request future was cancelled: the client hung up while the
+/// upstream had the request), the units are recorded as used, so every admitted request reaches
+/// usage exactly once.
+pub(crate) struct Admission<'g> {
+    gw: &'g Gateway,
+    reservation: Reservation,
+    armed: bool,
+}
+
+impl<'g> Admission<'g> {
+    pub(crate) fn new(gw: &'g Gateway, reservation: Reservation) -> Admission<'g> {
+        Admission {
+            gw,
+            reservation,
+            armed: true,
+        }
+    }
+
+    /// The reservation, for the caller to account (used or refunded) itself.
+    pub(crate) fn settle(mut self) -> Reservation {
+        self.armed = false;
+        self.reservation
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.gw.record_usage(&self.reservation);
+        }
+    }
+}
+
 impl Gateway {
     /// Entry point for every request on the main listener.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
+        if let Err(r) = check_request(&req) {
+            self.own.unmatched.count(r.outcome, r.outcome.status());
+            return Ok(error_response(r.outcome, r.message));
+        }
+        let climbed_to = match normalize_uri(req.uri_mut()) {
+            Ok(c) => c,
+            Err(message) => {
+                self.own.unmatched.count(Outcome::BadRequest, 400);
+                return Ok(error_response(Outcome::BadRequest, message));
+            }
+        };
         let path = req.uri().path();
         if path == "/health" || path == "/ready" {
             let resp = self.own_endpoint(path == "/ready");
@@ -376,6 +606,9 @@ impl Gateway {
                 "no route for this path",
             ));
         };
+        if climbed_to.is_some_and(|d| d < route.depth) {
+            return Ok(self.refused(&route, CLIMBS_OUT, None, start));
+        }
         Ok(self.proxy(route, req, start).await)
     }
 
@@ -418,17 +651,20 @@ impl Gateway {
             return self.refused(&route, r, Some(&entry), start);
         }
         // 4. quota
-        let reservation = match self.reserve(&entry, route.cfg.cost).await {
+        let (reservation, usage) = match self.reserve(&entry, route.cfg.cost).await {
             Ok(r) => r,
             Err(Err(r)) => return self.refused(&route, r, Some(&entry), start),
             Err(Ok(limited)) => return self.limited(&route, &entry, limited, start),
         };
+        // From here the units are the client's, whoever hangs up: if hyper drops this future
+        // (the client closed while the upstream worked), the guard records them as used.
+        let admitted = Admission::new(self, reservation);
         // 5. forward
         let (result, upstream_time) = self.forward(&route, req, Some((&entry, from))).await;
         // 6.–7. settle, record
         self.finish(
             &route,
-            Some((&entry, reservation)),
+            Some((&entry, (admitted.settle(), usage))),
             result,
             upstream_time,
             start,
@@ -501,7 +737,7 @@ impl Gateway {
         }
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let req = match upstream_request(route, target, req, key, upgrade) {
+        let (req, fault) = match upstream_request(route, target, req, key, upgrade) {
             Ok(r) => r,
             Err(_) => return (Err(UpstreamError::Unavailable), Duration::ZERO),
         };
@@ -511,6 +747,11 @@ impl Gateway {
         let mut resp = match result {
             Err(_) => return (Err(UpstreamError::Timeout), took),
             Ok(Err(e)) => {
+                // The client's body broke (bad chunked framing, past the route's limit, or the
+                // client went away) after the upstream had the request: the client's fault.
+                if let Some(f) = fault.as_deref().and_then(BodyFault::get) {
+                    return (Err(UpstreamError::Client(f)), took);
+                }
                 if e.is_connect() {
                     route.mark_down(target);
                 }
@@ -521,14 +762,24 @@ impl Gateway {
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
-            if let Some(client_side) = client_upgrade {
-                let upstream_side = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_side, upstream_side));
-            }
+            let Some(client_side) = client_upgrade else {
+                // A 101 to a request that asked for no (WebSocket) upgrade would leave the
+                // client with a tunnel nobody meters.
+                tracing::warn!(route = %route.cfg.name, "upstream switched protocols unasked");
+                return (Err(UpstreamError::Unavailable), took);
+            };
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_side, upstream_side));
         }
         let (mut parts, body) = resp.into_parts();
+        // A body framed by Transfer-Encoding: a Content-Length beside it is stale (RFC 9112
+        // §6.3) and would frame the client's copy wrongly once the coding is re-done.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         strip_hop_headers(&mut parts.headers, switching);
-        (Ok(Response::from_parts(parts, Body::Incoming(body))), took)
+        let body = Body::upstream(body, route.cfg.timeout);
+        (Ok(Response::from_parts(parts, body)), took)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -544,25 +795,18 @@ impl Gateway {
     ) -> Response<Body> {
         let (mut resp, outcome) = match result {
             Ok(r) => (r, Outcome::Ok),
-            Err(UpstreamError::Unavailable) => (
-                error_response(
-                    Outcome::UpstreamUnavailable,
-                    "the upstream service is unavailable",
-                ),
-                Outcome::UpstreamUnavailable,
-            ),
-            Err(UpstreamError::Timeout) => (
-                error_response(
-                    Outcome::UpstreamTimeout,
-                    "the upstream service did not answer in time",
-                ),
-                Outcome::UpstreamTimeout,
-            ),
+            Err(e) => {
+                let (outcome, message) = e.outcome();
+                (error_response(outcome, message), outcome)
+            }
         };
         if let Some((entry, (reservation, usage))) = keyed {
-            let usage = self
-                .account(entry, reservation, usage, outcome == Outcome::Ok)
-                .await;
+            // Refunded only when the upstream failed; a client's broken body is not a refund.
+            let answered = !matches!(
+                outcome,
+                Outcome::UpstreamUnavailable | Outcome::UpstreamTimeout
+            );
+            let usage = self.account(entry, reservation, usage, answered).await;
             rate_limit_headers(
                 resp.headers_mut(),
                 entry,
@@ -763,14 +1007,16 @@ pub fn upstream_target<'a>(route: &Route, pq: &'a str) -> std::borrow::Cow<'a, s
 }
 
 /// Rewrites the client's request for `target`: absolute URI, HTTP/1.1, hop-by-hop and key
-/// headers removed, identity headers set (client-sent copies replaced), `Host` = upstream.
+/// headers removed, identity headers set (client-sent copies replaced), `Host` = upstream. A
+/// request with a body gets a [`BodyFault`] the body sets if the client breaks it.
+#[allow(clippy::type_complexity)]
 fn upstream_request(
     route: &Route,
     target: &Target,
     req: Request<Incoming>,
     key: Option<(&KeyEntry, KeyHeader)>,
     upgrade: bool,
-) -> Result<Request<Body>, http::Error> {
+) -> Result<(Request<Body>, Option<Arc<BodyFault>>), http::Error> {
     let (mut parts, body) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     if route.cfg.strip_prefix {
@@ -791,35 +1037,19 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     strip_hop_headers(h, upgrade);
-    if let Some((entry, from)) = key {
-        h.remove(&X_API_KEY);
-        if from == KeyHeader::Bearer {
-            h.remove(header::AUTHORIZATION);
-        }
-        // `insert` replaces every client-sent value of these names.
+    strip_key_headers(h, key.map(|k| k.1));
+    if let Some((entry, _)) = key {
         h.insert(X_KEY_ID.clone(), entry.id_header.clone());
         h.insert(X_USER_ID.clone(), entry.user_header.clone());
         h.insert(X_PLAN.clone(), entry.tier.plan_header.clone());
-    } else {
-        h.remove(&X_KEY_ID);
-        h.remove(&X_USER_ID);
-        h.remove(&X_PLAN);
     }
     if !route.cfg.preserve_host {
         if let Some(host) = &target.host {
             h.insert(header::HOST, host.clone());
         }
     }
-    let max = route.cfg.max_body_bytes;
-    let body = if max > 0 {
-        Body::Limited {
-            inner: body,
-            left: max,
-        }
-    } else {
-        Body::Incoming(body)
-    };
-    Ok(Request::from_parts(parts, body))
+    let (body, fault) = Body::client(body, route.cfg.max_body_bytes);
+    Ok((Request::from_parts(parts, body), fault))
 }
 
 /// `builtin:echo`: what the request looked like after the gateway's checks, as JSON.

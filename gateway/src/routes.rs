@@ -31,6 +31,8 @@ pub struct Route {
     pub targets: Box<[Target]>,
     /// Every upstream is HTTP, so the fast lane can proxy this route (see `h1`).
     pub fast: bool,
+    /// Segments in the prefix: a `..` may not climb above them (see [`crate::path`]).
+    pub depth: usize,
     next: AtomicUsize,
     pub metrics: Arc<RouteMetrics>,
     epoch: Instant,
@@ -134,6 +136,7 @@ impl RouteTable {
                     cfg: c.clone(),
                     targets,
                     fast,
+                    depth: crate::path::depth(&c.prefix),
                     next: AtomicUsize::new(0),
                     metrics: metrics.route(&c.name),
                     epoch,

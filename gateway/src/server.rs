@@ -11,6 +11,7 @@ use crate::backend::{BackendLink, HttpClient, Management, RemoteBackend};
 use crate::body::Body;
 use crate::config::RedisFailure;
 use crate::config::{BackendMode, Config, RouteConfig};
+use crate::conns::{Conn, Conns};
 use crate::feed::Feed;
 use crate::h1::{Exit, LaneSettings, PoolSettings};
 use crate::health::Health;
@@ -89,10 +90,77 @@ fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(g.client_header_timeout)
         .max_buf_size(g.max_header_bytes.max(8192))
         .keep_alive(true);
+    // The h2 limits beside hyper's defaults: streams per connection, and the HEADERS size as
+    // HTTP/1's head limit. Handshake and idle time are bounded per connection by `serve_hyper`.
     b.http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(u32::try_from(g.max_header_bytes).unwrap_or(u32::MAX));
     b
+}
+
+/// Concurrent h2 streams per client connection (each is a request in flight).
+const H2_MAX_STREAMS: u32 = 128;
+
+/// How long a connection asked to close gracefully (idle, evicted, or at shutdown with nothing
+/// in flight) may take to do it before it is dropped: an h2 peer that never acknowledges the
+/// GOAWAY's ping would otherwise keep it.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Serves a connection with hyper (HTTP/1.x or h2, upgrades allowed) until it ends, closing it
+/// gracefully when it has had no request in progress for `idle` (the h2 handshake included),
+/// when the table needs its place, or at shutdown (in-flight requests get `shutdown_timeout`).
+async fn serve_hyper<I>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    gw: Arc<Gateway>,
+    conn: &Arc<Conn>,
+    mut drain: watch::Receiver<bool>,
+    idle: Duration,
+    shutdown_timeout: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service_conn = conn.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let busy = service_conn.begin();
+        let gw = gw.clone();
+        async move {
+            let resp = gw.handle(req).await;
+            drop(busy);
+            resp
+        }
+    });
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(served);
+    let check = tokio::time::sleep(idle);
+    tokio::pin!(check);
+    let mut grace: Option<Duration> = None;
+    loop {
+        if let Some(limit) = grace {
+            return match tokio::time::timeout(limit, served.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            };
+        }
+        tokio::select! {
+            r = served.as_mut() => return r,
+            _ = conn.asked_to_close() => grace = Some(CLOSE_GRACE),
+            _ = drain.changed() => grace = Some(shutdown_timeout),
+            _ = check.as_mut() => {
+                let quiet = conn.idle_for();
+                if quiet >= idle {
+                    grace = Some(CLOSE_GRACE);
+                } else {
+                    let next = tokio::time::Instant::now() + (idle - quiet);
+                    check.as_mut().reset(next);
+                    continue;
+                }
+            }
+        }
+        served.as_mut().graceful_shutdown();
+    }
 }
 
 fn gauges(gw: &Gateway) -> Vec<Gauge> {
@@ -120,6 +188,11 @@ fn gauges(gw: &Gateway) -> Vec<Gauge> {
             name: "tollgate_gateway_quota_degraded",
             help: "1 while Redis is unreachable and the configured failure behaviour (local or closed) applies.",
             value: if gw.quota.degraded() { 1.0 } else { 0.0 },
+        },
+        Gauge {
+            name: "tollgate_gateway_connections_open",
+            help: "Client connections open on the main listener (at most max_connections).",
+            value: f(gw.metrics.connections_open.load(Ordering::Relaxed)),
         },
         Gauge { name: "tollgate_gateway_routes", help: "Configured routes.", value: f(u64::try_from(gw.routes.load().len()).unwrap_or(0)) },
     ]
@@ -348,6 +421,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     println!("tollgate: metrics listening on http://{maddr}");
     #[cfg(feature = "embedded")]
     if let Some(b) = &embedded {
+        // Links the embedded backend builds (portal hand-off, payment returns) point here,
+        // never at a client-sent Host.
+        b.advertise(addr);
         print_quickstart(addr, crate::embedded::service_token_path(b), &cfg.routes);
     }
     #[cfg(not(feature = "embedded"))]
@@ -387,8 +463,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
 
     let builder = Arc::new(server_builder(&cfg));
+    // The metrics listener's connections; the main listener's are in `conns`.
     let graceful = GracefulShutdown::new();
-    // Tells connections in the fast lane to finish; their watchers keep `graceful` waiting.
+    let conns = Conns::new(g.max_connections, metrics.clone());
+    // Tells every main-listener connection to finish what it is doing and close.
     let (drain_tx, drain_rx) = watch::channel(false);
     let lane = LaneSettings {
         max_header_bytes: g.max_header_bytes,
@@ -418,24 +496,37 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             }
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
         let builder = builder.clone();
         let gw = gw.clone();
-        let drain = drain_rx.clone();
-        tokio::spawn(async move {
-            let result = if is_metrics {
+        if is_metrics {
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
                 let io = TokioIo::new(stream);
                 let svc = hyper::service::service_fn(move |req| metrics_endpoint(gw.clone(), req));
-                watcher.watch(builder.serve_connection(io, svc)).await
-            } else {
-                let io = match crate::h1::serve(gw.clone(), stream, drain, lane).await {
+                if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
+                    tracing::debug!(error = %e, "metrics connection ended with an error");
+                }
+            });
+            continue;
+        }
+        // Over `max_connections` with nothing idle to close: closed at once.
+        let Some(admitted) = conns.admit() else {
+            drop(stream);
+            continue;
+        };
+        let drain = drain_rx.clone();
+        let (idle, grace, fast_lane) = (g.client_header_timeout, g.shutdown_timeout, g.fast_lane);
+        tokio::spawn(async move {
+            let conn = &admitted.conn;
+            let result = if fast_lane {
+                match crate::h1::serve(gw.clone(), stream, drain.clone(), lane, conn).await {
                     Exit::Closed => return,
-                    Exit::Handoff(io) => TokioIo::new(io),
-                };
-                let svc = hyper::service::service_fn(move |req| gw.clone().handle(req));
-                watcher
-                    .watch(builder.serve_connection_with_upgrades(io, svc))
-                    .await
+                    Exit::Handoff(io) => {
+                        serve_hyper(io, &builder, gw, conn, drain, idle, grace).await
+                    }
+                }
+            } else {
+                serve_hyper(stream, &builder, gw, conn, drain, idle, grace).await
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -447,10 +538,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     drop(listener);
     drop(metrics_listener);
     let _ = drain_tx.send(true);
-    if tokio::time::timeout(g.shutdown_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let metrics_drained = tokio::time::timeout(g.shutdown_timeout, graceful.shutdown());
+    let (main, metrics_conns) = tokio::join!(conns.drained(g.shutdown_timeout), metrics_drained);
+    if !main || metrics_conns.is_err() {
         tracing::warn!("connections still open after shutdown_timeout; closing them");
     }
     let _ = stop_tx.send(true);

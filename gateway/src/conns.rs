@@ -1,0 +1,253 @@
+//! Client connections on the main listener: a cap (`max_connections`), idle ones closed first,
+//! and an idle timeout that holds for every protocol.
+//!
+//! Without a cap, connections that send nothing (or only the HTTP/2 preface) hold every file
+//! descriptor and ordinary clients time out. At the cap the gateway does what nginx does when
+//! it runs out of connections: it closes the least recently active *idle* connection (no
+//! request in progress) to make room, so a flood of idle connections cannot lock a working
+//! client out; with none idle, the new connection is closed at once.
+//!
+//! Each connection has a [`Conn`]: two atomics its own task updates when a request starts and
+//! ends (no shared lock on the request path), and a [`Notify`] that asks it to close. The table
+//! itself is locked only to admit and to remove a connection.
+
+use crate::metrics::Metrics;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// The connection table.
+pub struct Conns {
+    max: usize,
+    epoch: Instant,
+    slots: Mutex<Slots>,
+    open: AtomicUsize,
+    /// Woken when the last connection leaves (shutdown waits on it).
+    empty: Notify,
+    /// Counts evictions and refusals, and shows `open`.
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Slots {
+    live: Vec<Option<Arc<Conn>>>,
+    free: Vec<usize>,
+    /// Asked to close, not gone yet.
+    closing: usize,
+}
+
+/// One client connection's state, shared between its task and the table.
+pub struct Conn {
+    index: usize,
+    /// Requests (h2: streams) being answered.
+    busy: AtomicU32,
+    /// Milliseconds after the table's epoch when a request last started or ended.
+    active_ms: AtomicU64,
+    closing: AtomicBool,
+    close: Notify,
+    epoch: Instant,
+}
+
+impl Conn {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A request starts; the returned guard ends it.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        self.start();
+        Busy(self.clone())
+    }
+
+    /// A request starts (the fast lane calls `start`/`end` itself: no guard, no `Arc` clone).
+    pub fn start(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn end(&self) {
+        self.active_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How long the connection has had no request in progress (zero while one is).
+    pub fn idle_for(&self) -> Duration {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let since = self.active_ms.load(Ordering::Relaxed);
+        Duration::from_millis(self.now_ms().saturating_sub(since))
+    }
+
+    /// Resolves when the table asks this connection to close (to make room).
+    pub async fn asked_to_close(&self) {
+        self.close.notified().await;
+    }
+}
+
+/// A request in progress on a connection (hyper's service holds one per request).
+pub struct Busy(Arc<Conn>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A connection's place in the table, given back when dropped.
+pub struct Admitted {
+    conns: Arc<Conns>,
+    pub conn: Arc<Conn>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut s = self.conns.slots.lock();
+        if let Some(slot) = s.live.get_mut(self.conn.index) {
+            *slot = None;
+            s.free.push(self.conn.index);
+        }
+        if self.conn.closing.load(Ordering::Relaxed) {
+            s.closing = s.closing.saturating_sub(1);
+        }
+        drop(s);
+        let before = self.conns.open.fetch_sub(1, Ordering::AcqRel);
+        self.conns.metrics.connections_open.store(
+            u64::try_from(before.saturating_sub(1)).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        if before == 1 {
+            self.conns.empty.notify_waiters();
+        }
+    }
+}
+
+impl Conns {
+    pub fn new(max: usize, metrics: Arc<Metrics>) -> Arc<Conns> {
+        Arc::new(Conns {
+            max: max.max(1),
+            epoch: Instant::now(),
+            slots: Mutex::new(Slots::default()),
+            open: AtomicUsize::new(0),
+            empty: Notify::new(),
+            metrics,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A place for a new connection, or `None` (close it at once). At the cap, the least
+    /// recently active idle connection is asked to close to make room; connections already
+    /// asked still count until they are gone, up to an eighth of the cap in excess.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let mut s = self.slots.lock();
+        let held = self.open.load(Ordering::Relaxed);
+        if held.saturating_sub(s.closing) >= self.max {
+            if s.closing >= (self.max / 8).max(1) {
+                self.metrics.connections_refused.add(1);
+                return None;
+            }
+            let victim = s
+                .live
+                .iter()
+                .flatten()
+                .filter(|c| {
+                    !c.closing.load(Ordering::Relaxed) && c.busy.load(Ordering::Relaxed) == 0
+                })
+                .min_by_key(|c| c.active_ms.load(Ordering::Relaxed))
+                .cloned();
+            let Some(victim) = victim else {
+                self.metrics.connections_refused.add(1);
+                return None;
+            };
+            victim.closing.store(true, Ordering::Relaxed);
+            victim.close.notify_one();
+            s.closing += 1;
+            self.metrics.connections_evicted.add(1);
+        }
+        let index = s.free.pop().unwrap_or(s.live.len());
+        let conn = Arc::new(Conn {
+            index,
+            busy: AtomicU32::new(0),
+            active_ms: AtomicU64::new(
+                u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ),
+            closing: AtomicBool::new(false),
+            close: Notify::new(),
+            epoch: self.epoch,
+        });
+        if index == s.live.len() {
+            s.live.push(Some(conn.clone()));
+        } else {
+            s.live[index] = Some(conn.clone());
+        }
+        let now_open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.connections_open.store(
+            u64::try_from(now_open).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.metrics.connections.add(1);
+        Some(Admitted {
+            conns: self.clone(),
+            conn,
+        })
+    }
+
+    /// Waits until every connection is gone, at most `limit`; `false` if some are left.
+    pub async fn drained(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let empty = self.empty.notified();
+                if self.open() == 0 {
+                    return;
+                }
+                empty.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn at_the_cap_the_oldest_idle_connection_makes_room() {
+        let conns = Conns::new(2, Arc::new(Metrics::new()));
+        let a = conns.admit().unwrap_or_else(|| panic!("a"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let b = conns.admit().unwrap_or_else(|| panic!("b"));
+        // `b` is busy, `a` idle and older: `a` is asked to close.
+        let _req = b.conn.begin();
+        let c = conns.admit().unwrap_or_else(|| panic!("c"));
+        tokio::time::timeout(Duration::from_secs(1), a.conn.asked_to_close())
+            .await
+            .unwrap_or_else(|_| panic!("a was not asked to close"));
+        assert_eq!(conns.metrics.connections_evicted.get(), 1);
+        // Nothing idle and not already closing: the next one is refused.
+        let _req_c = c.conn.begin();
+        assert!(conns.admit().is_none());
+        assert_eq!(conns.metrics.connections_refused.get(), 1);
+        drop(a);
+        assert_eq!(conns.open(), 2);
+        drop((b, c, _req, _req_c));
+        assert!(conns.drained(Duration::from_millis(100)).await);
+    }
+
+    #[tokio::test]
+    async fn idle_time_counts_from_the_last_request() {
+        let conns = Conns::new(4, Arc::new(Metrics::new()));
+        let a = conns.admit().unwrap_or_else(|| panic!("a"));
+        let req = a.conn.begin();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(a.conn.idle_for(), Duration::ZERO);
+        drop(req);
+        assert!(a.conn.idle_for() < Duration::from_millis(15));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(a.conn.idle_for() >= Duration::from_millis(15));
+    }
+}

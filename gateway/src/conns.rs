@@ -26,6 +26,8 @@ pub struct Conns {
     open: AtomicUsize,
     /// Woken when the last connection leaves (shutdown waits on it).
     empty: Notify,
+    /// Woken when a connection asked to close is gone (a new one may wait for its place).
+    left: Notify,
     /// Counts evictions and refusals, and shows `open`.
     metrics: Arc<Metrics>,
 }
@@ -71,6 +73,11 @@ impl Conn {
         self.busy.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// No request in progress.
+    pub fn is_idle(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) == 0
+    }
+
     /// How long the connection has had no request in progress (zero while one is).
     pub fn idle_for(&self) -> Duration {
         if self.busy.load(Ordering::Relaxed) > 0 {
@@ -95,6 +102,14 @@ impl Drop for Busy {
     }
 }
 
+enum Admit {
+    Yes(Admitted),
+    /// At the cap with nothing idle.
+    No,
+    /// Enough connections are closing already: wait for one to go.
+    Wait,
+}
+
 /// A connection's place in the table, given back when dropped.
 pub struct Admitted {
     conns: Arc<Conns>,
@@ -108,10 +123,14 @@ impl Drop for Admitted {
             *slot = None;
             s.free.push(self.conn.index);
         }
-        if self.conn.closing.load(Ordering::Relaxed) {
+        let was_closing = self.conn.closing.load(Ordering::Relaxed);
+        if was_closing {
             s.closing = s.closing.saturating_sub(1);
         }
         drop(s);
+        if was_closing {
+            self.conns.left.notify_waiters();
+        }
         let before = self.conns.open.fetch_sub(1, Ordering::AcqRel);
         self.conns.metrics.connections_open.store(
             u64::try_from(before.saturating_sub(1)).unwrap_or(0),
@@ -131,6 +150,7 @@ impl Conns {
             slots: Mutex::new(Slots::default()),
             open: AtomicUsize::new(0),
             empty: Notify::new(),
+            left: Notify::new(),
             metrics,
         })
     }
@@ -140,15 +160,40 @@ impl Conns {
     }
 
     /// A place for a new connection, or `None` (close it at once). At the cap, the least
-    /// recently active idle connection is asked to close to make room; connections already
-    /// asked still count until they are gone, up to an eighth of the cap in excess.
-    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+    /// recently active idle connection is asked to close to make room. Connections asked
+    /// still count until they are gone, up to a quarter of the cap (at least 64) in excess;
+    /// past that, a new connection waits (at most 50 ms) for one of them to go.
+    pub async fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        match self.try_admit() {
+            Admit::Wait => {}
+            Admit::Yes(a) => return Some(a),
+            Admit::No => return None,
+        }
+        let wait = async {
+            loop {
+                let left = self.left.notified();
+                match self.try_admit() {
+                    Admit::Wait => left.await,
+                    Admit::Yes(a) => return Some(a),
+                    Admit::No => return None,
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_millis(50), wait).await {
+            Ok(a) => a,
+            Err(_) => {
+                self.metrics.connections_refused.add(1);
+                None
+            }
+        }
+    }
+
+    fn try_admit(self: &Arc<Self>) -> Admit {
         let mut s = self.slots.lock();
         let held = self.open.load(Ordering::Relaxed);
         if held.saturating_sub(s.closing) >= self.max {
-            if s.closing >= (self.max / 8).max(1) {
-                self.metrics.connections_refused.add(1);
-                return None;
+            if s.closing >= (self.max / 4).max(64) {
+                return Admit::Wait;
             }
             let victim = s
                 .live
@@ -161,7 +206,7 @@ impl Conns {
                 .cloned();
             let Some(victim) = victim else {
                 self.metrics.connections_refused.add(1);
-                return None;
+                return Admit::No;
             };
             victim.closing.store(true, Ordering::Relaxed);
             victim.close.notify_one();
@@ -190,7 +235,7 @@ impl Conns {
             Ordering::Relaxed,
         );
         self.metrics.connections.add(1);
-        Some(Admitted {
+        Admit::Yes(Admitted {
             conns: self.clone(),
             conn,
         })
@@ -218,19 +263,19 @@ mod tests {
     #[tokio::test]
     async fn at_the_cap_the_oldest_idle_connection_makes_room() {
         let conns = Conns::new(2, Arc::new(Metrics::new()));
-        let a = conns.admit().unwrap_or_else(|| panic!("a"));
+        let a = conns.admit().await.unwrap_or_else(|| panic!("a"));
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let b = conns.admit().unwrap_or_else(|| panic!("b"));
+        let b = conns.admit().await.unwrap_or_else(|| panic!("b"));
         // `b` is busy, `a` idle and older: `a` is asked to close.
         let _req = b.conn.begin();
-        let c = conns.admit().unwrap_or_else(|| panic!("c"));
+        let c = conns.admit().await.unwrap_or_else(|| panic!("c"));
         tokio::time::timeout(Duration::from_secs(1), a.conn.asked_to_close())
             .await
             .unwrap_or_else(|_| panic!("a was not asked to close"));
         assert_eq!(conns.metrics.connections_evicted.get(), 1);
         // Nothing idle and not already closing: the next one is refused.
         let _req_c = c.conn.begin();
-        assert!(conns.admit().is_none());
+        assert!(conns.admit().await.is_none());
         assert_eq!(conns.metrics.connections_refused.get(), 1);
         drop(a);
         assert_eq!(conns.open(), 2);
@@ -241,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn idle_time_counts_from_the_last_request() {
         let conns = Conns::new(4, Arc::new(Metrics::new()));
-        let a = conns.admit().unwrap_or_else(|| panic!("a"));
+        let a = conns.admit().await.unwrap_or_else(|| panic!("a"));
         let req = a.conn.begin();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(a.conn.idle_for(), Duration::ZERO);

@@ -102,14 +102,15 @@ fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
 /// Concurrent h2 streams per client connection (each is a request in flight).
 const H2_MAX_STREAMS: u32 = 128;
 
-/// How long a connection asked to close gracefully (idle, evicted, or at shutdown with nothing
-/// in flight) may take to do it before it is dropped: an h2 peer that never acknowledges the
-/// GOAWAY's ping would otherwise keep it.
+/// How long a connection closed gracefully while a request was in progress (evicted or idle in
+/// a race with a new request) may take before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
-/// Serves a connection with hyper (HTTP/1.x or h2, upgrades allowed) until it ends, closing it
-/// gracefully when it has had no request in progress for `idle` (the h2 handshake included),
-/// when the table needs its place, or at shutdown (in-flight requests get `shutdown_timeout`).
+/// Serves a connection with hyper (HTTP/1.x or h2, upgrades allowed) until it ends. A
+/// connection with no request in progress is dropped when it has been idle for `idle` (the h2
+/// handshake included) or when the table needs its place: nothing is lost, and an h2 peer that
+/// never acknowledges a GOAWAY's ping cannot keep it. At shutdown, in-flight requests get
+/// `shutdown_timeout` to finish.
 async fn serve_hyper<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
@@ -146,17 +147,26 @@ where
         }
         tokio::select! {
             r = served.as_mut() => return r,
-            _ = conn.asked_to_close() => grace = Some(CLOSE_GRACE),
-            _ = drain.changed() => grace = Some(shutdown_timeout),
+            _ = conn.asked_to_close() => {
+                if conn.is_idle() {
+                    return Ok(());
+                }
+                grace = Some(CLOSE_GRACE);
+            }
+            _ = drain.changed() => {
+                if conn.is_idle() {
+                    return Ok(());
+                }
+                grace = Some(shutdown_timeout);
+            }
             _ = check.as_mut() => {
                 let quiet = conn.idle_for();
                 if quiet >= idle {
-                    grace = Some(CLOSE_GRACE);
-                } else {
-                    let next = tokio::time::Instant::now() + (idle - quiet);
-                    check.as_mut().reset(next);
-                    continue;
+                    return Ok(());
                 }
+                let wait = if quiet.is_zero() { idle } else { idle - quiet };
+                check.as_mut().reset(tokio::time::Instant::now() + wait);
+                continue;
             }
         }
         served.as_mut().graceful_shutdown();
@@ -510,7 +520,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             continue;
         }
         // Over `max_connections` with nothing idle to close: closed at once.
-        let Some(admitted) = conns.admit() else {
+        let Some(admitted) = conns.admit().await else {
             drop(stream);
             continue;
         };

@@ -8,6 +8,7 @@
 
 pub mod gw;
 pub mod paypal_fake;
+pub mod raw;
 pub mod stripe;
 pub mod stripe_fake;
 pub mod upstream;

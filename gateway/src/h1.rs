@@ -581,12 +581,13 @@ async fn one(
         return Step::Handoff;
     };
     let close = f.close || draining;
+    let head_only = method == "HEAD";
     let normal = match crate::path::normalize(path) {
         Ok(n) => n,
         Err(message) => {
             gw.own.unmatched.count(Outcome::BadRequest, 400);
             let resp = proxy::error_response(Outcome::BadRequest, message);
-            return reply(client, w.out, resp, close, used).await;
+            return reply(client, w.out, resp, close, head_only, used).await;
         }
     };
     let path = &*normal.path;
@@ -600,14 +601,14 @@ async fn one(
     let Some(route) = route else {
         gw.own.unmatched.count(Outcome::RouteNotFound, 404);
         let resp = proxy::error_response(Outcome::RouteNotFound, "no route for this path");
-        return reply(client, w.out, resp, close, used).await;
+        return reply(client, w.out, resp, close, head_only, used).await;
     };
     if !route.fast {
         return Step::Handoff;
     }
     if normal.climbs_out_of(route.depth) {
         let resp = gw.refused(&route, proxy::CLIMBS_OUT, None, start);
-        return reply(client, w.out, resp, close, used).await;
+        return reply(client, w.out, resp, close, head_only, used).await;
     }
     let headers = Parsed(req.headers);
     let body = &input[head_len..used];
@@ -623,7 +624,7 @@ async fn one(
     if !route.needs_key() {
         if let Err(r) = check_body_size(&route, &headers) {
             let resp = gw.refused(&route, r, None, start);
-            return reply(client, w.out, resp, close, used).await;
+            return reply(client, w.out, resp, close, head_only, used).await;
         }
         return forward(gw, client, w, &route, &request, None, start, used).await;
     }
@@ -634,7 +635,7 @@ async fn one(
             message: "an API key is required (X-API-Key or Authorization: Bearer)",
         };
         let resp = gw.refused(&route, r, None, start);
-        return reply(client, w.out, resp, close, used).await;
+        return reply(client, w.out, resp, close, head_only, used).await;
     };
     // 2. replica
     let now_ms = gw.clock.now_ms();
@@ -642,24 +643,24 @@ async fn one(
         Ok(e) => e,
         Err(r) => {
             let resp = gw.refused(&route, r, None, start);
-            return reply(client, w.out, resp, close, used).await;
+            return reply(client, w.out, resp, close, head_only, used).await;
         }
     };
     // 3. route / plan
     if let Err(r) = check_route(&route, &entry, &headers) {
         let resp = gw.refused(&route, r, Some(&entry), start);
-        return reply(client, w.out, resp, close, used).await;
+        return reply(client, w.out, resp, close, head_only, used).await;
     }
     // 4. quota
     let (reservation, usage) = match gw.reserve(&entry, route.cfg.cost).await {
         Ok(r) => r,
         Err(Err(r)) => {
             let resp = gw.refused(&route, r, Some(&entry), start);
-            return reply(client, w.out, resp, close, used).await;
+            return reply(client, w.out, resp, close, head_only, used).await;
         }
         Err(Ok(limited)) => {
             let resp = gw.limited(&route, &entry, limited, start);
-            return reply(client, w.out, resp, close, used).await;
+            return reply(client, w.out, resp, close, head_only, used).await;
         }
     };
     let admitted = Admitted {
@@ -696,17 +697,19 @@ async fn reply(
     out: &mut Vec<u8>,
     resp: Response<Body>,
     close: bool,
+    head_only: bool,
     used: usize,
 ) -> Step {
-    render(out, resp, close);
+    render(out, resp, close, head_only);
     match client.write_all(out).await {
         Ok(()) if !close => Step::Next(used),
         _ => Step::Close,
     }
 }
 
-/// A response made by the gateway (a full body) as HTTP/1.1 bytes.
-fn render(out: &mut Vec<u8>, resp: Response<Body>, close: bool) {
+/// A response made by the gateway (a full body) as HTTP/1.1 bytes; to a HEAD request, the
+/// head alone (with the length the body would have, RFC 9110 §9.3.2).
+fn render(out: &mut Vec<u8>, resp: Response<Body>, close: bool, head_only: bool) {
     out.clear();
     let status = resp.status();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -733,7 +736,9 @@ fn render(out: &mut Vec<u8>, resp: Response<Body>, close: bool) {
         put_header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&bytes);
+    if !head_only {
+        out.extend_from_slice(&bytes);
+    }
 }
 
 thread_local! {
@@ -875,7 +880,7 @@ async fn forward(
             }
             let keyed = admitted.map(|a| (a.entry, (a.reservation, a.usage)));
             let resp = gw.finish(route, keyed, Err(err), took, start).await;
-            return reply(client, w.out, resp, req.close, used).await;
+            return reply(client, w.out, resp, req.close, head_only, used).await;
         }
     };
     let Answer {

@@ -741,8 +741,20 @@ impl Gateway {
             Ok(r) => r,
             Err(_) => return (Err(UpstreamError::Unavailable), Duration::ZERO),
         };
+        // A bodiless idempotent request goes once more on another connection if the first
+        // fails before an answer (a pooled connection the upstream closed as it was reused),
+        // as the fast lane does; anything else could happen twice.
+        let again = (fault.is_none() && !upgrade && idempotent(req.method().as_str().as_bytes()))
+            .then(|| bodiless_copy(&req));
         let sent = Instant::now();
-        let result = tokio::time::timeout(route.cfg.timeout, self.client.request(req)).await;
+        let deadline = tokio::time::Instant::now() + route.cfg.timeout;
+        let mut result = tokio::time::timeout_at(deadline, self.client.request(req)).await;
+        if let (Ok(Err(e)), Some(copy)) = (&result, again) {
+            if !e.is_connect() {
+                tracing::debug!(route = %route.cfg.name, error = %e, "retrying an idempotent request once");
+                result = tokio::time::timeout_at(deadline, self.client.request(copy)).await;
+            }
+        }
         let took = sent.elapsed();
         let mut resp = match result {
             Err(_) => return (Err(UpstreamError::Timeout), took),
@@ -1050,6 +1062,16 @@ fn upstream_request(
     }
     let (body, fault) = Body::client(body, route.cfg.max_body_bytes);
     Ok((Request::from_parts(parts, body), fault))
+}
+
+/// The same request without a body, to send again.
+fn bodiless_copy(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(Body::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// `builtin:echo`: what the request looked like after the gateway's checks, as JSON.

@@ -135,11 +135,8 @@ impl Pool {
         }
     }
 
-    /// Keeps a connection whose response was framed exactly, if it has nothing more to read.
+    /// Keeps a connection whose response was framed exactly.
     fn put(&self, stream: TcpStream) {
-        if !quiet(&stream) {
-            return;
-        }
         let mut idle = self.idle.lock();
         if idle.len() < self.settings.max_idle {
             idle.push((stream, Instant::now()));
@@ -164,12 +161,15 @@ impl Pool {
     }
 }
 
-/// Whether an idle upstream connection has nothing to read and is not closed. `try_read`
-/// costs no system call while tokio knows the socket is not readable; otherwise it makes the
-/// `recv` the next exchange's first read would have made anyway.
+/// Whether an idle upstream connection has nothing to read and is not closed: one `recv` with
+/// `MSG_PEEK` on the (non-blocking) socket. tokio's readiness cache cannot answer this: bytes
+/// that arrived a moment ago may not have reached its event loop yet.
 fn quiet(s: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(s.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(s).peek(&mut byte),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
 }
 
 /// How a connection left the lane.

@@ -265,7 +265,18 @@ fn strip_key_headers(headers: &mut HeaderMap, key_from: Option<KeyHeader>) {
     }
     let names: Vec<HeaderName> = headers.iter().filter_map(found).collect();
     for n in names {
-        headers.remove(n);
+        // Values of one name are judged one by one (a Basic `Authorization` beside a Bearer key
+        // stays), as the fast lane does header line by header line.
+        let kept: Vec<HeaderValue> = headers
+            .get_all(&n)
+            .iter()
+            .filter(|v| !carries_key(n.as_str().as_bytes(), v.as_bytes(), key_from))
+            .cloned()
+            .collect();
+        headers.remove(&n);
+        for v in kept {
+            headers.append(n.clone(), v);
+        }
     }
 }
 

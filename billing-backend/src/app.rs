@@ -63,6 +63,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(crate::extract::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            crate::idempotency::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             crate::metrics::track,
         ))
         .layer(axum::middleware::from_fn(crate::extract::json_errors))

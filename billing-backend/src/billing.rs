@@ -11,17 +11,13 @@ use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::extract::ValidatedJson;
 use crate::keys::{rfc3339, valid_user_id};
-use crate::store::{
-    Cause, IdemState, PayStatus, PlanChange, Settled, StoreError, SubStatus, Subscription,
-};
+use crate::store::{Cause, PayStatus, PlanChange, Settled, StoreError, SubStatus, Subscription};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::day::add_months;
@@ -262,100 +258,19 @@ pub async fn end(state: &AppState, sub_id: &str, cause: &Cause) -> Result<Subscr
     Ok(sub)
 }
 
-/// Runs `op` at most once per `Idempotency-Key` (scope + key), replaying the first answer.
-async fn idempotent<F, Fut>(
-    state: &AppState,
-    scope: &str,
-    headers: &HeaderMap,
-    request: &[u8],
-    op: F,
-) -> Result<Response, ApiError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<(StatusCode, Value), ApiError>>,
-{
-    let Some(key) = headers.get("idempotency-key") else {
-        return op().await.map(|(s, v)| (s, Json(v)).into_response());
-    };
-    let key = key
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| {
-            ApiError::bad(
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1-255 visible ASCII characters",
-            )
-        })?;
-    let hash = hex::encode(Sha256::digest(request));
-    match state
-        .store
-        .idempotency_claim(scope, key, &hash, state.now())
-        .await?
-    {
-        IdemState::Replay { status, body } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            Ok((
-                status,
-                [
-                    (axum::http::header::CONTENT_TYPE, "application/json"),
-                    (
-                        axum::http::HeaderName::from_static("idempotent-replayed"),
-                        "true",
-                    ),
-                ],
-                body,
-            )
-                .into_response())
-        }
-        IdemState::Mismatch => Err(ApiError::conflict(
-            "idempotency_mismatch",
-            "this Idempotency-Key was used with a different request body",
-        )),
-        IdemState::InFlight => Err(ApiError::conflict(
-            "idempotency_in_progress",
-            "a request with this Idempotency-Key is still being processed",
-        )),
-        IdemState::Claimed => match op().await {
-            Ok((status, value)) => {
-                state
-                    .store
-                    .idempotency_complete(scope, key, status.as_u16(), &value.to_string())
-                    .await?;
-                Ok((status, Json(value)).into_response())
-            }
-            Err(e) => {
-                // Failed requests may be retried with the same key.
-                state.store.idempotency_release(scope, key).await?;
-                Err(e)
-            }
-        },
-    }
-}
-
+/// `POST /api/v1/billing/subscriptions/manual`. A retry with the same `Idempotency-Key` is
+/// answered by [`crate::idempotency`] without granting again.
 async fn grant_handler(
     _: ServiceAuth,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    if body.len() > state.cfg.max_body_bytes {
-        return Err(ApiError::PayloadTooLarge(state.cfg.max_body_bytes));
-    }
-    let req: GrantRequest = crate::extract::parse_json(&body)?;
-    let cause_ref = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|k| format!("POST /api/v1/billing/subscriptions/manual idempotency-key={k}"))
-        .unwrap_or_else(|| "POST /api/v1/billing/subscriptions/manual".to_string());
-    idempotent(&state, "manual_grant", &headers, &body, || async {
-        let sub = grant(&state, req, &Cause::new("api", cause_ref)).await?;
-        Ok((
-            StatusCode::CREATED,
-            json!({"success": true, "subscription": sub_json(&sub, state.now())}),
-        ))
-    })
-    .await
+    ValidatedJson(req): ValidatedJson<GrantRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let cause = Cause::new("api", "POST /api/v1/billing/subscriptions/manual");
+    let sub = grant(&state, req, &cause).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"success": true, "subscription": sub_json(&sub, state.now())})),
+    ))
 }
 
 #[derive(Deserialize, Default)]

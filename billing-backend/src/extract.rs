@@ -1,15 +1,18 @@
 //! Request extractors and the JSON-error backstop.
 //!
 //! [`ValidatedJson`] parses a body of at most `max_body_bytes` with field-precise messages
-//! ("plan: invalid type: integer `5`, expected a string"). [`json_errors`] turns any error
-//! response that is not already JSON (a path or query rejection, an unknown route, a 405 from
-//! the router) into the SPEC §9 body, so no client ever sees a plain-text error.
+//! ("plan: invalid type: integer `5`, expected a string"). [`IdempotencyKey`] is the one parser
+//! of the `Idempotency-Key` header (the [`crate::idempotency`] layer and the handlers that
+//! derive provider-side keys from it both use it). [`json_errors`] turns any error response
+//! that is not already JSON (a path or query rejection, an unknown route, a 405 from the
+//! router) into the SPEC §9 body, so no client ever sees a plain-text error.
 
 use crate::app::AppState;
 use crate::error::{json_error, ApiError};
 use axum::body::Body;
-use axum::extract::{FromRequest, Request};
-use axum::http::{header, StatusCode};
+use axum::extract::{FromRequest, OptionalFromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::de::DeserializeOwned;
@@ -26,6 +29,75 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for ValidatedJson<T> {
             .await
             .map_err(|_| ApiError::PayloadTooLarge(limit))?;
         parse_json(&body).map(ValidatedJson)
+    }
+}
+
+/// A client's `Idempotency-Key`: 1-255 visible ASCII characters, parsed once at the edge.
+///
+/// Handlers take it as `Option<IdempotencyKey>` (absent header: `None`; a malformed one: 400
+/// `invalid_idempotency_key`). Its `Debug` hides the value: the key is what unseals a stored
+/// answer (see [`crate::idempotency`]), so it stays out of logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(text: &str) -> Result<IdempotencyKey, ApiError> {
+        if (1..=Self::MAX_LEN).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(IdempotencyKey(text.to_string()))
+        } else {
+            Err(Self::invalid())
+        }
+    }
+
+    /// The key a request carries, if any. Several `Idempotency-Key` headers are refused:
+    /// which one the client meant is a guess.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+        let mut values = headers.get_all("idempotency-key").iter();
+        let Some(first) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(ApiError::bad(
+                "invalid_idempotency_key",
+                "send one Idempotency-Key header, not several",
+            ));
+        }
+        let text = first.to_str().map_err(|_| Self::invalid())?;
+        Self::parse(text).map(Some)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn invalid() -> ApiError {
+        ApiError::bad(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        )
+    }
+}
+
+impl std::fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdempotencyKey(..)")
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        // The idempotency layer has parsed it already on the endpoints it guards.
+        if let Some(k) = parts.extensions.get::<IdempotencyKey>() {
+            return Ok(Some(k.clone()));
+        }
+        Self::from_headers(&parts.headers)
     }
 }
 

@@ -10,12 +10,15 @@
 //! - [`portal`]: the customer portal and pricing page (server-rendered HTML under `/portal/`)
 //!   and the operator view; sessions by a signed hand-off from the operator's backend.
 //! - [`feed`]: the key feed and usage ingest that gateways use (`/internal/*`).
-//! - [`auth`]: service and feed tokens; [`extract`]: JSON parsing and the JSON-error backstop;
+//! - [`auth`]: service and feed tokens; [`extract`]: JSON parsing, the `Idempotency-Key`
+//!   extractor and the JSON-error backstop; [`idempotency`]: the layer that replays retried
+//!   POSTs which create money or entitlement objects;
 //!   [`error`]: the one client-facing error type; [`ops`], [`metrics`], [`openapi`]: operations.
 //!
-//! A request flows: router → `metrics::track` → `extract::json_errors` → handler (extractors do
-//! auth and parsing) → domain function → `store` (one transaction per change, ledger included)
-//! → `feed::FeedHub::notify` wakes gateways waiting on the feed.
+//! A request flows: router → `metrics::track` → `extract::json_errors` → `idempotency::guard`
+//! (listed POSTs with a key only) → handler (extractors do auth and parsing) → domain function
+//! → `store` (one transaction per change, ledger included) → `feed::FeedHub::notify` wakes
+//! gateways waiting on the feed.
 
 pub mod app;
 pub mod auth;
@@ -26,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod idempotency;
 pub mod ids;
 pub mod keys;
 pub mod metrics;

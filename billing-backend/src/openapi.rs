@@ -48,7 +48,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("get", "/api/marketplace/stats", Auth::Service, "Measured totals: keys, active keys, requests, plan distribution, uptime"),
     ep("get", "/api/v1/billing/status", Auth::Public, "Which payment providers are configured and in which mode"),
     ep("get", "/api/v1/billing/subscriptions", Auth::Service, "A user's subscriptions and effective plan (?user_id=)"),
-    ep("post", "/api/v1/billing/subscriptions/manual", Auth::Service, "Grant a paid plan with the manual provider {user_id, plan, cycle, periods, reason}; Idempotency-Key honoured"),
+    ep("post", "/api/v1/billing/subscriptions/manual", Auth::Service, "Grant a paid plan with the manual provider {user_id, plan, cycle, periods, reason}"),
     ep("post", "/api/v1/billing/subscriptions/{sub_id}/end", Auth::Service, "End a subscription now {reason?}"),
     ep("get", "/api/v1/billing/ledger", Auth::Service, "The append-only audit ledger (?user_id=&limit=)"),
     ep("post", "/api/v1/billing/create-customer", Auth::Service, "Stripe customer for a user {user_id, email?, name?}: one per user, created once"),
@@ -60,7 +60,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("post", "/api/v1/billing/webhook", Auth::Public, "Stripe webhook: Stripe-Signature (HMAC-SHA256, 300 s) verified on the raw body; events applied once, in order per subscription; 400 invalid_signature"),
     ep("post", "/api/v1/billing/report-usage", Auth::Service, "Export metered usage now as Stripe Billing Meter events {user_id?}: exactly once per identifier"),
     ep("get", "/api/v1/billing/usage-drift", Auth::Service, "Metered at the gateways vs acknowledged by Stripe, per key and day (?user_id=&days=)"),
-    ep("post", "/billing/paypal/order", Auth::Service, "PayPal order {user_id, plan, cycle}, priced by the server (or the original {intent, purchase_units}: a plain payment that grants no plan) → {id, status, links, approve_url, payment_id}; Idempotency-Key honoured"),
+    ep("post", "/billing/paypal/order", Auth::Service, "PayPal order {user_id, plan, cycle}, priced by the server (or the original {intent, purchase_units}: a plain payment that grants no plan) → {id, status, links, approve_url, payment_id}"),
     ep("post", "/billing/paypal/capture/{order_id}", Auth::Service, "Capture an approved PayPal order: amount checked, one plan period bought once → {id, status, capture_id, payment_status, period_end}; 409 amount_mismatch / order_not_approved"),
     ep("post", "/billing/paypal/webhook", Auth::Public, "PayPal webhook, verified offline (RSA-SHA256, PayPal certificate) before it is trusted; events deduplicated; 400 invalid_signature"),
     ep("get", "/billing/paypal/return", Auth::Public, "The buyer's return from PayPal (?token=<order id>): captures like /billing/paypal/capture"),
@@ -116,14 +116,24 @@ pub fn document() -> Value {
             Auth::Service => json!([{"serviceToken": []}]),
             Auth::Feed => json!([{"feedToken": []}, {"serviceToken": []}]),
         };
-        let params: Vec<Value> = e
+        let mut params: Vec<Value> = e
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        // The endpoints behind the idempotency layer say so (the list lives in one place).
+        let idempotent = e.method == "post" && crate::idempotency::ENDPOINTS.contains(&e.path);
+        let summary = if idempotent {
+            params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "Same key and same request: the first 2xx answer again (Idempotent-Replayed: true), nothing created twice; same key and another request: 409 idempotency_mismatch; while the first still runs: 409 idempotency_in_progress"}));
+            format!("{}; Idempotency-Key honoured", e.summary)
+        } else {
+            e.summary.to_string()
+        };
         let mut op = json!({
-            "summary": e.summary,
+            "summary": summary,
             "security": security,
             "parameters": params,
             "responses": {

@@ -8,20 +8,27 @@
 //! client out; with none idle, the new connection is closed at once.
 //!
 //! Each connection has a [`Conn`]: two atomics its own task updates when a request starts and
-//! ends (no shared lock on the request path), and a [`Notify`] that asks it to close. The table
-//! itself is locked only to admit and to remove a connection.
+//! ends (no shared lock on the request path, and no clock read: times come from a coarse clock
+//! a ticker advances every 100 ms), and a close flag with the task's waker. The table itself is
+//! locked only to admit and to remove a connection.
 
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// Resolution of the connections' activity times.
+const TICK: Duration = Duration::from_millis(100);
 
 /// The connection table.
 pub struct Conns {
     max: usize,
     epoch: Instant,
+    /// Milliseconds since `epoch`, advanced every [`TICK`].
+    clock: Arc<AtomicU64>,
     slots: Mutex<Slots>,
     open: AtomicUsize,
     /// Woken when the last connection leaves (shutdown waits on it).
@@ -45,16 +52,43 @@ pub struct Conn {
     index: usize,
     /// Requests (h2: streams) being answered.
     busy: AtomicU32,
-    /// Milliseconds after the table's epoch when a request last started or ended.
+    /// The table's clock when a request last ended (or the connection was admitted).
     active_ms: AtomicU64,
+    /// Asked to close; the task's waker to wake for it (a stale waker only wakes it once more,
+    /// so nothing is unregistered: one uncontended lock per wait).
     closing: AtomicBool,
-    close: Notify,
-    epoch: Instant,
+    waker: Mutex<Option<Waker>>,
+    clock: Arc<AtomicU64>,
 }
 
 impl Conn {
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    fn ask_to_close(&self) {
+        self.closing.store(true, Ordering::Release);
+        if let Some(w) = self.waker.lock().take() {
+            w.wake();
+        }
+    }
+
+    fn poll_close(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        {
+            let mut w = self.waker.lock();
+            match &*w {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => *w = Some(cx.waker().clone()),
+            }
+        }
+        if self.closing.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// A request starts; the returned guard ends it.
@@ -89,7 +123,7 @@ impl Conn {
 
     /// Resolves when the table asks this connection to close (to make room).
     pub async fn asked_to_close(&self) {
-        self.close.notified().await;
+        std::future::poll_fn(|cx| self.poll_close(cx)).await;
     }
 }
 
@@ -143,16 +177,30 @@ impl Drop for Admitted {
 }
 
 impl Conns {
+    /// The table, and its clock's ticker (which ends with the table).
     pub fn new(max: usize, metrics: Arc<Metrics>) -> Arc<Conns> {
-        Arc::new(Conns {
+        let conns = Arc::new(Conns {
             max: max.max(1),
             epoch: Instant::now(),
+            clock: Arc::new(AtomicU64::new(0)),
             slots: Mutex::new(Slots::default()),
             open: AtomicUsize::new(0),
             empty: Notify::new(),
             left: Notify::new(),
             metrics,
-        })
+        });
+        let table: Weak<Conns> = Arc::downgrade(&conns);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(t) = table.upgrade() else { return };
+                let ms = u64::try_from(t.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                t.clock.store(ms, Ordering::Relaxed);
+            }
+        });
+        conns
     }
 
     pub fn open(&self) -> usize {
@@ -208,8 +256,7 @@ impl Conns {
                 self.metrics.connections_refused.add(1);
                 return Admit::No;
             };
-            victim.closing.store(true, Ordering::Relaxed);
-            victim.close.notify_one();
+            victim.ask_to_close();
             s.closing += 1;
             self.metrics.connections_evicted.add(1);
         }
@@ -217,12 +264,10 @@ impl Conns {
         let conn = Arc::new(Conn {
             index,
             busy: AtomicU32::new(0),
-            active_ms: AtomicU64::new(
-                u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
-            ),
+            active_ms: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
             closing: AtomicBool::new(false),
-            close: Notify::new(),
-            epoch: self.epoch,
+            waker: Mutex::new(None),
+            clock: self.clock.clone(),
         });
         if index == s.live.len() {
             s.live.push(Some(conn.clone()));
@@ -264,7 +309,7 @@ mod tests {
     async fn at_the_cap_the_oldest_idle_connection_makes_room() {
         let conns = Conns::new(2, Arc::new(Metrics::new()));
         let a = conns.admit().await.unwrap_or_else(|| panic!("a"));
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(TICK * 2).await;
         let b = conns.admit().await.unwrap_or_else(|| panic!("b"));
         // `b` is busy, `a` idle and older: `a` is asked to close.
         let _req = b.conn.begin();
@@ -291,8 +336,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(a.conn.idle_for(), Duration::ZERO);
         drop(req);
-        assert!(a.conn.idle_for() < Duration::from_millis(15));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(a.conn.idle_for() >= Duration::from_millis(15));
+        assert!(a.conn.idle_for() <= TICK);
+        tokio::time::sleep(TICK * 3).await;
+        assert!(a.conn.idle_for() >= TICK);
     }
 }

@@ -45,14 +45,17 @@ pub fn normalize(path: &str) -> Result<Normal<'_>, Refused> {
     if b.first() != Some(&b'/') {
         return Err("the request target must be an absolute path");
     }
+    // One table load per byte: only `%`, `\\`, `/` and `.` need a closer look.
     let mut plain = true;
-    let mut prev = 0u8;
-    for &c in b {
-        if c == b'%' || c == b'\\' || (prev == b'/' && (c == b'/' || c == b'.')) {
+    for (i, &c) in b.iter().enumerate() {
+        if !SPECIAL[usize::from(c)] {
+            continue;
+        }
+        let after_slash = i > 0 && b[i - 1] == b'/';
+        if c == b'%' || c == b'\\' || (after_slash && (c == b'/' || c == b'.')) {
             plain = false;
             break;
         }
-        prev = c;
     }
     if plain {
         return Ok(Normal {
@@ -62,6 +65,16 @@ pub fn normalize(path: &str) -> Result<Normal<'_>, Refused> {
     }
     slow(path)
 }
+
+/// Bytes the plain-path scan stops at.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'%' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'/' as usize] = true;
+    t[b'.' as usize] = true;
+    t
+};
 
 fn hex(c: u8) -> Option<u8> {
     char::from(c)

@@ -161,6 +161,26 @@ pub(crate) static HOP_HEADERS: [HeaderName; 9] = [
     HeaderName::from_static("http2-settings"),
 ];
 
+/// [`HOP_HEADERS`] as lower-case bytes, for heads the fast lane parses itself.
+const HOP_NAMES: [&[u8]; 9] = [
+    b"connection",
+    b"upgrade",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"proxy-authorization",
+    b"http2-settings",
+];
+
+/// Whether a header name (any case) is hop-by-hop; a length mismatch rejects most at once.
+pub fn is_hop_name(name: &[u8]) -> bool {
+    HOP_NAMES
+        .iter()
+        .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// `keep_upgrade` leaves `Connection`/`Upgrade` for a WebSocket handshake.
 ///
@@ -459,10 +479,13 @@ impl HeaderSink for HeaderMap {
 
 /// The response headers the gateway sets on keyed routes (an upstream's copies are dropped).
 pub fn is_gateway_header(name: &[u8], legacy: bool) -> bool {
-    let ours = |h: &HeaderName| name.eq_ignore_ascii_case(h.as_str().as_bytes());
-    ours(&RATELIMIT_POLICY)
-        || ours(&RATELIMIT)
-        || (legacy && (ours(&X_RL_LIMIT) || ours(&X_RL_REMAINING) || ours(&X_RL_RESET)))
+    let ours = |h: &[u8]| h.len() == name.len() && name.eq_ignore_ascii_case(h);
+    ours(b"ratelimit-policy")
+        || ours(b"ratelimit")
+        || (legacy
+            && (ours(b"x-ratelimit-limit")
+                || ours(b"x-ratelimit-remaining")
+                || ours(b"x-ratelimit-reset")))
 }
 
 /// Adds `RateLimit-Policy`, `RateLimit` (and the legacy trio when enabled).
@@ -486,16 +509,31 @@ pub fn rate_limit_headers<S: HeaderSink + ?Sized>(
         );
         let reset = now_secs.saturating_add(i64::try_from(usage.minute_reset_secs).unwrap_or(0));
         let mut buf = itoa_buf();
-        headers.text(&X_RL_RESET, render_int(&mut buf, reset));
+        headers.text(
+            &X_RL_RESET,
+            render_int(&mut buf, u64::try_from(reset).unwrap_or(0)),
+        );
     }
 }
 
-pub(crate) fn render_int(buf: &mut [u8; 64], n: impl std::fmt::Display) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{n}");
-    let n = usize::try_from(cursor.position()).unwrap_or(0);
-    &buf[..n]
+/// `n` in decimal, written at the end of `buf` (no `fmt` machinery: it was ~300 instructions
+/// of every keyed response).
+pub(crate) fn render_int(buf: &mut [u8; 64], n: u64) -> &[u8] {
+    let start = put_decimal(buf, 64, n);
+    &buf[start..]
+}
+
+/// Writes `n` in decimal so that it ends just before `end`; returns where it starts.
+fn put_decimal(buf: &mut [u8; 64], end: usize, mut n: u64) -> usize {
+    let mut i = end;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            return i;
+        }
+    }
 }
 
 fn itoa_buf() -> [u8; 64] {
@@ -504,11 +542,14 @@ fn itoa_buf() -> [u8; 64] {
 
 /// `"minute";r=<remaining>;t=<seconds>` rendered into a stack buffer.
 fn render_ratelimit(buf: &mut [u8; 64], remaining: u64, reset: u64) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "\"minute\";r={remaining};t={reset}");
-    let n = usize::try_from(cursor.position()).unwrap_or(0);
-    &buf[..n]
+    const HEAD: &[u8] = b"\"minute\";r=";
+    // Built from the end: `t=<reset>` after `;`, then `<remaining>`, then the head.
+    let t = put_decimal(buf, 64, reset);
+    buf[t - 3..t].copy_from_slice(b";t=");
+    let r = put_decimal(buf, t - 3, remaining);
+    let start = r - HEAD.len();
+    buf[start..r].copy_from_slice(HEAD);
+    &buf[start..]
 }
 
 /// The 400 for a path whose `..` climbs out of the prefix of the route it matched.
@@ -1172,6 +1213,15 @@ mod tests {
     fn ratelimit_text() {
         let mut buf = itoa_buf();
         assert_eq!(render_ratelimit(&mut buf, 7, 45), b"\"minute\";r=7;t=45");
+        let mut buf = itoa_buf();
+        assert_eq!(
+            render_ratelimit(&mut buf, u64::MAX, 0),
+            b"\"minute\";r=18446744073709551615;t=0"
+        );
+        let mut buf = itoa_buf();
+        assert_eq!(render_int(&mut buf, 0u64), b"0");
+        let mut buf = itoa_buf();
+        assert_eq!(render_int(&mut buf, 1_234_567), b"1234567");
     }
 
     #[test]

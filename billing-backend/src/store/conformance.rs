@@ -873,6 +873,19 @@ async fn idempotency_states(s: Arc<SqlStore>) {
             body: "{\"ok\":1}".into()
         }
     );
+    s.idempotency_complete("grant", "k1", 500, "{\"second\":1}")
+        .await
+        .expect("complete");
+    assert_eq!(
+        s.idempotency_claim("grant", "k1", "h1", 1002)
+            .await
+            .expect("claim"),
+        IdemState::Replay {
+            status: 201,
+            body: "{\"ok\":1}".into()
+        },
+        "the first answer stays"
+    );
     assert_eq!(
         s.idempotency_claim("other", "k1", "h1", 1002)
             .await

@@ -351,6 +351,9 @@ pub trait BillingStore: Send + Sync {
     /// a subscription still counts as active or past due.
     async fn due_subscriptions(&self, now: i64) -> StoreResult<Vec<Subscription>>;
     async fn ledger(&self, user_id: Option<&str>, limit: u32) -> StoreResult<Vec<LedgerEntry>>;
+    /// Claims `key` in `scope` for a request identified by `request_hash` (see
+    /// [`crate::idempotency`]). A claim left unfinished for over a minute belongs to a process
+    /// that died and is taken over.
     async fn idempotency_claim(
         &self,
         scope: &str,
@@ -358,6 +361,7 @@ pub trait BillingStore: Send + Sync {
         request_hash: &str,
         now: i64,
     ) -> StoreResult<IdemState>;
+    /// Stores the answer of a claimed key; the first answer stays (a later one is ignored).
     async fn idempotency_complete(
         &self,
         scope: &str,
@@ -365,6 +369,7 @@ pub trait BillingStore: Send + Sync {
         status: u16,
         body: &str,
     ) -> StoreResult<()>;
+    /// Forgets a claimed key whose request did not succeed, so a retry runs.
     async fn idempotency_release(&self, scope: &str, key: &str) -> StoreResult<()>;
 }
 

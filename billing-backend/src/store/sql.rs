@@ -1251,7 +1251,7 @@ impl BillingStore for SqlStore {
         body: &str,
     ) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE idempotency SET status = $1, body = $2 WHERE scope = $3 AND idem_key = $4",
+            "UPDATE idempotency SET status = $1, body = $2 WHERE scope = $3 AND idem_key = $4 AND status IS NULL",
         )
         .bind(i64::from(status))
         .bind(body)

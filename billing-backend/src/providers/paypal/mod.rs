@@ -56,6 +56,7 @@ use crate::auth::ServiceAuth;
 use crate::billing;
 use crate::config::Secret;
 use crate::error::{json_error, ApiError};
+use crate::extract::IdempotencyKey;
 use crate::keys::{rfc3339, valid_user_id};
 use crate::store::{Cause, PayStatus, Payment, Settled, StoreError};
 use axum::extract::{Path, Query, State};
@@ -649,23 +650,15 @@ fn decide(state: &AppState, req: OrderRequest) -> Result<OrderPlan, ApiError> {
 }
 
 /// Our payment id for a request: random, or derived from the client's `Idempotency-Key` so
-/// a retried POST finds the payment (and PayPal the `PayPal-Request-Id`) it made before.
-fn payment_id_for(headers: &HeaderMap) -> Result<(String, bool), ApiError> {
-    let Some(key) = headers.get("idempotency-key") else {
-        return Ok((crate::ids::prefixed("pay"), false));
+/// a retried POST finds the payment (and PayPal the `PayPal-Request-Id`) it made before. A
+/// retry whose first answer was stored never gets here (see [`crate::idempotency`]); this
+/// covers the retry of an attempt that failed after recording the payment.
+fn payment_id_for(key: Option<&IdempotencyKey>) -> (String, bool) {
+    let Some(key) = key else {
+        return (crate::ids::prefixed("pay"), false);
     };
-    let key = key
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| {
-            ApiError::bad(
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1-255 visible ASCII characters",
-            )
-        })?;
-    let digest = Sha256::digest(format!("paypal-order\n{key}").as_bytes());
-    Ok((format!("pay_{}", &hex::encode(digest)[..24]), true))
+    let digest = Sha256::digest(format!("paypal-order\n{}", key.as_str()).as_bytes());
+    (format!("pay_{}", &hex::encode(digest)[..24]), true)
 }
 
 fn order_json(order: &Order, payment: &Payment) -> Value {
@@ -704,13 +697,13 @@ fn order_json(order: &Order, payment: &Payment) -> Value {
 async fn create_order(
     _: ServiceAuth,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    idem: Option<IdempotencyKey>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let pp = paypal(&state)?;
     let req: OrderRequest = crate::extract::parse_json(&body)?;
     let decided = decide(&state, req)?;
-    let (payment_id, keyed) = payment_id_for(&headers)?;
+    let (payment_id, keyed) = payment_id_for(idem.as_ref());
     let now = state.now();
     let new = Payment {
         id: payment_id.clone(),
@@ -1375,20 +1368,12 @@ mod tests {
 
     #[test]
     fn idempotency_keys_give_stable_payment_ids() {
-        let mut h = HeaderMap::new();
-        let (a, keyed) = payment_id_for(&h).unwrap_or_default();
+        let (a, keyed) = payment_id_for(None);
         assert!(!keyed && a.starts_with("pay_") && a.len() == 28);
-        h.insert(
-            "idempotency-key",
-            "order-1".parse().unwrap_or_else(|_| panic!()),
-        );
-        let (b, keyed) = payment_id_for(&h).unwrap_or_default();
-        let (c, _) = payment_id_for(&h).unwrap_or_default();
+        let k = |s: &str| IdempotencyKey::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let (b, keyed) = payment_id_for(Some(&k("order-1")));
+        let (c, _) = payment_id_for(Some(&k("order-1")));
         assert!(keyed && b == c && b.len() == 28);
-        h.insert(
-            "idempotency-key",
-            "order-2".parse().unwrap_or_else(|_| panic!()),
-        );
-        assert_ne!(payment_id_for(&h).unwrap_or_default().0, b);
+        assert_ne!(payment_id_for(Some(&k("order-2"))).0, b);
     }
 }

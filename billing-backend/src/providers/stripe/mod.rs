@@ -29,10 +29,10 @@ use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::config::Secret;
 use crate::error::{json_error, ApiError};
+use crate::extract::IdempotencyKey;
 use crate::keys::{rfc3339, valid_user_id};
 use crate::store::{Cause, PayStatus, Payment, StoreError, SubStatus, Subscription};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -222,24 +222,6 @@ pub fn idem_key(scope: &str, parts: &[&str]) -> String {
         h.update([0u8]);
     }
     format!("tollgate-{scope}-{}", &hex::encode(h.finalize())[..40])
-}
-
-/// The client's `Idempotency-Key`, validated, when it sent one.
-fn client_idem(headers: &HeaderMap) -> Result<Option<String>, Failure> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .filter(|k| !k.is_empty() && k.len() <= 255)
-            .map(|k| Some(k.to_string()))
-            .ok_or_else(|| {
-                Failure::Api(ApiError::bad(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be 1-255 visible ASCII characters",
-                ))
-            }),
-    }
 }
 
 /// The Stripe price (or legacy plan) id configured for a plan and cycle: the plan's
@@ -495,12 +477,11 @@ struct PaymentIntentRequest {
 async fn payment_intent(
     _: ServiceAuth,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    idem: Option<IdempotencyKey>,
     body: axum::body::Bytes,
 ) -> Reply {
     let stripe = configured(&state)?;
     let req: PaymentIntentRequest = crate::extract::parse_json(&body)?;
-    let idem = client_idem(&headers)?;
     let metadata = req.metadata.clone().unwrap_or_default();
     valid_metadata(&metadata)?;
     let user_id = req.user_id.clone().or_else(|| {
@@ -591,10 +572,25 @@ async fn payment_intent(
         }
     };
     let now = state.now();
-    let payment_id = crate::ids::prefixed("pay");
-    let stripe_key = match &idem {
-        Some(k) => idem_key("pi", &[k, &String::from_utf8_lossy(&body)]),
-        None => idem_key("pi", &[&payment_id]),
+    // With the client's key, our payment id and Stripe's key both derive from it and the body:
+    // a retry after a failure reuses the payment the first attempt recorded and sends Stripe
+    // the same parameters under the same key, so Stripe answers with the same intent.
+    let (payment_id, stripe_key) = match &idem {
+        Some(k) => {
+            let body_text = String::from_utf8_lossy(&body);
+            let mut h = Sha256::new();
+            for part in ["stripe-payment-intent", k.as_str(), &body_text] {
+                h.update(part.as_bytes());
+                h.update([0u8]);
+            }
+            let id = format!("pay_{}", &hex::encode(h.finalize())[..24]);
+            (id, idem_key("pi", &[k.as_str(), &body_text]))
+        }
+        None => {
+            let id = crate::ids::prefixed("pay");
+            let key = idem_key("pi", &[&id]);
+            (id, key)
+        }
     };
     let customer = match &user_id {
         Some(u) => state.store.stripe_customer_of(u).await?,
@@ -641,13 +637,19 @@ async fn payment_intent(
             period_start: None,
             period_end: None,
         };
-        state
+        match state
             .store
             .create_payment(
                 &p,
                 &Cause::new("api", "POST /api/v1/billing/payment-intent"),
             )
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // An earlier attempt with this key and body recorded it, then failed.
+            Err(StoreError::Conflict(_)) if idem.is_some() => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let pi: wire::PaymentIntent = stripe
         .client
@@ -701,12 +703,11 @@ struct SubscriptionRequest {
 async fn create_subscription(
     _: ServiceAuth,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    idem: Option<IdempotencyKey>,
     body: axum::body::Bytes,
 ) -> Reply {
     let stripe = configured(&state)?;
     let req: SubscriptionRequest = crate::extract::parse_json(&body)?;
-    let idem = client_idem(&headers)?;
     if let Some(e) = &req.email {
         valid_email(e)?;
     }
@@ -800,7 +801,7 @@ async fn create_subscription(
         }
     };
     if let Some(pm) = &req.payment_method {
-        let scope = idem.as_deref().unwrap_or("");
+        let scope = idem.as_ref().map(IdempotencyKey::as_str).unwrap_or("");
         let _: Value = stripe
             .client
             .post(
@@ -820,7 +821,7 @@ async fn create_subscription(
     }
     let our_id = crate::ids::prefixed("sub");
     let stripe_key = match &idem {
-        Some(k) => idem_key("sub", &[&user_id, k]),
+        Some(k) => idem_key("sub", &[&user_id, k.as_str()]),
         None => idem_key("sub", &[&our_id]),
     };
     let mut params = json!({
@@ -952,12 +953,11 @@ struct CheckoutRequest {
 async fn checkout(
     _: ServiceAuth,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    idem: Option<IdempotencyKey>,
     body: axum::body::Bytes,
 ) -> Reply {
     let stripe = configured(&state)?;
     let req: CheckoutRequest = crate::extract::parse_json(&body)?;
-    let idem = client_idem(&headers)?;
     valid_user_id(&req.user_id)?;
     if req.user_id.len() > 200 {
         return Err(ApiError::bad(
@@ -1009,7 +1009,7 @@ async fn checkout(
         "subscription_data": {"metadata": metadata},
     });
     let key = match &idem {
-        Some(k) => idem_key("checkout", &[&req.user_id, k]),
+        Some(k) => idem_key("checkout", &[&req.user_id, k.as_str()]),
         None => idem_key("checkout", &[&req.user_id, &crate::ids::random_hex(12)]),
     };
     let session: wire::CheckoutSession = stripe

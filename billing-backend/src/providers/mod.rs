@@ -1,11 +1,13 @@
 //! Payment providers, each a pair of files: `mod.rs` (HTTP calls, handlers, base URL from
 //! config) and `wire.rs` (wire structs, exhaustive status mapping). They change entitlements
 //! only through `billing::save` (subscriptions) and `billing::settle` (payments), so every
-//! effect is idempotent and ledgered with its cause.
+//! effect is idempotent and ledgered with its cause. Their webhooks claim each event with a
+//! lease ([`events`]), so an event is applied once across concurrent deliveries and crashes.
 //!
 //! Provider settings come from the environment variables of the original module (SPEC §2).
 //! An unconfigured provider is not an error: its endpoints answer 503 `provider_not_configured`.
 
+pub mod events;
 pub mod paypal;
 pub mod sepa;
 pub mod stripe;

@@ -107,6 +107,8 @@ conformance!(
     payment_buys_and_extends_periods_once,
     refund_takes_the_period_back,
     provider_events_claimed_once,
+    provider_event_leases_lapse_and_are_taken_over_once,
+    provider_events_claimed_before_leases_are_taken_again,
     stripe_customer_once_per_user,
     stripe_subscription_watermark_only_moves_forward,
     stripe_prices_recorded_by_sync,
@@ -1166,31 +1168,172 @@ async fn refund_takes_the_period_back(s: Arc<SqlStore>) {
     ));
 }
 
+fn claimed(c: &EventClaim) -> &str {
+    match c {
+        EventClaim::Claimed { token, .. } => token,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
 async fn provider_events_claimed_once(s: Arc<SqlStore>) {
-    assert!(s
-        .claim_event("stripe", "evt_1", "invoice.paid", "{}", 1000)
+    let first = s
+        .claim_event("stripe", "evt_1", "invoice.paid", "{}", 1000, 1060)
         .await
-        .expect("claim"));
-    assert!(!s
-        .claim_event("stripe", "evt_1", "invoice.paid", "{}", 1001)
-        .await
-        .expect("claim"));
-    assert!(
-        s.claim_event("paypal", "evt_1", "X", "{}", 1001)
+        .expect("claim");
+    assert!(matches!(first, EventClaim::Claimed { claims: 1, .. }));
+    assert_eq!(
+        s.claim_event("stripe", "evt_1", "invoice.paid", "{}", 1001, 1061)
             .await
             .expect("claim"),
+        EventClaim::Busy { lease_until: 1060 },
+        "held by the first delivery"
+    );
+    let paypal = s
+        .claim_event("paypal", "evt_1", "X", "{}", 1001, 1061)
+        .await
+        .expect("claim");
+    assert!(
+        matches!(paypal, EventClaim::Claimed { .. }),
         "providers are separate"
     );
-    s.finish_event("stripe", "evt_1", "applied")
+    assert!(s
+        .finish_event("stripe", "evt_1", claimed(&first), "applied")
         .await
-        .expect("finish");
-    s.release_event("paypal", "evt_1").await.expect("release");
-    assert!(
-        s.claim_event("paypal", "evt_1", "X", "{}", 1002)
+        .expect("finish"));
+    assert_eq!(
+        s.claim_event("stripe", "evt_1", "invoice.paid", "{}", 5000, 5060)
             .await
             .expect("claim"),
-        "a released event is processed again"
+        EventClaim::Done {
+            outcome: "applied".into()
+        },
+        "finished events stay done, however late the redelivery"
     );
+    s.release_event("paypal", "evt_1", claimed(&paypal))
+        .await
+        .expect("release");
+    let again = s
+        .claim_event("paypal", "evt_1", "X", "{}", 1002, 1062)
+        .await
+        .expect("claim");
+    assert!(
+        matches!(again, EventClaim::Claimed { claims: 2, .. }),
+        "a released event is processed again: {again:?}"
+    );
+    // A stale token neither releases nor finishes someone else's claim.
+    s.release_event("paypal", "evt_1", claimed(&paypal))
+        .await
+        .expect("release");
+    assert!(!s
+        .finish_event("paypal", "evt_1", claimed(&paypal), "late")
+        .await
+        .expect("finish"));
+    assert!(matches!(
+        s.claim_event("paypal", "evt_1", "X", "{}", 1003, 1063)
+            .await
+            .expect("claim"),
+        EventClaim::Busy { .. }
+    ));
+}
+
+/// A claim whose holder died (never finished nor released) lapses with its lease; the next
+/// delivery takes it over, and the dead holder's token is worth nothing from then on.
+async fn provider_event_leases_lapse_and_are_taken_over_once(s: Arc<SqlStore>) {
+    let dead = s
+        .claim_event(
+            "stripe",
+            "evt_crash",
+            "invoice.paid",
+            "{\"v\":1}",
+            1000,
+            1060,
+        )
+        .await
+        .expect("claim");
+    let dead = claimed(&dead).to_string();
+    for now in [1001, 1059] {
+        assert_eq!(
+            s.claim_event("stripe", "evt_crash", "invoice.paid", "{}", now, now + 60)
+                .await
+                .expect("claim"),
+            EventClaim::Busy { lease_until: 1060 },
+            "at {now}"
+        );
+    }
+    // The lease ran out: many deliveries race for it at once, exactly one wins.
+    let mut racers = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        racers.push(tokio::spawn(async move {
+            s.claim_event("stripe", "evt_crash", "invoice.paid", "{}", 1060, 1120)
+                .await
+                .expect("claim")
+        }));
+    }
+    let mut winners = Vec::new();
+    for r in racers {
+        match r.await.expect("join") {
+            EventClaim::Claimed { token, claims } => winners.push((token, claims)),
+            EventClaim::Busy { lease_until } => assert_eq!(lease_until, 1120),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let (token, claims) = winners.remove(0);
+    assert_eq!(claims, 2);
+    // The dead holder's late writes change nothing.
+    assert!(!s
+        .finish_event("stripe", "evt_crash", &dead, "stale")
+        .await
+        .expect("finish"));
+    s.release_event("stripe", "evt_crash", &dead)
+        .await
+        .expect("release");
+    assert!(matches!(
+        s.claim_event("stripe", "evt_crash", "invoice.paid", "{}", 1061, 1121)
+            .await
+            .expect("claim"),
+        EventClaim::Busy { .. }
+    ));
+    assert!(s
+        .finish_event("stripe", "evt_crash", &token, "applied: once")
+        .await
+        .expect("finish"));
+    assert_eq!(
+        s.claim_event("stripe", "evt_crash", "invoice.paid", "{}", 9000, 9060)
+            .await
+            .expect("claim"),
+        EventClaim::Done {
+            outcome: "applied: once".into()
+        }
+    );
+    // The first delivery's payload and time are kept.
+    assert_eq!(
+        s.raw_count(
+            "SELECT COUNT(*) FROM provider_events WHERE event_id = 'evt_crash' \
+             AND received_at = 1000 AND payload = '{\"v\":1}' AND claims = 2"
+        )
+        .await
+        .expect("count"),
+        1
+    );
+}
+
+/// Events claimed before claims had leases (claim_token NULL, no outcome: their process may
+/// have died) are applied by their next delivery.
+async fn provider_events_claimed_before_leases_are_taken_again(s: Arc<SqlStore>) {
+    s.raw_execute(
+        "INSERT INTO provider_events (provider, event_id, event_type, received_at, payload) \
+         VALUES ('stripe', 'evt_old', 'invoice.paid', 10, '{}')",
+    )
+    .await
+    .expect("insert");
+    assert!(matches!(
+        s.claim_event("stripe", "evt_old", "invoice.paid", "{}", 1000, 1060)
+            .await
+            .expect("claim"),
+        EventClaim::Claimed { claims: 2, .. }
+    ));
 }
 
 // --- Stripe's tables (providers/stripe/store.rs) ---------------------------------------------

@@ -12,7 +12,7 @@ pub mod pending;
 pub mod schema;
 pub mod sql;
 
-pub use payments::{PayStatus, Payment, PaymentStore, Settled};
+pub use payments::{EventClaim, PayStatus, Payment, PaymentStore, Settled};
 
 use async_trait::async_trait;
 use serde::Serialize;

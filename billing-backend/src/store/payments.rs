@@ -1,4 +1,5 @@
-//! Payments (all providers) and provider events.
+//! Payments (all providers) and provider events (claimed with a lease, see
+//! `providers::events`).
 //!
 //! A payment that succeeds and carries a plan **buys one period**: the user's subscription with
 //! that provider for that plan is extended from the later of now and its current end, or one
@@ -123,7 +124,10 @@ pub trait PaymentStore: Send + Sync {
         entitle: Entitle<'_>,
         now: i64,
     ) -> StoreResult<Settled>;
-    /// Records a provider event once; false when it was seen before.
+    /// Claims a provider event for one delivery until `lease_until` (see
+    /// `providers::events`): the first delivery, or one arriving after an earlier claim lapsed
+    /// unfinished (its process died) or was released, gets [`EventClaim::Claimed`]. One
+    /// statement, so two deliveries racing for it cannot both win.
     async fn claim_event(
         &self,
         provider: &str,
@@ -131,10 +135,33 @@ pub trait PaymentStore: Send + Sync {
         event_type: &str,
         payload: &str,
         now: i64,
+        lease_until: i64,
+    ) -> StoreResult<EventClaim>;
+    /// Records the outcome of a claimed event; it is then done for good. False (nothing
+    /// written) when `token` no longer holds the claim: it lapsed and another delivery took it.
+    async fn finish_event(
+        &self,
+        provider: &str,
+        event_id: &str,
+        token: &str,
+        outcome: &str,
     ) -> StoreResult<bool>;
-    async fn finish_event(&self, provider: &str, event_id: &str, outcome: &str) -> StoreResult<()>;
-    /// Forgets a claimed event whose processing failed, so the provider's retry is processed.
-    async fn release_event(&self, provider: &str, event_id: &str) -> StoreResult<()>;
+    /// Gives up a claim whose processing failed, so the provider's retry is processed at once
+    /// (only while `token` holds it).
+    async fn release_event(&self, provider: &str, event_id: &str, token: &str) -> StoreResult<()>;
+}
+
+/// What a delivery of a provider event got from [`PaymentStore::claim_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventClaim {
+    /// This delivery holds the event: apply it, then `finish_event` or `release_event` with
+    /// `token`. `claims` counts the deliveries that claimed it (1 the first time; more after a
+    /// lapsed or released claim).
+    Claimed { token: String, claims: i64 },
+    /// Applied (or judged) before; this is its recorded outcome.
+    Done { outcome: String },
+    /// Another delivery holds it until `lease_until`.
+    Busy { lease_until: i64 },
 }
 
 const PAY_COLUMNS: &str = "id, user_id, amount_minor, currency, method, status, provider_ref, reference, fee_minor, plan, \
@@ -490,16 +517,76 @@ impl PaymentStore for SqlStore {
         event_type: &str,
         payload: &str,
         now: i64,
+        lease_until: i64,
+    ) -> StoreResult<EventClaim> {
+        // Two tries: a claim released between our upsert and our read leaves no holder, and
+        // the second upsert takes it.
+        for _ in 0..2 {
+            let token = crate::ids::random_hex(16);
+            let claimed: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO provider_events (provider, event_id, event_type, received_at, payload, claim_token, lease_until) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (provider, event_id) DO UPDATE SET claim_token = excluded.claim_token, \
+                 lease_until = excluded.lease_until, claims = provider_events.claims + 1 \
+                 WHERE provider_events.outcome IS NULL \
+                 AND (provider_events.claim_token IS NULL OR provider_events.lease_until IS NULL \
+                      OR provider_events.lease_until <= $4) \
+                 RETURNING claims",
+            )
+            .bind(provider)
+            .bind(event_id)
+            .bind(event_type)
+            .bind(now)
+            .bind(payload)
+            .bind(&token)
+            .bind(lease_until)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_err("provider event", e))?;
+            if let Some(claims) = claimed {
+                return Ok(EventClaim::Claimed { token, claims });
+            }
+            let row = sqlx::query(
+                "SELECT outcome, claim_token, lease_until FROM provider_events WHERE provider = $1 AND event_id = $2",
+            )
+            .bind(provider)
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_err("provider event", e))?;
+            let Some(row) = row else { continue };
+            let g = |e: sqlx::Error| StoreError::Internal(format!("provider event: {e}"));
+            let outcome: Option<String> = row.try_get("outcome").map_err(g)?;
+            let holder: Option<String> = row.try_get("claim_token").map_err(g)?;
+            let until: Option<i64> = row.try_get("lease_until").map_err(g)?;
+            match (outcome, holder, until) {
+                (Some(outcome), _, _) => return Ok(EventClaim::Done { outcome }),
+                (None, Some(_), Some(lease_until)) if lease_until > now => {
+                    return Ok(EventClaim::Busy { lease_until })
+                }
+                // Released or lapsed since our upsert: try again.
+                _ => continue,
+            }
+        }
+        // Claimed and released twice within this call: someone is working on it right now.
+        Ok(EventClaim::Busy { lease_until: now })
+    }
+
+    async fn finish_event(
+        &self,
+        provider: &str,
+        event_id: &str,
+        token: &str,
+        outcome: &str,
     ) -> StoreResult<bool> {
         let n = sqlx::query(
-            "INSERT INTO provider_events (provider, event_id, event_type, received_at, payload) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (provider, event_id) DO NOTHING",
+            "UPDATE provider_events SET outcome = $1, lease_until = NULL \
+             WHERE provider = $2 AND event_id = $3 AND claim_token = $4 AND outcome IS NULL",
         )
+        .bind(outcome)
         .bind(provider)
         .bind(event_id)
-        .bind(event_type)
-        .bind(now)
-        .bind(payload)
+        .bind(token)
         .execute(&self.pool)
         .await
         .map_err(|e| db_err("provider event", e))?
@@ -507,26 +594,17 @@ impl PaymentStore for SqlStore {
         Ok(n == 1)
     }
 
-    async fn finish_event(&self, provider: &str, event_id: &str, outcome: &str) -> StoreResult<()> {
+    async fn release_event(&self, provider: &str, event_id: &str, token: &str) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE provider_events SET outcome = $1 WHERE provider = $2 AND event_id = $3",
+            "UPDATE provider_events SET claim_token = NULL, lease_until = NULL \
+             WHERE provider = $1 AND event_id = $2 AND claim_token = $3 AND outcome IS NULL",
         )
-        .bind(outcome)
         .bind(provider)
         .bind(event_id)
+        .bind(token)
         .execute(&self.pool)
         .await
         .map_err(|e| db_err("provider event", e))?;
-        Ok(())
-    }
-
-    async fn release_event(&self, provider: &str, event_id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM provider_events WHERE provider = $1 AND event_id = $2")
-            .bind(provider)
-            .bind(event_id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_err("provider event", e))?;
         Ok(())
     }
 }

@@ -219,6 +219,19 @@ const V5_SQLITE: &str = "CREATE TABLE usage_pending (gateway_id TEXT NOT NULL, \
 const V5_POSTGRES: &str = "CREATE TABLE usage_pending (gateway_id TEXT NOT NULL, \
     batch_id BIGINT NOT NULL, entries BYTEA NOT NULL, PRIMARY KEY (gateway_id, batch_id))";
 
+/// Provider events are claimed with a lease (see `providers::events`): the claim's token and
+/// when it lapses, and how many deliveries have claimed the event. `claim_token` NULL means
+/// nobody holds it, which is also how events claimed before this migration (by a process that
+/// may have crashed) are found again: their redelivery is applied instead of being answered
+/// as a duplicate.
+const V6_EVENT_LEASES: &str = r#"
+ALTER TABLE provider_events ADD COLUMN claim_token TEXT
+--;;
+ALTER TABLE provider_events ADD COLUMN lease_until BIGINT
+--;;
+ALTER TABLE provider_events ADD COLUMN claims BIGINT NOT NULL DEFAULT 1
+"#;
+
 /// `(version, sqlite statements, postgres statements)`, in order.
 pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
     let split = |s: &'static str| -> Vec<&'static str> {
@@ -237,5 +250,6 @@ pub fn migrations() -> Vec<(i64, Vec<&'static str>, Vec<&'static str>)> {
         (3, split(V3_COMMON), split(V3_COMMON)),
         (4, split(V4_SEPA), split(V4_SEPA)),
         (5, vec![V5_SQLITE], vec![V5_POSTGRES]),
+        (6, split(V6_EVENT_LEASES), split(V6_EVENT_LEASES)),
     ]
 }

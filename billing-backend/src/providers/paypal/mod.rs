@@ -58,6 +58,7 @@ use crate::config::Secret;
 use crate::error::{json_error, ApiError};
 use crate::extract::IdempotencyKey;
 use crate::keys::{rfc3339, valid_user_id};
+use crate::providers::events::Begin;
 use crate::store::{Cause, PayStatus, Payment, Settled, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -1099,27 +1100,32 @@ async fn webhook_handler(
         ));
     }
     let payload = String::from_utf8_lossy(&body);
-    let fresh = state
-        .store
-        .claim_event(
-            "paypal",
-            &event.id,
-            &event.event_type,
-            &payload,
-            state.now(),
-        )
-        .await?;
-    if !fresh {
-        return Ok(Json(
-            json!({"received": true, "duplicate": true, "event_id": event.id}),
-        ));
-    }
-    match handle_event(&state, pp, &event).await {
+    let lease = match super::events::begin(&state, "paypal", &event.id, &event.event_type, &payload)
+        .await?
+    {
+        Begin::Apply(lease) => lease,
+        Begin::Done(_) => {
+            return Ok(Json(
+                json!({"received": true, "duplicate": true, "event_id": event.id}),
+            ))
+        }
+        Begin::Busy => return Err(super::events::busy()),
+    };
+    // Bounded so that this delivery never works past its lease (see `providers::events`).
+    let handled = tokio::time::timeout(
+        super::events::APPLY_BUDGET,
+        handle_event(&state, pp, &event),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ApiError::Unavailable {
+            code: "retry_later",
+            message: "the event could not be applied now; deliver it again".into(),
+        })
+    });
+    match handled {
         Ok(outcome) => {
-            state
-                .store
-                .finish_event("paypal", &event.id, &outcome)
-                .await?;
+            lease.finish(&state, &outcome).await;
             tracing::info!(event = %event.id, kind = %event.event_type, %outcome, "PayPal event handled");
             Ok(Json(
                 json!({"received": true, "event_id": event.id, "outcome": outcome}),
@@ -1127,9 +1133,7 @@ async fn webhook_handler(
         }
         Err(e) => {
             // Let PayPal's retry be processed.
-            if let Err(release) = state.store.release_event("paypal", &event.id).await {
-                tracing::error!(event = %event.id, error = %release, "could not release a failed PayPal event");
-            }
+            lease.release(&state).await;
             Err(e)
         }
     }

@@ -2,12 +2,16 @@
 //!
 //! 1. The `Stripe-Signature` is verified on the raw body, before anything parses it (400 when
 //!    missing, forged or outside the 300 s tolerance of our clock).
-//! 2. The event is claimed once by id (`provider_events`); a redelivery answers 200 and changes
-//!    nothing.
+//! 2. The event is claimed by id with a lease (`providers::events`): a redelivery of an event
+//!    already applied answers 200 and changes nothing; one that meets the event being applied
+//!    by another delivery answers 503 `event_in_progress`; one that comes after the process
+//!    applying it died (its lease ran out) applies it.
 //! 3. Its effect goes through `billing::save` / `billing::settle` with `webhook:<event id>` as
 //!    the ledger cause. Transient failures (database, Stripe unreachable) release the claim and
 //!    answer 503 so Stripe delivers again; anything else is recorded as the event's outcome
-//!    and acknowledged, since a redelivery would not fare better.
+//!    and acknowledged, since a redelivery would not fare better. Every effect is conditional
+//!    on the state it moves from, so applying an event again after a crash mid-way completes
+//!    it without doing any part twice.
 //!
 //! Ordering: Stripe delivers at least once and in any order. Each linked Stripe subscription
 //! keeps a watermark (the `created` time of the last event applied); an older event is
@@ -18,6 +22,7 @@ use super::wire::{self, Mapped};
 use super::{configured, plan_for_price, signature, store::SubLink, Stripe};
 use crate::app::AppState;
 use crate::error::{json_error, ApiError};
+use crate::providers::events::{self, Begin};
 use crate::store::{Cause, PayStatus, Settled, StoreError, SubStatus, Subscription};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -138,45 +143,43 @@ pub async fn handle(
         );
     }
     let payload = String::from_utf8_lossy(&body);
-    match state
-        .store
-        .claim_event("stripe", &event.id, &event.kind, &payload, now)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
+    let lease = match events::begin(&state, "stripe", &event.id, &event.kind, &payload).await {
+        Ok(Begin::Apply(lease)) => lease,
+        Ok(Begin::Done(_)) => {
             tracing::info!(event = %event.id, kind = %event.kind, "stripe event already received");
             return Json(json!({"received": true, "duplicate": true})).into_response();
         }
-        Err(e) => return ApiError::from(e).into_response(),
-    }
-    let result = {
+        Ok(Begin::Busy) => return events::busy().into_response(),
+        Err(e) => return e.into_response(),
+    };
+    // Bounded so that this delivery never works past its lease (see `providers::events`).
+    let result = tokio::time::timeout(events::APPLY_BUDGET, async {
         let _one_at_a_time = stripe.webhook_lock.lock().await;
         apply(&state, &stripe, &event).await
-    };
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(ApplyError::Transient(format!(
+            "not applied within {} s",
+            events::APPLY_BUDGET.as_secs()
+        )))
+    });
     match result {
         Ok(outcome) => {
             tracing::info!(event = %event.id, kind = %event.kind, outcome = %outcome.text(), "stripe event handled");
-            if let Err(e) = state
-                .store
-                .finish_event("stripe", &event.id, &outcome.text())
-                .await
-            {
-                tracing::warn!(event = %event.id, error = %e, "could not record the event outcome");
-            }
+            lease.finish(&state, &outcome.text()).await;
             let applied = matches!(outcome, Outcome::Applied(_));
             Json(json!({"received": true, "applied": applied, "outcome": outcome.text()}))
                 .into_response()
         }
         Err(ApplyError::Permanent(why)) => {
             tracing::warn!(event = %event.id, kind = %event.kind, reason = %why, "stripe event not applicable");
-            let text = format!("rejected: {why}");
-            let _ = state.store.finish_event("stripe", &event.id, &text).await;
+            lease.finish(&state, &format!("rejected: {why}")).await;
             Json(json!({"received": true, "applied": false, "outcome": "rejected"})).into_response()
         }
         Err(ApplyError::Transient(why)) => {
             tracing::warn!(event = %event.id, kind = %event.kind, reason = %why, "stripe event failed; Stripe will deliver it again");
-            let _ = state.store.release_event("stripe", &event.id).await;
+            lease.release(&state).await;
             ApiError::Unavailable {
                 code: "retry_later",
                 message: "the event could not be applied now; deliver it again".into(),

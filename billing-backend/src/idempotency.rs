@@ -74,15 +74,18 @@ pub fn guarded(method: &Method, template: &str) -> bool {
 
 /// Middleware for the whole router: acts on the [`ENDPOINTS`], passes everything else through.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let template = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str())
-        .filter(|t| guarded(req.method(), t))
-        .and_then(|t| ENDPOINTS.iter().copied().find(|e| *e == t));
-    let Some(scope) = template else {
+    let scope = req.extensions().get::<MatchedPath>().and_then(|p| {
+        ENDPOINTS
+            .iter()
+            .copied()
+            .find(|e| guarded(req.method(), e) && *e == p.as_str())
+    });
+    let Some(scope) = scope else {
         return next.run(req).await;
     };
+    if !req.headers().contains_key("idempotency-key") {
+        return next.run(req).await;
+    }
     match run(&state, scope, req, next).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -95,11 +98,11 @@ async fn run(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(key) = IdempotencyKey::from_headers(req.headers())? else {
-        return Ok(next.run(req).await);
-    };
     let (mut parts, body) = req.into_parts();
     ServiceAuth::from_request_parts(&mut parts, state).await?;
+    let key = IdempotencyKey::from_headers(&parts.headers)?.ok_or_else(|| {
+        ApiError::internal("Idempotency-Key vanished between two reads of the headers")
+    })?;
     let limit = state.cfg.max_body_bytes;
     let body = axum::body::to_bytes(body, limit)
         .await

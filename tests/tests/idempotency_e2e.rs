@@ -298,3 +298,24 @@ async fn stripe_payment_intent_retried_with_one_key_is_one_intent_and_one_paymen
     assert_eq!(intents().await, 1);
     assert_eq!(ledgered(u, user, "payment_created").await.len(), 1);
 }
+
+/// Through a gateway (embedded backend), as a client that knows only the gateway's address:
+/// the header reaches the backend and the retry is answered from the first grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_gateway_a_retried_grant_is_replayed_and_grants_once() {
+    let gw = tokio::task::block_in_place(|| {
+        tollgate_e2e::gw::Gateway::embedded(&tollgate_e2e::gw::route("/api", "builtin:echo", ""))
+    });
+    let u = &gw.url;
+    let user = "idem-gw";
+    let body = json!({"user_id": user, "plan": "pro", "cycle": "monthly"});
+    let path = "/api/v1/billing/subscriptions/manual";
+    let first = post(u, path, Some("gw-grant-1"), &body).await;
+    assert_eq!(first.status, 201, "{}", first.json);
+    let again = post(u, path, Some("gw-grant-1"), &body).await;
+    assert_replay(&first, &again);
+    assert_eq!(ledgered(u, user, "plan_changed").await.len(), 1);
+    let enterprise = json!({"user_id": user, "plan": "enterprise", "cycle": "monthly"});
+    assert_mismatch(&post(u, path, Some("gw-grant-1"), &enterprise).await);
+    assert_eq!(ledgered(u, user, "plan_changed").await.len(), 1);
+}

@@ -274,4 +274,80 @@ mod tests {
         .await;
         assert_too_large(st, ct, &v);
     }
+
+    /// A process that died after an event's effect committed but before its outcome was
+    /// recorded leaves a claim that lapses; the redelivery applies the event again and that
+    /// changes nothing (every effect is conditional on the state it moves from), so the event
+    /// is applied once whichever point the crash hit.
+    #[tokio::test]
+    async fn a_stripe_event_applied_but_not_recorded_changes_nothing_when_redelivered() {
+        let tb = TestBackend::start(|_| {}).await;
+        let store = tb.state().store.clone();
+        let now = tb.state().now();
+        store
+            .stripe_record_price("pro", "monthly", "price_pro_monthly", now)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let event = json!({
+            "id": "evt_unrecorded", "object": "event", "type": "customer.subscription.created",
+            "created": now - 10,
+            "data": {"object": {"id": "sub_S1", "object": "subscription", "customer": "cus_C1",
+                "status": "active", "metadata": {"user_id": "ida"},
+                "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": "price_pro_monthly"},
+                    "current_period_start": now - 10, "current_period_end": now + 86_400}]}}},
+        });
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        let deliver = || async {
+            let signature = [stripe_signature(tb.state().now(), &body)];
+            post(
+                with_stripe(&tb),
+                "/api/v1/billing/webhook",
+                body.clone(),
+                &signature,
+            )
+            .await
+        };
+        let (st, _, v) = deliver().await;
+        assert_eq!(
+            (st, v["applied"].clone()),
+            (StatusCode::OK, json!(true)),
+            "{v}"
+        );
+        let ledger = store.ledger(Some("ida"), 100).await.unwrap_or_default();
+        assert_eq!(store.user_plan("ida").await.ok().as_deref(), Some("pro"));
+
+        // The crash: the effect is in, the outcome is not, and the claim's lease has run out.
+        let db = crate::store::sql::SqlStore::connect(&tb.state().cfg.database_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        db.raw_execute(
+            "UPDATE provider_events SET outcome = NULL, claim_token = 'dead', lease_until = 0 \
+             WHERE event_id = 'evt_unrecorded'",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        crate::store::Store::close(&db).await;
+
+        let (st, _, v) = deliver().await;
+        assert_eq!(
+            (st, v["applied"].clone()),
+            (StatusCode::OK, json!(false)),
+            "{v}"
+        );
+        assert_eq!(
+            store.ledger(Some("ida"), 100).await.unwrap_or_default(),
+            ledger,
+            "nothing applied twice"
+        );
+        assert_eq!(
+            store.subscriptions_of("ida").await.map(|s| s.len()).ok(),
+            Some(1)
+        );
+        let (st, _, v) = deliver().await;
+        assert_eq!(
+            (st, v["duplicate"].clone()),
+            (StatusCode::OK, json!(true)),
+            "{v}"
+        );
+    }
 }

@@ -14,7 +14,8 @@
 //! - [`routes`]: the route table (host, path prefix), round-robin upstreams, passive health.
 //! - [`keys`]: the key replica (sharded, lock-light reads; snapshot in `data_dir`).
 //! - [`quota`]: the [`quota::QuotaStore`] trait, [`quota::local`] (sliding log per key) and the
-//!   conformance suite every store passes; time from an injected [`quota::Clock`].
+//!   conformance suite every store passes; time from an injected [`quota::Clock`];
+//!   [`quota::persist`] saves the in-process state to `data_dir` so a restart keeps the counts.
 //! - [`feed`]: keeps the replica in step with the backend's key feed (long-poll).
 //! - [`usage`]: admitted units per key and day → append-only journal → backend, idempotently.
 //! - [`backend`]: the backend link (embedded in-process or remote HTTP) and management paths.

@@ -9,6 +9,10 @@
 //!
 //! The tables are sharded by key (64 `parking_lot` mutexes): a decision locks one shard for a few
 //! hundred nanoseconds and never across an `.await`.
+//!
+//! The state is only in memory; [`super::persist`] saves it to `data_dir` (periodically and at
+//! shutdown, reading one shard at a time through [`LocalQuota::visit_shard`]) and puts it back
+//! at start with [`LocalQuota::restore`].
 
 use super::{
     ceil_secs, ms_to_midnight, Clock, Decision, Exceeded, QuotaError, QuotaStore, Reservation,
@@ -35,11 +39,12 @@ pub fn coarse_granularity(per_minute: u64) -> i64 {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    first: i64,
-    last: i64,
-    units: u64,
+/// Units admitted between `first` and `last` (inclusive), counted until `last + 60 s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub first: i64,
+    pub last: i64,
+    pub units: u64,
 }
 
 #[derive(Debug)]
@@ -235,6 +240,61 @@ impl LocalQuota {
     /// Keys with live state (for tests and metrics).
     pub fn tracked_keys(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// The time on this store's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// How many shards [`LocalQuota::visit_shard`] takes.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Calls `f(key, day, day_used, log)` for every key of shard `i`, under that shard's lock
+    /// (decisions on its keys wait meanwhile, so `f` should only copy). Nothing is rolled: slots
+    /// past their window and counts of an earlier day are passed as they are.
+    pub(crate) fn visit_shard(
+        &self,
+        i: usize,
+        mut f: impl FnMut(KeyId, i64, u64, &VecDeque<Slot>),
+    ) {
+        let Some(shard) = self.shards.get(i) else {
+            return;
+        };
+        for s in shard.lock().iter() {
+            f(s.key, s.day, s.day_used, &s.log);
+        }
+    }
+
+    /// Adds saved state for `key`: `day_used` units on UTC day `day` and the minute `slots`
+    /// (any order). Meant for start-up, before any decision; on a key that already has state the
+    /// two are added up (a count of an earlier day than the key's own is dropped), which can
+    /// only under-admit.
+    pub(crate) fn restore(&self, key: KeyId, day: i64, day_used: u64, slots: &[Slot]) {
+        let mut table = self.shard(key).lock();
+        let state = match table.find_mut(key.mix(), |s| s.key == key) {
+            Some(s) => s,
+            None => table
+                .insert_unique(key.mix(), KeyState::new(key), |s| s.key.mix())
+                .into_mut(),
+        };
+        if state.day == day {
+            state.day_used = state.day_used.saturating_add(day_used);
+        } else if state.day < day {
+            state.day = day;
+            state.day_used = day_used;
+        }
+        if slots.is_empty() {
+            return;
+        }
+        // Slots leave the window (`roll`) and free units (`minute_wait`) front to back, so the
+        // log stays ordered by the end of each slot's hold.
+        let mut log: Vec<Slot> = state.log.drain(..).chain(slots.iter().copied()).collect();
+        log.sort_by_key(|s| (s.last, s.first));
+        state.in_window = log.iter().fold(0u64, |sum, s| sum.saturating_add(s.units));
+        state.log = log.into();
     }
 }
 

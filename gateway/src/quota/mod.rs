@@ -4,6 +4,7 @@
 //! (in-process, this instance's admissions only) and, in a later issue, a Redis store shared by
 //! a fleet. Both must pass the same [`conformance`] suite, written once as functions generic over
 //! the trait and a settable [`Clock`].
+//! The in-process state is saved to `data_dir` and loaded at start by [`persist`].
 //!
 //! The contract every implementation keeps:
 //! - never more than `per_minute` units admitted in any trailing 60-second window (windows are
@@ -15,6 +16,7 @@
 //!   could be admitted (the later of the minute and the day constraints).
 
 pub mod local;
+pub mod persist;
 pub mod redis;
 
 #[cfg(test)]
@@ -202,6 +204,15 @@ impl Quota {
         match self {
             Quota::Local(q) => q.sweep(),
             Quota::Redis(f) => f.local.sweep(),
+        }
+    }
+
+    /// The in-process store: all the state in local mode; in Redis mode, the per-instance counts
+    /// made while Redis was unreachable. What [`persist`] saves.
+    pub fn in_process(&self) -> &local::LocalQuota {
+        match self {
+            Quota::Local(q) => q,
+            Quota::Redis(f) => &f.local,
         }
     }
 

@@ -3,7 +3,8 @@
 //! `run` wires the pieces (replica from the saved snapshot, backend link, quota store, usage
 //! journal), binds the main and metrics listeners, prints where they listen, and serves until
 //! SIGTERM/SIGINT. Shutdown stops accepting, drains open connections (up to
-//! `shutdown_timeout`), then flushes usage to the backend and saves the key snapshot.
+//! `shutdown_timeout`), then flushes usage to the backend and saves the key snapshot and the
+//! quota state (also saved every `usage_flush`, and loaded before serving: `quota::persist`).
 //! SIGHUP re-reads the file and swaps in new routes (and the plans they are checked against);
 //! a file with any error is refused with its error lines and the running config stays.
 
@@ -19,7 +20,7 @@ use crate::keys::Replica;
 use crate::metrics::{Gauge, Metrics};
 use crate::proxy::{Gateway, OwnMetrics};
 use crate::quota::redis::RedisQuota;
-use crate::quota::{local::LocalQuota, Clock, Fleet, OnRedisFailure, Quota, SystemClock};
+use crate::quota::{local::LocalQuota, persist, Clock, Fleet, OnRedisFailure, Quota, SystemClock};
 use crate::routes::RouteTable;
 use crate::usage::{Journal, Shipper, UsageCounter};
 use arc_swap::ArcSwap;
@@ -397,6 +398,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             )))
         }
     };
+    // Counts from before a restart, before anything is served (see quota::persist).
+    let quota_state = g.data_dir.join(persist::FILE);
+    persist::load(quota.in_process(), &quota_state);
     let gw = Arc::new(Gateway {
         routes: ArcSwap::from_pointee(RouteTable::build(
             &cfg.routes,
@@ -450,6 +454,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         wait: g.feed_wait,
     };
     let feed_task = tokio::spawn(feed.run(stop_rx.clone()));
+    let quota_task = tokio::spawn(persist::run(
+        gw.clone(),
+        quota_state,
+        g.usage_flush,
+        stop_rx.clone(),
+    ));
     let usage_task = tokio::spawn(shipper.run(
         g.usage_flush,
         stop_rx.clone(),
@@ -556,6 +566,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     let _ = stop_tx.send(true);
     if let Err(e) = usage_task.await {
         tracing::error!(error = %e, "usage task failed");
+    }
+    if let Err(e) = quota_task.await {
+        tracing::error!(error = %e, "quota state task failed");
     }
     if let Err(e) = feed_task.await {
         tracing::error!(error = %e, "feed task failed");

@@ -14,8 +14,8 @@ use axum::{Json, Router};
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::feed::{
-    FeedKey, FeedPage, FeedQuery, GraceHash, KeyState, UsageAck, DEFAULT_PAGE, FEED_PATH, MAX_PAGE,
-    MAX_WAIT_SECS, USAGE_PATH,
+    FeedKey, FeedPage, FeedQuery, GraceHash, KeyState, UsageAck, DEFAULT_PAGE, FEED_PATH,
+    FEED_SEQ_HEADER, MAX_PAGE, MAX_WAIT_SECS, USAGE_PATH,
 };
 use tollgate_protocol::plans::Limits;
 use tollgate_protocol::usage_wire;
@@ -65,6 +65,36 @@ pub async fn watch_head(state: AppState, mut stop: watch::Receiver<bool>) {
                 .set(i64::try_from(head).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// Middleware: a successful answer to a request that may change state (POST, PUT, PATCH,
+/// DELETE) carries the feed head after it ([`FEED_SEQ_HEADER`]). A gateway that forwarded the
+/// request holds the answer until its replica has applied that sequence, so a key minted or
+/// revoked through a gateway is in force there when the client reads the answer. The gateways'
+/// own feed and usage calls are left alone.
+pub async fn stamp_seq(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    let changes = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) && !req.uri().path().starts_with("/internal/");
+    let mut resp = next.run(req).await;
+    if changes && resp.status().is_success() {
+        match state.store.feed_head().await {
+            Ok(head) => {
+                state.hub.notify(head);
+                if let Ok(v) = axum::http::HeaderValue::from_str(&head.to_string()) {
+                    resp.headers_mut().insert(FEED_SEQ_HEADER, v);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "feed head unavailable for read-your-writes"),
+        }
+    }
+    resp
 }
 
 /// Converts a stored key to what a gateway needs, applying the plan limits and overrides.

@@ -263,6 +263,9 @@ pub struct Replica {
     /// True once the tables hold a complete view (from a snapshot or a finished sync).
     loaded: AtomicBool,
     tiers: Mutex<HashMap<TierKey, Arc<Tier>>>,
+    /// Woken whenever `seq` moves (a management answer may wait for its change, see
+    /// [`Replica::caught_up`]).
+    advanced: tokio::sync::Notify,
 }
 
 impl Default for Replica {
@@ -286,7 +289,24 @@ impl Replica {
             head: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             tiers: Mutex::new(HashMap::new()),
+            advanced: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Waits (at most `limit`) until the replica is loaded and has applied the feed up to
+    /// `seq`; `false` if it has not by then. Read-your-writes for changes made through this
+    /// gateway: the backend names the feed sequence of its change and the answer waits for it.
+    pub async fn caught_up(&self, seq: u64, limit: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                let advanced = self.advanced.notified();
+                if self.is_loaded() && self.seq() >= seq {
+                    return;
+                }
+                advanced.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 
     /// The hot-path lookup: current hash first, then a rotated-out hash still in its grace period.
@@ -343,6 +363,7 @@ impl Replica {
             self.apply_into(&tables, k);
         }
         self.seq.store(seq, Ordering::Release);
+        self.advanced.notify_waiters();
     }
 
     /// Converts and applies one feed key to `tables` (live or staging).
@@ -361,6 +382,7 @@ impl Replica {
         *self.db_id.lock() = db_id.to_string();
         self.seq.store(seq, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
+        self.advanced.notify_waiters();
     }
 
     pub fn tier(&self, plan: &str, limits: Limits) -> Arc<Tier> {

@@ -44,6 +44,10 @@ static X_RL_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RL_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RL_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// Set by the backend on answers to changes: the key feed sequence that holds the change.
+static FEED_SEQ: HeaderName = HeaderName::from_static(tollgate_protocol::feed::FEED_SEQ_HEADER);
+/// Longest a management answer waits for the replica to apply its change.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 
 /// Everything a request needs, shared by all connections.
 pub struct Gateway {
@@ -994,6 +998,19 @@ impl Gateway {
         };
         match m.forward(req).await {
             Ok(resp) => {
+                // A change made through this gateway is in force here when the answer leaves:
+                // the backend names the feed sequence that holds it, and the answer waits
+                // (bounded) until this gateway's replica has applied it.
+                let feed_seq = resp
+                    .headers()
+                    .get(&FEED_SEQ)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let Some(seq) = feed_seq {
+                    if !self.replica.caught_up(seq, READ_YOUR_WRITES).await {
+                        tracing::warn!(seq, "management answer sent before the key feed caught up");
+                    }
+                }
                 self.own
                     .management
                     .count(Outcome::Ok, resp.status().as_u16());

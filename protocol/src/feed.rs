@@ -56,6 +56,11 @@ pub struct FeedKey {
     pub seq: u64,
 }
 
+/// Response header on the backend's answers to requests that change state (POST, PUT, PATCH,
+/// DELETE): the feed head after the change, so a gateway can hold the answer until its replica
+/// has applied it (read-your-writes through the gateway).
+pub const FEED_SEQ_HEADER: &str = "x-tollgate-feed-seq";
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FeedPage {
     pub db_id: String,

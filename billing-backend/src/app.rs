@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::store::sql::SqlStore;
 use crate::store::{Store, UsageRow};
 use crate::usage::MinuteWindow;
+use arc_swap::ArcSwap;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use std::net::SocketAddr;
@@ -23,7 +24,9 @@ use tollgate_protocol::plans::Catalogue;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub cfg: Arc<BackendConfig>,
-    pub catalogue: Arc<Catalogue>,
+    /// The plan catalogue: read it with [`AppState::catalogue`]; SIGHUP swaps it
+    /// ([`Backend::reload_plans`]).
+    pub plans: Plans,
     pub clock: SharedClock,
     /// Present when `TOLLGATE_TEST_CLOCK=1`: lets end-to-end tests move time.
     pub test_clock: Option<Arc<OffsetClock>>,
@@ -46,6 +49,56 @@ pub struct AppState {
 impl AppState {
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// The plan catalogue in force now.
+    pub fn catalogue(&self) -> Arc<Catalogue> {
+        self.plans.0.load().catalogue.clone()
+    }
+
+    /// The key feed's `db_id`: the database's id and a fingerprint of the plans' limits. Keys'
+    /// limits come from their plan, so when a plan's limits change (a restart with an edited
+    /// `[[plans]]`, or a reload) the epoch changes and every gateway re-reads the whole feed:
+    /// existing keys get the new limits, and a gateway's saved snapshot with the old ones is
+    /// replaced at its first contact.
+    pub fn feed_epoch(&self) -> String {
+        format!("{}.{}", self.store.db_id(), self.plans.0.load().fingerprint)
+    }
+}
+
+/// The plan catalogue, swapped whole on reload, with its limits' fingerprint.
+#[derive(Clone)]
+pub struct Plans(Arc<ArcSwap<CurrentPlans>>);
+
+struct CurrentPlans {
+    catalogue: Arc<Catalogue>,
+    fingerprint: String,
+}
+
+impl Plans {
+    fn new(catalogue: Catalogue) -> Plans {
+        Plans(Arc::new(ArcSwap::from_pointee(CurrentPlans::of(catalogue))))
+    }
+}
+
+impl CurrentPlans {
+    fn of(catalogue: Catalogue) -> CurrentPlans {
+        use sha2::{Digest, Sha256};
+        let mut plans: Vec<_> = catalogue
+            .all()
+            .iter()
+            .map(|p| (p.id.clone(), p.limits()))
+            .collect();
+        plans.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut h = Sha256::new();
+        for (id, l) in &plans {
+            h.update(format!("{id}:{}:{};", l.per_minute, l.per_day).as_bytes());
+        }
+        let fingerprint = hex::encode(&h.finalize()[..6]);
+        CurrentPlans {
+            catalogue: Arc::new(catalogue),
+            fingerprint,
+        }
     }
 }
 
@@ -112,7 +165,7 @@ impl Backend {
             .map_err(|e| format!("database: {e}"))?;
         let providers = crate::providers::Providers::from_env().map_err(|errs| errs.join("\n"))?;
         let state = AppState {
-            catalogue: Arc::new(cfg.catalogue.clone()),
+            plans: Plans::new(cfg.catalogue.clone()),
             service_token: TokenDigest::of(token.expose()),
             feed_token: cfg.feed_token.as_ref().map(|t| TokenDigest::of(t.expose())),
             cfg: Arc::new(cfg),
@@ -159,13 +212,34 @@ impl Backend {
             .set(crate::portal::listen_origin(addr));
     }
 
+    /// Puts a new plan catalogue in force (SIGHUP): prices, features and limits at once. When
+    /// any plan's limits changed, the feed epoch changes too, and waiting gateways are woken
+    /// so their replicas re-read every key with the new limits within a moment. Returns
+    /// whether the limits changed.
+    pub fn reload_plans(&self, catalogue: Catalogue) -> bool {
+        let new = CurrentPlans::of(catalogue);
+        let old = self.state.plans.0.swap(Arc::new(new));
+        let now = self.state.plans.0.load();
+        let changed = old.fingerprint != now.fingerprint;
+        tracing::info!(
+            plans = now.catalogue.all().len(),
+            limits_changed = changed,
+            "plan catalogue reloaded"
+        );
+        if changed {
+            self.state.hub.wake();
+        }
+        changed
+    }
+
     pub async fn feed_page(
         &self,
         since: u64,
         limit: usize,
         wait: Duration,
+        known: &str,
     ) -> Result<FeedPage, String> {
-        crate::feed::page(&self.state, since, limit, wait)
+        crate::feed::page(&self.state, since, limit, wait, Some(known))
             .await
             .map_err(|e| e.to_string())
     }

@@ -45,7 +45,7 @@ pub fn effective_plan(subs: &[Subscription], now: i64, catalogue: &Catalogue) ->
 
 /// The entitlement rule at `now`, as the closure the store applies inside its transactions.
 pub fn entitle_at(state: &AppState, now: i64) -> impl Fn(&[Subscription]) -> String + Send + Sync {
-    let catalogue = state.catalogue.clone();
+    let catalogue = state.catalogue().clone();
     move |subs: &[Subscription]| effective_plan(subs, now, &catalogue)
 }
 
@@ -378,7 +378,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
     let sepa = env("SEPA_IBAN").is_some() && env("SEPA_HOLDER").is_some();
     Json(json!({
         "status": "ok",
-        "currency": state.catalogue.currency(),
+        "currency": state.catalogue().currency(),
         "providers": {
             "stripe": {"configured": stripe_key.is_some(), "mode": stripe_mode, "webhook_secret_configured": env("STRIPE_WEBHOOK_SECRET").is_some()},
             "paypal": {"configured": paypal, "mode": paypal.then_some(paypal_mode)},

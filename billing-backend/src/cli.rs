@@ -127,7 +127,7 @@ pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), Str
                 Ok(())
             }
             Command::Plans => {
-                let plans: Vec<_> = state.catalogue.all().iter().map(|p| crate::plans::plan_json(p, state.cfg.sepa_discount_bps)).collect();
+                let plans: Vec<_> = state.catalogue().all().iter().map(|p| crate::plans::plan_json(p, state.cfg.sepa_discount_bps)).collect();
                 print(json!({"plans": plans}));
                 Ok(())
             }
@@ -233,7 +233,9 @@ pub async fn shutdown_signal() {
 }
 
 /// `serve`: binds, prints where it listens, serves until SIGTERM, then drains and closes.
-pub async fn serve(cfg: BackendConfig) -> Result<(), String> {
+/// SIGHUP re-reads `config` and puts its `[[plans]]` in force (other settings need a restart);
+/// a file with any error is refused with its error lines and the running plans stay.
+pub async fn serve(cfg: BackendConfig, config: Option<std::path::PathBuf>) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("backend.listen {}: {e}", cfg.listen))?;
@@ -247,6 +249,25 @@ pub async fn serve(cfg: BackendConfig) -> Result<(), String> {
     }
     println!("tollgate: backend listening on http://{addr}");
     tracing::info!(%addr, storage = backend.state().store.kind(), "backend started");
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match BackendConfig::load(config.as_deref()) {
+                    Ok(cfg) => {
+                        backend.reload_plans(cfg.catalogue);
+                    }
+                    Err(errors) => {
+                        for e in &errors {
+                            tracing::error!("config reload refused: {e}");
+                        }
+                        tracing::error!("plans NOT reloaded; the running catalogue stays");
+                    }
+                }
+            }
+        });
+    }
     let app = backend.router();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

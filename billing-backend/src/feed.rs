@@ -17,7 +17,7 @@ use tollgate_protocol::feed::{
     FeedKey, FeedPage, FeedQuery, GraceHash, KeyState, UsageAck, DEFAULT_PAGE, FEED_PATH,
     FEED_SEQ_HEADER, MAX_PAGE, MAX_WAIT_SECS, USAGE_PATH,
 };
-use tollgate_protocol::plans::Limits;
+use tollgate_protocol::plans::{Catalogue, Limits};
 use tollgate_protocol::usage_wire;
 
 #[derive(Clone)]
@@ -42,6 +42,11 @@ impl FeedHub {
                 false
             }
         });
+    }
+
+    /// Wakes every waiting reader without a new head (the feed epoch changed).
+    pub fn wake(&self) {
+        self.head.send_modify(|_| {});
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -98,11 +103,10 @@ pub async fn stamp_seq(
 }
 
 /// Converts a stored key to what a gateway needs, applying the plan limits and overrides.
-pub fn feed_key(state: &AppState, k: &crate::store::KeyRecord) -> FeedKey {
-    let plan_limits = state
-        .catalogue
+pub fn feed_key(catalogue: &Catalogue, k: &crate::store::KeyRecord) -> FeedKey {
+    let plan_limits = catalogue
         .get(&k.plan)
-        .unwrap_or_else(|| state.catalogue.free())
+        .unwrap_or_else(|| catalogue.free())
         .limits();
     FeedKey {
         key_id: k.key_id.clone(),
@@ -133,18 +137,24 @@ pub async fn page(
     since: u64,
     limit: usize,
     wait: Duration,
+    known: Option<&str>,
 ) -> Result<FeedPage, ApiError> {
     let limit = u32::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(5000);
     let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(MAX_WAIT_SECS));
     let mut rx = state.hub.subscribe();
+    let epoch = state.feed_epoch();
     loop {
         rx.borrow_and_update();
         let (keys, head) = state.store.feed_page(since, limit).await?;
-        if !keys.is_empty() || tokio::time::Instant::now() >= deadline {
+        // A new epoch (plan limits changed) answers at once: the gateway starts over.
+        let now_epoch = state.feed_epoch();
+        let stale = now_epoch != epoch || known.is_some_and(|k| !k.is_empty() && k != now_epoch);
+        if !keys.is_empty() || stale || tokio::time::Instant::now() >= deadline {
             let seq = keys.last().map(|k| k.seq).unwrap_or(since);
-            let keys = keys.iter().map(|k| feed_key(state, k)).collect();
+            let catalogue = state.catalogue();
+            let keys = keys.iter().map(|k| feed_key(&catalogue, k)).collect();
             return Ok(FeedPage {
-                db_id: state.store.db_id().to_string(),
+                db_id: now_epoch,
                 seq,
                 head: head.max(seq),
                 keys,
@@ -173,7 +183,9 @@ async fn feed_handler(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
-    page(&state, q.since, limit, wait).await.map(Json)
+    page(&state, q.since, limit, wait, q.db_id.as_deref())
+        .await
+        .map(Json)
 }
 
 /// Usage batches can be far larger than a management request, so this route has its own limit.

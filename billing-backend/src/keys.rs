@@ -68,10 +68,10 @@ pub fn valid_user_id(user_id: &str) -> Result<(), ApiError> {
 
 /// A key's effective limits: the plan's, unless overridden on the key.
 pub fn effective_limits(state: &AppState, key: &KeyRecord) -> Limits {
-    let plan = state
-        .catalogue
+    let catalogue = state.catalogue();
+    let plan = catalogue
         .get(&key.plan)
-        .unwrap_or_else(|| state.catalogue.free())
+        .unwrap_or_else(|| catalogue.free())
         .limits();
     Limits {
         per_minute: key.rate_limit_override.unwrap_or(plan.per_minute),
@@ -226,7 +226,7 @@ pub async fn mint(
         metadata,
     };
     let max: BTreeMap<String, u32> = state
-        .catalogue
+        .catalogue()
         .all()
         .iter()
         .map(|p| (p.id.clone(), p.max_keys_per_user))
@@ -507,7 +507,7 @@ async fn list_keys(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(p) = &q.plan {
-        if state.catalogue.get(p).is_none() {
+        if state.catalogue().get(p).is_none() {
             return Err(ApiError::bad("unknown_plan", format!("unknown plan {p:?}")));
         }
     }

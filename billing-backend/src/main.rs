@@ -18,7 +18,7 @@ async fn main() -> std::process::ExitCode {
     };
     cli::init_tracing(cfg.json_logs);
     let result = match args.command {
-        Command::Serve => cli::serve(cfg).await,
+        Command::Serve => cli::serve(cfg, args.config.clone()).await,
         other => cli::run_command(cfg, other).await,
     };
     match result {

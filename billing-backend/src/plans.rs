@@ -9,14 +9,16 @@ use serde_json::{json, Value};
 use tollgate_protocol::money::Money;
 use tollgate_protocol::plans::{Cycle, Plan};
 
-/// The catalogue plan `id`, or 400 `unknown_plan` naming the plans there are.
-pub fn find<'a>(state: &'a AppState, id: &str) -> Result<&'a Plan, ApiError> {
-    state.catalogue.get(id).ok_or_else(|| {
+/// The catalogue plan `id` (as in force now: a copy, the catalogue may be reloaded), or 400
+/// `unknown_plan` naming the plans there are.
+pub fn find(state: &AppState, id: &str) -> Result<Plan, ApiError> {
+    let catalogue = state.catalogue();
+    catalogue.get(id).cloned().ok_or_else(|| {
         ApiError::bad(
             "unknown_plan",
             format!(
                 "unknown plan {id:?}; plans are {}",
-                state.catalogue.ids().join(", ")
+                catalogue.ids().join(", ")
             ),
         )
     })
@@ -35,11 +37,11 @@ pub fn cycle(text: Option<&str>) -> Result<Cycle, ApiError> {
 
 /// What every purchase needs: a paid plan of the catalogue and a cycle (400 `invalid_plan`
 /// for a free plan).
-pub fn paid<'a>(
-    state: &'a AppState,
+pub fn paid(
+    state: &AppState,
     id: &str,
     cycle_text: Option<&str>,
-) -> Result<(&'a Plan, Cycle), ApiError> {
+) -> Result<(Plan, Cycle), ApiError> {
     let plan = find(state, id)?;
     if !plan.is_paid() {
         return Err(ApiError::bad(
@@ -78,14 +80,14 @@ pub fn plan_json(plan: &Plan, sepa_discount_bps: u32) -> Value {
 
 async fn list(State(state): State<AppState>) -> Json<Value> {
     let plans: Vec<Value> = state
-        .catalogue
+        .catalogue()
         .all()
         .iter()
         .map(|p| plan_json(p, state.cfg.sepa_discount_bps))
         .collect();
     Json(json!({
         "plans": plans,
-        "currency": state.catalogue.currency(),
+        "currency": state.catalogue().currency(),
         "billing_cycles": [Cycle::Monthly.as_str(), Cycle::Yearly.as_str()],
         "yearly_discount": "2 months free",
         "sepa_discount_percent": format!("{}.{:02}", state.cfg.sepa_discount_bps / 100, state.cfg.sepa_discount_bps % 100),
@@ -97,7 +99,7 @@ async fn one(
     Path(plan_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .catalogue
+        .catalogue()
         .get(&plan_id)
         .map(|p| Json(plan_json(p, state.cfg.sepa_discount_bps)))
         .ok_or_else(|| {
@@ -105,7 +107,7 @@ async fn one(
                 "plan_not_found",
                 format!(
                     "plan {plan_id:?} not found; plans are {}",
-                    state.catalogue.ids().join(", ")
+                    state.catalogue().ids().join(", ")
                 ),
             )
         })

@@ -23,8 +23,15 @@ pub type HttpClient = Client<HttpConnector, Body>;
 #[async_trait]
 pub trait BackendLink: Send + Sync {
     /// Keys changed after `since`; waits up to `wait` when there are none.
-    async fn feed_page(&self, since: u64, limit: usize, wait: Duration)
-        -> Result<FeedPage, String>;
+    /// A feed page; `known` is the `db_id` the replica holds (a different current one answers
+    /// at once instead of after `wait`).
+    async fn feed_page(
+        &self,
+        since: u64,
+        limit: usize,
+        wait: Duration,
+        known: &str,
+    ) -> Result<FeedPage, String>;
     /// Delivers a usage batch; the backend applies each `(gateway_id, batch_id)` once.
     async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String>;
     /// Delivers a usage batch already serialised, as `UsageBatch` JSON and (when it fits) in
@@ -102,9 +109,19 @@ impl BackendLink for RemoteBackend {
         since: u64,
         limit: usize,
         wait: Duration,
+        known: &str,
     ) -> Result<FeedPage, String> {
+        // A db_id is hex and dots; anything else is not sent (the backend then just waits).
+        let known = if known
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.')
+        {
+            known
+        } else {
+            ""
+        };
         let uri = self.uri(&format!(
-            "{FEED_PATH}?since={since}&limit={limit}&wait={}",
+            "{FEED_PATH}?since={since}&limit={limit}&wait={}&db_id={known}",
             wait.as_secs()
         ))?;
         let req = Request::get(uri)

@@ -9,8 +9,9 @@ use std::time::Duration;
 use tollgate_backend::{Backend, BackendConfig};
 use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch};
 
-/// Starts the backend from the same document. `[backend] data_dir` defaults to the gateway's.
-pub async fn start(doc: &toml::Table, data_dir: &Path) -> Result<Backend, Vec<String>> {
+/// The backend's configuration from the gateway's document. `[backend] data_dir` defaults to
+/// the gateway's.
+fn backend_config(doc: &toml::Table, data_dir: &Path) -> Result<BackendConfig, Vec<String>> {
     let mut doc = doc.clone();
     let backend = doc
         .entry("backend")
@@ -19,10 +20,23 @@ pub async fn start(doc: &toml::Table, data_dir: &Path) -> Result<Backend, Vec<St
         t.entry("data_dir")
             .or_insert_with(|| toml::Value::String(data_dir.display().to_string()));
     }
-    let cfg = BackendConfig::from_document(&doc)?;
+    BackendConfig::from_document(&doc)
+}
+
+/// Starts the backend from the same document.
+pub async fn start(doc: &toml::Table, data_dir: &Path) -> Result<Backend, Vec<String>> {
+    let cfg = backend_config(doc, data_dir)?;
     Backend::start(cfg)
         .await
         .map_err(|e| vec![format!("backend: {e}")])
+}
+
+/// SIGHUP: the reloaded document's `[[plans]]` go in force in the backend too (prices,
+/// features, and the limits every key's tier comes from).
+pub fn reload_plans(b: &Backend, doc: &toml::Table, data_dir: &Path) -> Result<(), Vec<String>> {
+    let cfg = backend_config(doc, data_dir)?;
+    b.reload_plans(cfg.catalogue);
+    Ok(())
 }
 
 pub fn router(b: &Backend) -> axum::Router {
@@ -46,8 +60,9 @@ impl BackendLink for EmbeddedLink {
         since: u64,
         limit: usize,
         wait: Duration,
+        known: &str,
     ) -> Result<FeedPage, String> {
-        self.0.feed_page(since, limit, wait).await
+        self.0.feed_page(since, limit, wait, known).await
     }
 
     async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String> {

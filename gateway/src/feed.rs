@@ -19,6 +19,9 @@ use tollgate_protocol::feed::DEFAULT_PAGE;
 
 /// Least time between two snapshot writes.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
+/// Longest pause between two attempts while the backend is unreachable: a restarted backend
+/// (with edited plans, say) is back in the replica well within a second.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 struct Staging {
     db_id: String,
@@ -67,8 +70,11 @@ impl Feed {
                 _ => self.wait,
             };
             let since = staging.as_ref().map_or(self.replica.seq(), |s| s.seq);
+            let known = staging
+                .as_ref()
+                .map_or_else(|| self.replica.db_id(), |s| s.db_id.clone());
             let page = tokio::select! {
-                r = self.link.feed_page(since, DEFAULT_PAGE, wait) => r,
+                r = self.link.feed_page(since, DEFAULT_PAGE, wait, &known) => r,
                 _ = stop.changed() => break,
             };
             let page = match page {
@@ -84,7 +90,7 @@ impl Feed {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.changed() => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };

@@ -273,30 +273,45 @@ fn pool_settings(g: &crate::config::GatewaySettings) -> PoolSettings {
     }
 }
 
-/// Re-reads `path` and swaps in its routes; any error keeps the running ones.
-fn reload(path: &Path, gw: &Gateway, metrics: &Metrics, g: &crate::config::GatewaySettings) {
-    match crate::config::load(path) {
-        Ok(cfg) => {
-            let table =
-                RouteTable::build(&cfg.routes, metrics, g.unhealthy_cooldown, pool_settings(g));
-            let n = table.len();
-            gw.routes.store(Arc::new(table));
-            tracing::info!(
-                routes = n,
-                plans = cfg.catalogue.all().len(),
-                "configuration reloaded (routes and plans; other settings need a restart)"
-            );
+/// Re-reads `path` and swaps in its routes and plans (in embedded mode the backend's catalogue
+/// too, so existing keys get edited limits); any error keeps the running ones. In remote mode
+/// the separate backend owns the catalogue: reload it there (`kill -HUP` the backend).
+fn reload(
+    path: &Path,
+    gw: &Gateway,
+    metrics: &Metrics,
+    g: &crate::config::GatewaySettings,
+    embedded: Option<&Embedded>,
+) {
+    let refused = |errors: &[String]| {
+        for e in errors {
+            tracing::error!("config reload refused: {e}");
         }
-        Err(errors) => {
-            for e in &errors {
-                tracing::error!("config reload refused: {e}");
-            }
-            tracing::error!(
-                errors = errors.len(),
-                "configuration NOT reloaded; the running configuration stays"
-            );
+        tracing::error!(
+            errors = errors.len(),
+            "configuration NOT reloaded; the running configuration stays"
+        );
+    };
+    let cfg = match crate::config::load(path) {
+        Ok(cfg) => cfg,
+        Err(errors) => return refused(&errors),
+    };
+    #[cfg(feature = "embedded")]
+    if let Some(b) = embedded {
+        if let Err(errors) = crate::embedded::reload_plans(b, &cfg.document, &g.data_dir) {
+            return refused(&errors);
         }
     }
+    #[cfg(not(feature = "embedded"))]
+    let _ = embedded;
+    let table = RouteTable::build(&cfg.routes, metrics, g.unhealthy_cooldown, pool_settings(g));
+    let n = table.len();
+    gw.routes.store(Arc::new(table));
+    tracing::info!(
+        routes = n,
+        plans = cfg.catalogue.all().len(),
+        "configuration reloaded (routes and plans; other settings need a restart)"
+    );
 }
 
 /// Runs the gateway until SIGTERM/SIGINT.
@@ -498,7 +513,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             r = metrics_listener.accept() => (r, true),
             _ = hup.recv() => {
                 match &config_path {
-                    Some(p) => reload(p, &gw, &metrics, &g),
+                    Some(p) => reload(p, &gw, &metrics, &g, embedded.as_ref()),
                     None => tracing::warn!("SIGHUP ignored: no config file to re-read"),
                 }
                 continue;

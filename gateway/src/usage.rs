@@ -634,7 +634,13 @@ mod tests {
 
     #[async_trait]
     impl BackendLink for FakeBackend {
-        async fn feed_page(&self, _: u64, _: usize, _: Duration) -> Result<FeedPage, String> {
+        async fn feed_page(
+            &self,
+            _: u64,
+            _: usize,
+            _: Duration,
+            _: &str,
+        ) -> Result<FeedPage, String> {
             Err("not used".into())
         }
         async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String> {

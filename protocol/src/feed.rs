@@ -80,6 +80,10 @@ pub struct FeedQuery {
     /// Seconds to wait for a change when nothing is newer than `since`.
     #[serde(default)]
     pub wait: Option<u64>,
+    /// The `db_id` (feed epoch) the caller holds: when it is not the current one the page
+    /// answers at once, without waiting, so the caller starts over (plan limits changed).
+    #[serde(default)]
+    pub db_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -190,7 +190,7 @@ fn upgrade_block(state: &AppState, csrf: &str, plan: &str) -> String {
         ("sepa", "SEPA bank transfer", p.sepa.is_some()),
     ];
     let mut cards = String::new();
-    for pl in state.catalogue.all().iter().filter(|pl| pl.is_paid()) {
+    for pl in state.catalogue().all().iter().filter(|pl| pl.is_paid()) {
         let buttons: String = providers
             .iter()
             .map(|(id, label, ok)| {
@@ -514,7 +514,7 @@ pub async fn upgrade(
     let form = checked_form(&c.session, &body)?;
     let plan = form.get("plan").unwrap_or("");
     let cycle = form.get("cycle").unwrap_or("monthly");
-    match state.catalogue.get(plan) {
+    match state.catalogue().get(plan) {
         Some(p) if p.is_paid() => {}
         _ => {
             return Err(PortalError::bad(format!(

@@ -100,7 +100,7 @@ pub async fn page(
     let session = super::current(&headers, &state);
     let bps = state.cfg.sepa_discount_bps;
     let cards: String = state
-        .catalogue
+        .catalogue()
         .all()
         .iter()
         .map(|p| {

@@ -256,7 +256,7 @@ pub async fn plan_for_price(
     state: &AppState,
     price_id: &str,
 ) -> Result<Option<(String, Cycle)>, StoreError> {
-    for plan in state.catalogue.all() {
+    for plan in state.catalogue().all() {
         for cycle in [Cycle::Monthly, Cycle::Yearly] {
             if plan
                 .provider_prices
@@ -284,11 +284,7 @@ fn item_for(price_id: &str) -> Value {
     }
 }
 
-fn paid_plan<'a>(
-    state: &'a AppState,
-    plan: &str,
-    cycle: Option<&str>,
-) -> Result<(&'a Plan, Cycle), Failure> {
+fn paid_plan(state: &AppState, plan: &str, cycle: Option<&str>) -> Result<(Plan, Cycle), Failure> {
     Ok(crate::plans::paid(state, plan, cycle)?)
 }
 
@@ -725,7 +721,7 @@ async fn create_subscription(
         (Some(user), Some(plan), None, None) => {
             valid_user_id(user)?;
             let (p, c) = paid_plan(&state, plan, req.cycle.as_deref())?;
-            let price = price_for(&state, p, c).await?;
+            let price = price_for(&state, &p, c).await?;
             (user.clone(), p.id.clone(), c, price, None)
         }
         (user, None, Some(customer), Some(price)) => {
@@ -914,7 +910,7 @@ async fn products(_: ServiceAuth, State(state): State<AppState>) -> Reply {
         Value::Object(m)
     };
     let mut plans = Vec::new();
-    for p in state.catalogue.all().iter().filter(|p| p.is_paid()) {
+    for p in state.catalogue().all().iter().filter(|p| p.is_paid()) {
         for c in [Cycle::Monthly, Cycle::Yearly] {
             let price = price_for(&state, p, c).await.ok();
             let m = p.price(c);
@@ -974,7 +970,7 @@ async fn checkout(
     let (plan, cycle, price) = match (&req.plan, &req.price_id) {
         (Some(plan), None) => {
             let (p, c) = paid_plan(&state, plan, req.cycle.as_deref())?;
-            let price = price_for(&state, p, c).await?;
+            let price = price_for(&state, &p, c).await?;
             (p.id.clone(), c, price)
         }
         (None, Some(price)) => {

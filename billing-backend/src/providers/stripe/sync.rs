@@ -184,7 +184,7 @@ pub async fn sync(state: &AppState, stripe: &Stripe) -> Result<Vec<Line>, SyncEr
     let mut lines = Vec::new();
     let mut products: Option<Vec<Value>> = None;
     let cycles = [Cycle::Monthly, Cycle::Yearly];
-    for plan in state.catalogue.all().iter().filter(|p| p.is_paid()) {
+    for plan in state.catalogue().all().iter().filter(|p| p.is_paid()) {
         let configured = |c: Cycle| {
             plan.provider_prices
                 .get(&format!("stripe_{}", c.as_str()))
@@ -317,7 +317,7 @@ pub async fn synced_plan_of(
         return Ok(None);
     };
     Ok(state
-        .catalogue
+        .catalogue()
         .get(plan)
         .filter(|p| p.is_paid())
         .filter(|_| price["recurring"]["interval"].as_str() == Some(interval(cycle)))

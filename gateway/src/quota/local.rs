@@ -252,19 +252,20 @@ impl LocalQuota {
         self.shards.len()
     }
 
-    /// Calls `f(key, day, day_used, log)` for every key of shard `i`, under that shard's lock
-    /// (decisions on its keys wait meanwhile, so `f` should only copy). Nothing is rolled: slots
-    /// past their window and counts of an earlier day are passed as they are.
+    /// Calls `f(key, day, day_used, log, in_window)` for every key of shard `i`, under that
+    /// shard's lock (decisions on its keys wait meanwhile, so `f` should only copy). Nothing is
+    /// rolled: slots past their window and counts of an earlier day are passed as they are
+    /// (`in_window` sums the log, expired slots included).
     pub(crate) fn visit_shard(
         &self,
         i: usize,
-        mut f: impl FnMut(KeyId, i64, u64, &VecDeque<Slot>),
+        mut f: impl FnMut(KeyId, i64, u64, &VecDeque<Slot>, u64),
     ) {
         let Some(shard) = self.shards.get(i) else {
             return;
         };
         for s in shard.lock().iter() {
-            f(s.key, s.day, s.day_used, &s.log);
+            f(s.key, s.day, s.day_used, &s.log, s.in_window);
         }
     }
 

@@ -28,6 +28,12 @@ if LOCALSTRIPE_PY="$(scripts/localstripe.sh install)" && [ -n "$LOCALSTRIPE_PY" 
   export LOCALSTRIPE_PYTHON="$LOCALSTRIPE_PY"
 fi
 
+# The OpenAPI contract test runs schemathesis (PyPI) against the real backend, from a venv under
+# the target directory. Mandatory in CI, SKIPPED (loudly) elsewhere when it cannot be installed.
+if SCHEMATHESIS="$(scripts/schemathesis.sh install)" && [ -n "$SCHEMATHESIS" ]; then
+  export SCHEMATHESIS_BIN="$SCHEMATHESIS"
+fi
+
 # The end-to-end tests start the real binaries from the same target directory.
 cargo build --workspace --bins
 results="$(mktemp)"

@@ -16,8 +16,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use crate::openapi::ErrorDoc;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::day::add_months;
@@ -99,23 +101,56 @@ pub async fn settle(
     Ok(settled)
 }
 
+/// A subscription as the API shows it.
+///
+/// Response structs in this module list their fields in alphabetical order: the `json!` maps
+/// they replaced wrote them so, and the bytes on the wire stayed the same.
+#[derive(Serialize, ToSchema)]
+pub struct SubView {
+    pub cancel_at_period_end: bool,
+    pub created_at: String,
+    pub current_period_end: String,
+    pub current_period_start: String,
+    /// `monthly` or `yearly`.
+    pub cycle: String,
+    /// Until when a past-due subscription still grants its plan.
+    pub grace_until: Option<String>,
+    /// Whether it grants its plan now.
+    pub grants_access: bool,
+    /// `sub_...`.
+    pub id: String,
+    pub plan: String,
+    /// `stripe`, `paypal`, `sepa` or `manual`.
+    pub provider: String,
+    pub provider_reference: Option<String>,
+    #[schema(value_type = SubStatusDoc)]
+    pub status: SubStatus,
+    pub updated_at: String,
+    pub user_id: String,
+}
+
+pub fn sub_view(s: &Subscription, now: i64) -> SubView {
+    SubView {
+        cancel_at_period_end: s.cancel_at_period_end,
+        created_at: rfc3339(s.created_at),
+        current_period_end: rfc3339(s.period_end),
+        current_period_start: rfc3339(s.period_start),
+        cycle: s.cycle.clone(),
+        grace_until: s.grace_until.map(rfc3339),
+        grants_access: counts(s, now),
+        id: s.id.clone(),
+        plan: s.plan.clone(),
+        provider: s.provider.clone(),
+        provider_reference: s.provider_ref.clone(),
+        status: s.status,
+        updated_at: rfc3339(s.updated_at),
+        user_id: s.user_id.clone(),
+    }
+}
+
+/// The subscription as a JSON value (for answers that embed one).
 pub fn sub_json(s: &Subscription, now: i64) -> Value {
-    json!({
-        "id": s.id,
-        "user_id": s.user_id,
-        "plan": s.plan,
-        "cycle": s.cycle,
-        "status": s.status,
-        "current_period_start": rfc3339(s.period_start),
-        "current_period_end": rfc3339(s.period_end),
-        "provider": s.provider,
-        "provider_reference": s.provider_ref,
-        "cancel_at_period_end": s.cancel_at_period_end,
-        "grace_until": s.grace_until.map(rfc3339),
-        "grants_access": counts(s, now),
-        "created_at": rfc3339(s.created_at),
-        "updated_at": rfc3339(s.updated_at),
-    })
+    serde_json::to_value(sub_view(s, now)).unwrap_or_default()
 }
 
 /// Background: ends subscriptions whose paid-up time or grace ran out, once per second.
@@ -169,16 +204,20 @@ pub async fn expiry_sweep(state: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
-#[derive(Deserialize, Clone)]
+/// `POST /api/v1/billing/subscriptions/manual`.
+#[derive(Deserialize, Clone, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     pub user_id: String,
+    /// A paid plan of the catalogue.
     pub plan: String,
+    /// `monthly` (default) or `yearly`.
     #[serde(default)]
     pub cycle: Option<String>,
     /// Number of cycles granted (1-120).
     #[serde(default)]
     pub periods: Option<u32>,
+    /// At most 500 characters; kept as the provider reference.
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -260,32 +299,71 @@ pub async fn end(state: &AppState, sub_id: &str, cause: &Cause) -> Result<Subscr
 
 /// `POST /api/v1/billing/subscriptions/manual`. A retry with the same `Idempotency-Key` is
 /// answered by [`crate::idempotency`] without granting again.
+/// A subscription that was written.
+#[derive(Serialize, ToSchema)]
+pub struct SubAnswer {
+    pub subscription: SubView,
+    pub success: bool,
+}
+
+/// Grant a paid plan with the `manual` provider for `periods` cycles from now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/subscriptions/manual",
+    tag = "billing",
+    security(("serviceToken" = [])),
+    request_body = GrantRequest,
+    responses(
+        (status = 201, description = "Granted; the user's keys have the plan's limits at once", body = SubAnswer),
+        (status = 400, description = "`invalid_body`, `invalid_user_id`, `unknown_plan`, `invalid_plan` (the free plan), `unknown_cycle`", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn grant_handler(
     _: ServiceAuth,
     State(state): State<AppState>,
     ValidatedJson(req): ValidatedJson<GrantRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<SubAnswer>), ApiError> {
     let cause = Cause::new("api", "POST /api/v1/billing/subscriptions/manual");
     let sub = grant(&state, req, &cause).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"success": true, "subscription": sub_json(&sub, state.now())})),
+        Json(SubAnswer {
+            subscription: sub_view(&sub, state.now()),
+            success: true,
+        }),
     ))
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /api/v1/billing/subscriptions/{sub_id}/end`; the body may be empty.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EndRequest {
+    /// Recorded in the ledger.
     #[serde(default)]
     reason: Option<String>,
 }
 
+/// End a subscription now (ending an ended one changes nothing).
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/subscriptions/{sub_id}/end",
+    tag = "billing",
+    security(("serviceToken" = [])),
+    params(("sub_id" = String, Path, description = "`sub_...`")),
+    request_body(content = Option<EndRequest>, description = "Optional"),
+    responses(
+        (status = 200, description = "Ended", body = SubAnswer),
+        (status = 404, description = "`subscription_not_found`", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn end_handler(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(sub_id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubAnswer>, ApiError> {
     let req: EndRequest = if body.iter().all(u8::is_ascii_whitespace) {
         EndRequest::default()
     } else {
@@ -299,45 +377,132 @@ async fn end_handler(
             .to_string(),
     );
     let sub = end(&state, &sub_id, &cause).await?;
-    Ok(Json(
-        json!({"success": true, "subscription": sub_json(&sub, state.now())}),
-    ))
+    Ok(Json(SubAnswer {
+        subscription: sub_view(&sub, state.now()),
+        success: true,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct UserQuery {
+    /// The operator's id for the user.
     user_id: String,
 }
 
+/// `GET /api/v1/billing/subscriptions`.
+#[derive(Serialize, ToSchema)]
+pub struct UserSubs {
+    /// The effective plan now.
+    pub plan: String,
+    pub subscriptions: Vec<SubView>,
+    pub user_id: String,
+}
+
+/// A user's subscriptions and effective plan.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/subscriptions",
+    tag = "billing",
+    security(("serviceToken" = [])),
+    params(UserQuery),
+    responses(
+        (status = 200, description = "The user's subscriptions", body = UserSubs),
+        (status = 400, description = "`invalid_user_id`, or `bad_request`: `user_id` missing or an unknown query parameter", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn list_subs(
     _: ServiceAuth,
     State(state): State<AppState>,
     Query(q): Query<UserQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserSubs>, ApiError> {
     valid_user_id(&q.user_id)?;
     let subs = state.store.subscriptions_of(&q.user_id).await?;
     let now = state.now();
     let plan = state.store.user_plan(&q.user_id).await?;
-    Ok(Json(json!({
-        "user_id": q.user_id,
-        "plan": plan,
-        "subscriptions": subs.iter().map(|s| sub_json(s, now)).collect::<Vec<_>>(),
-    })))
+    Ok(Json(UserSubs {
+        plan,
+        subscriptions: subs.iter().map(|s| sub_view(s, now)).collect(),
+        user_id: q.user_id,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LedgerQuery {
+    /// Only this user's entries.
     user_id: Option<String>,
+    /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+/// [`SubStatus`] as the document shows it (the store's types stay free of documentation
+/// derives).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = SubStatus)]
+#[allow(dead_code)]
+pub enum SubStatusDoc {
+    Incomplete,
+    Active,
+    PastDue,
+    Canceled,
+    Expired,
+}
+
+/// [`Cause`] as the document shows it.
+#[derive(ToSchema)]
+#[schema(as = Cause)]
+#[allow(dead_code)]
+pub struct CauseDoc {
+    /// `api`, `cli`, `webhook`, `statement`, `system`.
+    kind: String,
+    /// A request, an event id, a statement entry reference...
+    reference: String,
+}
+
+/// One ledger entry: a change of money or entitlement and its cause.
+#[derive(Serialize, ToSchema)]
+pub struct LedgerView {
+    pub at: String,
+    #[schema(value_type = CauseDoc)]
+    pub cause: Cause,
+    #[schema(value_type = Object)]
+    pub detail: Value,
+    pub id: i64,
+    pub kind: String,
+    pub subject: String,
+    pub user_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ledger {
+    /// Newest first.
+    pub entries: Vec<LedgerView>,
+}
+
+/// The append-only audit ledger, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/ledger",
+    tag = "billing",
+    security(("serviceToken" = [])),
+    params(LedgerQuery),
+    responses(
+        (status = 200, description = "Ledger entries", body = Ledger),
+        (status = 400, description = "`invalid_user_id`, `invalid_query` (limit), or `bad_request` (a query that does not parse)", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn ledger(
     _: ServiceAuth,
     State(state): State<AppState>,
     Query(q): Query<LedgerQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Ledger>, ApiError> {
     if let Some(u) = &q.user_id {
         valid_user_id(u)?;
     }
@@ -349,15 +514,67 @@ async fn ledger(
         ));
     }
     let entries = state.store.ledger(q.user_id.as_deref(), limit).await?;
-    let list: Vec<Value> = entries
-        .iter()
-        .map(|e| json!({"id": e.id, "at": rfc3339(e.at), "user_id": e.user_id, "kind": e.kind, "subject": e.subject, "detail": e.detail, "cause": e.cause}))
+    let entries = entries
+        .into_iter()
+        .map(|e| LedgerView {
+            at: rfc3339(e.at),
+            cause: e.cause,
+            detail: e.detail,
+            id: e.id,
+            kind: e.kind,
+            subject: e.subject,
+            user_id: e.user_id,
+        })
         .collect();
-    Ok(Json(json!({"entries": list})))
+    Ok(Json(Ledger { entries }))
 }
 
-/// Which providers are configured and in which mode; never a secret.
-async fn status(State(state): State<AppState>) -> Json<Value> {
+#[derive(Serialize, ToSchema)]
+pub struct StripeStatus {
+    pub configured: bool,
+    /// `test` or `live` (from the secret key's prefix); null when not configured.
+    pub mode: Option<&'static str>,
+    pub webhook_secret_configured: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PayPalStatus {
+    pub configured: bool,
+    /// `sandbox` or `live`; null when not configured.
+    pub mode: Option<&'static str>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Configured {
+    pub configured: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProviderStatus {
+    pub manual: Configured,
+    pub paypal: PayPalStatus,
+    pub sepa: Configured,
+    pub stripe: StripeStatus,
+}
+
+/// `GET /api/v1/billing/status`.
+#[derive(Serialize, ToSchema)]
+pub struct BillingStatus {
+    #[schema(value_type = String, example = "EUR")]
+    pub currency: tollgate_protocol::money::Currency,
+    pub providers: ProviderStatus,
+    /// `ok`.
+    pub status: &'static str,
+}
+
+/// Which payment providers are configured and in which mode (never a secret).
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/status",
+    tag = "billing",
+    responses((status = 200, description = "Provider status", body = BillingStatus))
+)]
+async fn status(State(state): State<AppState>) -> Json<BillingStatus> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let stripe_key = env("STRIPE_SECRET_KEY").or_else(|| env("STRIPE_API_KEY"));
     let stripe_mode = stripe_key.as_deref().map(|k| {
@@ -376,16 +593,23 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "live"
     };
     let sepa = env("SEPA_IBAN").is_some() && env("SEPA_HOLDER").is_some();
-    Json(json!({
-        "status": "ok",
-        "currency": state.catalogue().currency(),
-        "providers": {
-            "stripe": {"configured": stripe_key.is_some(), "mode": stripe_mode, "webhook_secret_configured": env("STRIPE_WEBHOOK_SECRET").is_some()},
-            "paypal": {"configured": paypal, "mode": paypal.then_some(paypal_mode)},
-            "sepa": {"configured": sepa},
-            "manual": {"configured": true},
+    Json(BillingStatus {
+        currency: state.catalogue().currency(),
+        providers: ProviderStatus {
+            manual: Configured { configured: true },
+            paypal: PayPalStatus {
+                configured: paypal,
+                mode: paypal.then_some(paypal_mode),
+            },
+            sepa: Configured { configured: sepa },
+            stripe: StripeStatus {
+                configured: stripe_key.is_some(),
+                mode: stripe_mode,
+                webhook_secret_configured: env("STRIPE_WEBHOOK_SECRET").is_some(),
+            },
         },
-    }))
+        status: "ok",
+    })
 }
 
 #[derive(Deserialize)]
@@ -415,6 +639,12 @@ async fn advance_clock(
     clock.advance(req.advance_seconds);
     Ok(Json(json!({"now": rfc3339(state.now())})))
 }
+
+/// The test clock hook (`/internal/test/clock`) is left out on purpose: it answers 404
+/// unless `TOLLGATE_TEST_CLOCK=1`, which no deployment sets.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(status, list_subs, grant_handler, end_handler, ledger))]
+pub struct Api;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -11,12 +11,15 @@ use crate::extract::parse_json;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use crate::openapi::ErrorDoc;
+use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::feed::{
-    FeedKey, FeedPage, FeedQuery, GraceHash, KeyState, UsageAck, DEFAULT_PAGE, FEED_PATH,
-    FEED_SEQ_HEADER, MAX_PAGE, MAX_WAIT_SECS, USAGE_PATH,
+    FeedKey, FeedPage, GraceHash, KeyState, UsageAck, DEFAULT_PAGE, FEED_PATH, FEED_SEQ_HEADER,
+    MAX_PAGE, MAX_WAIT_SECS, USAGE_PATH,
 };
+use utoipa::{IntoParams, ToSchema};
 use tollgate_protocol::plans::{Catalogue, Limits};
 use tollgate_protocol::usage_wire;
 
@@ -170,10 +173,103 @@ pub async fn page(
     }
 }
 
+/// The feed's query: the fields of [`tollgate_protocol::feed::FeedQuery`], read here so the
+/// document describes exactly what is parsed.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct FeedParams {
+    /// Keys changed after this sequence number (0: from the start).
+    #[serde(default)]
+    since: u64,
+    /// Keys per page, 1-50000 (default 5000).
+    #[param(minimum = 1, maximum = 50000)]
+    limit: Option<usize>,
+    /// Seconds to wait for a change when nothing is newer than `since` (at most 30).
+    #[param(maximum = 30)]
+    wait: Option<u64>,
+    /// The feed epoch the caller holds; another one answers at once (start over).
+    db_id: Option<String>,
+}
+
+/// Mirrors of the feed's wire types ([`tollgate_protocol::feed`]), for the document only: the
+/// protocol crate stays free of documentation dependencies. `schemathesis` checks the real
+/// answers against them (tests/tests/openapi_contract.rs).
+#[derive(ToSchema)]
+#[schema(as = FeedPage)]
+#[allow(dead_code)]
+struct FeedPageDoc {
+    /// The feed epoch: database id and plan-limit fingerprint.
+    db_id: String,
+    /// Highest sequence in this page (`since` when empty).
+    seq: u64,
+    /// Highest sequence the backend knows.
+    head: u64,
+    keys: Vec<FeedKeyDoc>,
+}
+
+#[derive(ToSchema)]
+#[schema(as = FeedKey)]
+#[allow(dead_code)]
+struct FeedKeyDoc {
+    key_id: String,
+    user_id: String,
+    /// Effective plan.
+    plan: String,
+    /// SHA-256 of the key, lowercase hex.
+    hash: String,
+    /// Absent unless a rotation overlap runs.
+    previous: Option<GraceHashDoc>,
+    /// `active` or `revoked`.
+    state: String,
+    /// Unix seconds; absent when the key does not expire.
+    expires_at: Option<i64>,
+    limits: LimitsDoc,
+    seq: u64,
+}
+
+#[derive(ToSchema)]
+#[schema(as = GraceHash)]
+#[allow(dead_code)]
+struct GraceHashDoc {
+    hash: String,
+    until: i64,
+}
+
+#[derive(ToSchema)]
+#[schema(as = Limits)]
+#[allow(dead_code)]
+struct LimitsDoc {
+    per_minute: u64,
+    per_day: u64,
+}
+
+#[derive(ToSchema)]
+#[schema(as = UsageAck)]
+#[allow(dead_code)]
+struct UsageAckDoc {
+    gateway_id: String,
+    batch_id: u64,
+    /// True when this batch had been applied before and was ignored this time.
+    duplicate: bool,
+}
+
+/// Key feed for gateways: keys changed after `since`, long-polling up to `wait` seconds.
+#[utoipa::path(
+    get,
+    path = "/internal/feed",
+    tag = "gateways",
+    security(("feedToken" = []), ("serviceToken" = [])),
+    params(FeedParams),
+    responses(
+        (status = 200, description = "One page of changed keys", body = FeedPageDoc),
+        (status = 400, description = "`invalid_query`, or a query that does not parse (`bad_request`)", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn feed_handler(
     _: FeedAuth,
     State(state): State<AppState>,
-    Query(q): Query<FeedQuery>,
+    Query(q): Query<FeedParams>,
 ) -> Result<Json<FeedPage>, ApiError> {
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
@@ -193,6 +289,21 @@ const USAGE_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// Takes a batch as JSON (`UsageBatch`) or in the binary form gateways send
 /// ([`usage_wire::CONTENT_TYPE`]).
+#[utoipa::path(
+    post,
+    path = "/internal/usage",
+    tag = "gateways",
+    security(("feedToken" = []), ("serviceToken" = [])),
+    request_body(
+        content = crate::usage::BatchIn<'static>,
+        description = "A usage batch as JSON; gateways send the same batch in the binary form \
+                       `application/vnd.tollgate.usage-batch`"
+    ),
+    responses(
+        (status = 200, description = "Accepted (or a duplicate, acknowledged and not applied again)", body = UsageAckDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn usage_handler(
     _: FeedAuth,
     State(state): State<AppState>,
@@ -225,9 +336,89 @@ async fn usage_handler(
     .map(Json)
 }
 
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(feed_handler, usage_handler))]
+pub struct Api;
+
 pub fn router() -> Router<AppState> {
     Router::new().route(FEED_PATH, get(feed_handler)).route(
         USAGE_PATH,
         post(usage_handler).layer(axum::extract::DefaultBodyLimit::max(USAGE_BODY_LIMIT)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::app::testing::TestBackend;
+    use axum::body::Body;
+    use axum::http::Request;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    async fn post_usage(tb: &TestBackend, body: &Value) -> (u16, Value) {
+        let req = Request::post(super::USAGE_PATH)
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer test-feed-token-0123456789")
+            .body(Body::from(body.to_string()))
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        let resp = tb
+            .backend
+            .router()
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|e| panic!("call: {e}"));
+        let status = resp.status().as_u16();
+        let raw = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        (status, serde_json::from_slice(&raw).unwrap_or(Value::Null))
+    }
+
+    /// Batch ids and unit sums live in signed 64-bit columns: what does not fit is refused with
+    /// the SPEC §9 body naming the field (it used to reach the store and answer 500).
+    #[tokio::test]
+    async fn batch_ids_and_counts_beyond_i64_are_refused_with_400() {
+        let tb = TestBackend::start(|_| {}).await;
+        let entry = |count: u64| {
+            json!({"key_id": "key_0123456789abcdef", "day": "2026-12-04", "count": count, "last_used": 1_764_806_400})
+        };
+        let (status, body) = post_usage(
+            &tb,
+            &json!({"gateway_id": "gw1", "batch_id": 1u64 << 63, "entries": [entry(1)]}),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_body", "{body}");
+        assert_eq!(
+            body["detail"], "batch_id must be at most 9223372036854775807",
+            "{body}"
+        );
+        let (status, body) = post_usage(
+            &tb,
+            &json!({"gateway_id": "gw1", "batch_id": u64::MAX, "entries": []}),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        let half = 1u64 << 62;
+        let (status, body) = post_usage(
+            &tb,
+            &json!({"gateway_id": "gw1", "batch_id": 7, "entries": [entry(half), entry(half)]}),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("add up to more than")),
+            "{body}"
+        );
+        // The largest id that fits is an ordinary batch, applied once.
+        let max = json!({"gateway_id": "gw1", "batch_id": i64::MAX, "entries": [entry(3)]});
+        let (status, body) = post_usage(&tb, &max).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["duplicate"], false, "{body}");
+        assert_eq!(body["batch_id"], json!(i64::MAX), "{body}");
+        let (status, body) = post_usage(&tb, &max).await;
+        assert_eq!((status, body["duplicate"].clone()), (200, json!(true)), "{body}");
+    }
 }

@@ -11,8 +11,10 @@ use crate::store::{Cause, KeyPatch, KeyRecord, NewKey, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use crate::openapi::ErrorDoc;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use std::collections::BTreeMap;
 use tollgate_protocol::day::{day_index, format_day};
 use tollgate_protocol::keys::{format_key, key_start, valid_key_id, KeyHash};
@@ -89,22 +91,33 @@ fn map_key_err(e: StoreError, key_id: &str) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
+/// `POST /api/marketplace/keys/generate`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
+    /// The operator's id for the user: 1-128 characters, no control characters.
     pub user_id: String,
+    /// A plan of the catalogue; default `free`. A paid plan needs the user's active
+    /// subscription to it (else 402).
     #[serde(default)]
     pub plan: Option<String>,
+    /// 1-100 characters; default `Default Key`.
     #[serde(default)]
     pub name: Option<String>,
+    /// RFC 3339, in the future. Not together with `expires_in_days`.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// 1-3650.
     #[serde(default)]
     pub expires_in_days: Option<u32>,
+    /// A JSON object of at most 4 KiB.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Per-key override of the plan's limit (1 to 10^9).
     #[serde(default)]
     pub rate_limit_per_minute: Option<u64>,
+    /// Per-key override of the plan's daily limit (1 to 10^9).
     #[serde(default)]
     pub daily_limit: Option<u64>,
 }
@@ -245,11 +258,57 @@ pub async fn mint(
     Ok(Minted { api_key, record })
 }
 
+const SHOWN_ONCE: &str =
+    "Store this API key securely. It is shown only once and cannot be recovered.";
+
+/// A freshly minted key, with its secret (the only time it is shown).
+///
+/// Response structs in this module list their fields in alphabetical order: the `json!` maps
+/// they replaced wrote them so, and the bytes on the wire stayed the same.
+#[derive(Serialize, ToSchema)]
+pub struct GeneratedKey {
+    /// The secret, `cli_<plan>_<43 base64url characters>`.
+    pub api_key: String,
+    /// RFC 3339.
+    pub created_at: String,
+    pub daily_limit: u64,
+    pub expires_at: Option<String>,
+    /// `key_` + 16 lowercase hex.
+    pub key_id: String,
+    pub name: String,
+    pub plan: String,
+    /// Requests per minute.
+    pub rate_limit: u64,
+    /// The key's first 12 characters, kept to recognise it.
+    pub start: String,
+    pub success: bool,
+    pub user_id: String,
+    pub warning: &'static str,
+}
+
+/// Mint a key; the secret is shown once.
+///
+/// `{user_id, plan="free", name="Default Key", expires_at?|expires_in_days?, metadata?,
+/// rate_limit_per_minute?, daily_limit?}`.
+#[utoipa::path(
+    post,
+    path = "/api/marketplace/keys/generate",
+    tag = "keys",
+    security(("serviceToken" = [])),
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "The key and its secret", body = GeneratedKey),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_user_id`, `unknown_plan`", body = ErrorDoc),
+        (status = 402, description = "`subscription_required`: a paid plan without an active subscription to it", body = ErrorDoc),
+        (status = 409, description = "`key_limit_reached`: the user holds `max_keys_per_user` active keys", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn generate(
     _: ServiceAuth,
     State(state): State<AppState>,
     ValidatedJson(req): ValidatedJson<GenerateRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GeneratedKey>, ApiError> {
     let minted = mint(
         &state,
         req,
@@ -257,73 +316,155 @@ async fn generate(
     )
     .await?;
     let limits = effective_limits(&state, &minted.record);
-    let r = &minted.record;
-    Ok(Json(json!({
-        "success": true,
-        "api_key": minted.api_key,
-        "key_id": r.key_id,
-        "user_id": r.user_id,
-        "name": r.name,
-        "plan": r.plan,
-        "start": r.start,
-        "rate_limit": limits.per_minute,
-        "daily_limit": limits.per_day,
-        "created_at": rfc3339(r.created_at),
-        "expires_at": r.expires_at.map(rfc3339),
-        "warning": "Store this API key securely. It is shown only once and cannot be recovered.",
-    })))
+    let r = minted.record;
+    Ok(Json(GeneratedKey {
+        api_key: minted.api_key,
+        created_at: rfc3339(r.created_at),
+        daily_limit: limits.per_day,
+        expires_at: r.expires_at.map(rfc3339),
+        key_id: r.key_id,
+        name: r.name,
+        plan: r.plan,
+        rate_limit: limits.per_minute,
+        start: r.start,
+        success: true,
+        user_id: r.user_id,
+        warning: SHOWN_ONCE,
+    }))
+}
+
+/// Per-key limits that replace the plan's (`null`: the plan's).
+#[derive(Serialize, ToSchema)]
+pub struct Overrides {
+    pub daily_limit: Option<u64>,
+    pub rate_limit_per_minute: Option<u64>,
 }
 
 /// The public view of a key record (never the secret, never the hash).
-pub fn key_json(state: &AppState, k: &KeyRecord, usage_today: Option<u64>) -> Value {
-    let limits = effective_limits(state, k);
-    let metadata: Value = serde_json::from_str(&k.metadata).unwrap_or_else(|_| json!({}));
-    json!({
-        "key_id": k.key_id,
-        "user_id": k.user_id,
-        "name": k.name,
-        "plan": k.plan,
-        "start": k.start,
-        "created_at": rfc3339(k.created_at),
-        "last_used": k.last_used.map(rfc3339),
-        "usage_today": usage_today,
-        "usage_total": k.usage_total,
-        "active": k.is_active(state.now()),
-        "revoked_at": k.revoked_at.map(rfc3339),
-        "expires_at": k.expires_at.map(rfc3339),
-        "rate_limit": limits.per_minute,
-        "daily_limit": limits.per_day,
-        "overrides": {"rate_limit_per_minute": k.rate_limit_override, "daily_limit": k.daily_limit_override},
-        "rotation_grace_until": k.previous_until.map(rfc3339),
-        "metadata": metadata,
-    })
+#[derive(Serialize, ToSchema)]
+pub struct KeyView {
+    /// Not revoked and not expired.
+    pub active: bool,
+    pub created_at: String,
+    /// Effective daily limit (override, else the plan's).
+    pub daily_limit: u64,
+    pub expires_at: Option<String>,
+    pub key_id: String,
+    pub last_used: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub name: String,
+    pub overrides: Overrides,
+    /// The tier: the user's effective plan.
+    pub plan: String,
+    /// Effective requests per minute.
+    pub rate_limit: u64,
+    pub revoked_at: Option<String>,
+    /// Until when the secret before the last rotation still works.
+    pub rotation_grace_until: Option<String>,
+    pub start: String,
+    /// Units today (UTC); `null` where the answer does not count them.
+    pub usage_today: Option<u64>,
+    pub usage_total: u64,
+    pub user_id: String,
 }
 
+pub fn key_view(state: &AppState, k: &KeyRecord, usage_today: Option<u64>) -> KeyView {
+    let limits = effective_limits(state, k);
+    let metadata: Value = serde_json::from_str(&k.metadata).unwrap_or_else(|_| json!({}));
+    KeyView {
+        active: k.is_active(state.now()),
+        created_at: rfc3339(k.created_at),
+        daily_limit: limits.per_day,
+        expires_at: k.expires_at.map(rfc3339),
+        key_id: k.key_id.clone(),
+        last_used: k.last_used.map(rfc3339),
+        metadata,
+        name: k.name.clone(),
+        overrides: Overrides {
+            daily_limit: k.daily_limit_override,
+            rate_limit_per_minute: k.rate_limit_override,
+        },
+        plan: k.plan.clone(),
+        rate_limit: limits.per_minute,
+        revoked_at: k.revoked_at.map(rfc3339),
+        rotation_grace_until: k.previous_until.map(rfc3339),
+        start: k.start.clone(),
+        usage_today,
+        usage_total: k.usage_total,
+        user_id: k.user_id.clone(),
+    }
+}
+
+/// The public view as a JSON value (the CLI prints it).
+pub fn key_json(state: &AppState, k: &KeyRecord, usage_today: Option<u64>) -> Value {
+    serde_json::to_value(key_view(state, k, usage_today)).unwrap_or_default()
+}
+
+/// `GET /api/marketplace/keys/user/{user_id}`.
+#[derive(Serialize, ToSchema)]
+pub struct UserKeys {
+    pub keys: Vec<KeyView>,
+    /// The user's effective plan.
+    pub plan: String,
+    pub total: usize,
+    pub user_id: String,
+}
+
+/// A user's keys (revoked ones included) with usage today.
+#[utoipa::path(
+    get,
+    path = "/api/marketplace/keys/user/{user_id}",
+    tag = "keys",
+    security(("serviceToken" = [])),
+    params(("user_id" = String, Path, description = "The operator's id for the user")),
+    responses(
+        (status = 200, description = "The user's keys", body = UserKeys),
+        (status = 400, description = "`invalid_user_id`", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn user_keys(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(user_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserKeys>, ApiError> {
     valid_user_id(&user_id)?;
     let keys = state.store.keys_of_user(&user_id).await?;
     let today = format_day(day_index(state.now()));
     let ids: Vec<String> = keys.iter().map(|k| k.key_id.clone()).collect();
     let usage = state.store.usage_on_day(&ids, &today).await?;
-    let list: Vec<Value> = keys
+    let list: Vec<KeyView> = keys
         .iter()
-        .map(|k| key_json(&state, k, usage.get(&k.key_id).copied()))
+        .map(|k| key_view(&state, k, usage.get(&k.key_id).copied()))
         .collect();
     let plan = state.store.user_plan(&user_id).await?;
-    Ok(Json(
-        json!({"user_id": user_id, "plan": plan, "total": list.len(), "keys": list}),
-    ))
+    Ok(Json(UserKeys {
+        total: list.len(),
+        keys: list,
+        plan,
+        user_id,
+    }))
 }
 
+/// One key (never its secret), with usage today.
+#[utoipa::path(
+    get,
+    path = "/api/marketplace/keys/{key_id}",
+    tag = "keys",
+    security(("serviceToken" = [])),
+    params(("key_id" = String, Path, description = "`key_` + 16 lowercase hex")),
+    responses(
+        (status = 200, description = "The key", body = KeyView),
+        (status = 404, description = "`key_not_found`", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn get_key(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyView>, ApiError> {
     valid_key_id_or_404(&key_id)?;
     let k = state
         .store
@@ -335,14 +476,37 @@ async fn get_key(
         .store
         .usage_on_day(std::slice::from_ref(&k.key_id), &today)
         .await?;
-    Ok(Json(key_json(&state, &k, usage.get(&k.key_id).copied())))
+    Ok(Json(key_view(&state, &k, usage.get(&k.key_id).copied())))
 }
 
+/// `DELETE /api/marketplace/keys/{key_id}`.
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    pub key_id: String,
+    /// `API key revoked`.
+    pub message: &'static str,
+    pub revoked_at: Option<String>,
+    pub success: bool,
+}
+
+/// Revoke a key; every gateway refuses it within a second. Revoking again changes nothing.
+#[utoipa::path(
+    delete,
+    path = "/api/marketplace/keys/{key_id}",
+    tag = "keys",
+    security(("serviceToken" = [])),
+    params(("key_id" = String, Path, description = "`key_` + 16 lowercase hex")),
+    responses(
+        (status = 200, description = "Revoked", body = Revoked),
+        (status = 404, description = "`key_not_found`", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn revoke(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     valid_key_id_or_404(&key_id)?;
     let cause = Cause::new("api", format!("DELETE /api/marketplace/keys/{key_id}"));
     let k = state
@@ -351,12 +515,16 @@ async fn revoke(
         .await
         .map_err(|e| map_key_err(e, &key_id))?;
     state.hub.notify(k.seq);
-    Ok(Json(
-        json!({"success": true, "message": "API key revoked", "key_id": k.key_id, "revoked_at": k.revoked_at.map(rfc3339)}),
-    ))
+    Ok(Json(Revoked {
+        key_id: k.key_id,
+        message: "API key revoked",
+        revoked_at: k.revoked_at.map(rfc3339),
+        success: true,
+    }))
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /api/marketplace/keys/{key_id}/rotate`; the body may be empty.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     /// Seconds the old secret keeps working (0 to 86400).
@@ -404,12 +572,39 @@ pub async fn rotate(
     Ok(Minted { api_key, record })
 }
 
+/// A rotated key's new secret.
+#[derive(Serialize, ToSchema)]
+pub struct Rotated {
+    pub api_key: String,
+    pub key_id: String,
+    /// Until when the previous secret keeps working (`null`: it stopped now).
+    pub previous_valid_until: Option<String>,
+    pub start: String,
+    pub success: bool,
+    pub warning: &'static str,
+}
+
+/// New secret for the same key id; `{grace_seconds}` keeps the old one working (at most 24 h).
+#[utoipa::path(
+    post,
+    path = "/api/marketplace/keys/{key_id}/rotate",
+    tag = "keys",
+    security(("serviceToken" = [])),
+    params(("key_id" = String, Path, description = "`key_` + 16 lowercase hex")),
+    request_body(content = Option<RotateRequest>, description = "Optional; an empty body means no overlap"),
+    responses(
+        (status = 200, description = "The new secret", body = Rotated),
+        (status = 404, description = "`key_not_found`", body = ErrorDoc),
+        (status = 409, description = "`key_conflict`: the key is revoked", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn rotate_handler(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Rotated>, ApiError> {
     let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RotateRequest::default()
     } else {
@@ -417,29 +612,39 @@ async fn rotate_handler(
     };
     let cause = Cause::new("api", format!("POST /api/marketplace/keys/{key_id}/rotate"));
     let minted = rotate(&state, &key_id, req.grace_seconds.unwrap_or(0), &cause).await?;
-    Ok(Json(json!({
-        "success": true,
-        "api_key": minted.api_key,
-        "key_id": minted.record.key_id,
-        "start": minted.record.start,
-        "previous_valid_until": minted.record.previous_until.map(rfc3339),
-        "warning": "Store this API key securely. It is shown only once and cannot be recovered.",
-    })))
+    let r = minted.record;
+    Ok(Json(Rotated {
+        api_key: minted.api_key,
+        key_id: r.key_id,
+        previous_valid_until: r.previous_until.map(rfc3339),
+        start: r.start,
+        success: true,
+        warning: SHOWN_ONCE,
+    }))
 }
 
-#[derive(Deserialize)]
+/// `PATCH /api/marketplace/keys/{key_id}`: absent fields stay as they are, `null` clears.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchRequest {
+    /// 1-100 characters.
     #[serde(default)]
     name: Option<String>,
     /// RFC 3339, or null to clear.
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>)]
     expires_at: Option<Option<String>>,
+    /// 1 to 10^9, or null for the plan's.
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<u64>)]
     rate_limit_per_minute: Option<Option<u64>>,
+    /// 1 to 10^9, or null for the plan's.
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<u64>)]
     daily_limit: Option<Option<u64>>,
+    /// A JSON object of at most 4 KiB; replaces the stored one.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
@@ -453,12 +658,27 @@ mod double_option {
     }
 }
 
+/// Change a key's name, expiry, per-key limits or metadata.
+#[utoipa::path(
+    patch,
+    path = "/api/marketplace/keys/{key_id}",
+    tag = "keys",
+    security(("serviceToken" = [])),
+    params(("key_id" = String, Path, description = "`key_` + 16 lowercase hex")),
+    request_body = PatchRequest,
+    responses(
+        (status = 200, description = "The key as changed (`usage_today` is null)", body = KeyView),
+        (status = 404, description = "`key_not_found`", body = ErrorDoc),
+        (status = 409, description = "`key_conflict`", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn patch_key(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
     ValidatedJson(req): ValidatedJson<PatchRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyView>, ApiError> {
     valid_key_id_or_404(&key_id)?;
     if let Some(n) = &req.name {
         check_name(n)?;
@@ -490,22 +710,47 @@ async fn patch_key(
         .await
         .map_err(|e| map_key_err(e, &key_id))?;
     state.hub.notify(k.seq);
-    Ok(Json(key_json(&state, &k, None)))
+    Ok(Json(key_view(&state, &k, None)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only keys of this plan.
     plan: Option<String>,
+    /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     offset: Option<u32>,
 }
 
+/// `GET /api/marketplace/keys`.
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    /// `usage_today` is null in this list.
+    pub keys: Vec<KeyView>,
+    pub total: usize,
+}
+
+/// List keys, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/marketplace/keys",
+    tag = "keys",
+    security(("serviceToken" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of keys", body = KeyList),
+        (status = 400, description = "`unknown_plan`, `invalid_query` (limit out of range), or a query that does not parse (`bad_request`)", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn list_keys(
     _: ServiceAuth,
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyList>, ApiError> {
     if let Some(p) = &q.plan {
         if state.catalogue().get(p).is_none() {
             return Err(ApiError::bad("unknown_plan", format!("unknown plan {p:?}")));
@@ -522,9 +767,16 @@ async fn list_keys(
         .store
         .list_keys(q.plan.as_deref(), limit, q.offset.unwrap_or(0))
         .await?;
-    let list: Vec<Value> = keys.iter().map(|k| key_json(&state, k, None)).collect();
-    Ok(Json(json!({"keys": list, "total": list.len()})))
+    let list: Vec<KeyView> = keys.iter().map(|k| key_view(&state, k, None)).collect();
+    Ok(Json(KeyList {
+        total: list.len(),
+        keys: list,
+    }))
 }
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(generate, list_keys, user_keys, get_key, patch_key, revoke, rotate_handler))]
+pub struct Api;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -1,163 +1,381 @@
-//! The OpenAPI 3.1 document, built from one table of every endpoint. A test walks the table
-//! against the real router, so an endpoint cannot be documented without existing.
+//! The OpenAPI 3.1 document served at `GET /openapi.json`, generated from the handlers so it
+//! cannot drift from them.
+//!
+//! Every handler carries `#[utoipa::path]` beside its code (method, path, parameters, request
+//! body, and each status it answers, with the body type of each); request and response types
+//! derive `ToSchema`, and the handlers return those very types. Each domain module lists its
+//! handlers in a `pub struct Api` (`#[derive(utoipa::OpenApi)]`), next to its `router()`;
+//! [`document`] merges them and [`contract`] adds what is the same everywhere:
+//!
+//! - the security schemes, and 401 `unauthorized` / 403 `forbidden` on every operation that
+//!   needs a token (the [`crate::auth`] extractors answer those before the handler runs);
+//! - 400 `invalid_json` / `invalid_body` and 413 `body_too_large` on every operation with a
+//!   JSON request body ([`crate::extract`]);
+//! - the `Idempotency-Key` header and its 400/409 answers on the POSTs listed in
+//!   [`crate::idempotency::ENDPOINTS`];
+//! - 404 on every operation with a path parameter (the router's own answer to an empty
+//!   segment), and the answers shared by a tag (see [`PROVIDER_ANSWERS`], [`PORTAL_ERRORS`]).
+//!
+//! The document describes the server that serves it: the standalone backend. The gateway
+//! answers `POST /api/marketplace/keys/validate` itself; that endpoint is not in this document.
+//!
+//! Tests: `tests/it` walks every documented operation against the real router (and every
+//! method of every documented path, so nothing routed is left out); the workspace test
+//! `openapi_contract` runs schemathesis against the real binary.
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
+use utoipa::{OpenApi, ToSchema};
 
-/// Who may call an endpoint.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Auth {
-    Public,
-    Service,
-    Feed,
-    Gateway,
+/// The SPEC §9 error body, as [`tollgate_protocol::error::ErrorBody`] puts it on the wire (the
+/// protocol crate stays free of documentation dependencies; a test below checks the two agree).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorDoc {
+    /// The human message again, for the original module's clients.
+    pub detail: String,
+    pub error: ErrorDetailDoc,
 }
 
-pub struct Endpoint {
-    pub method: &'static str,
-    pub path: &'static str,
-    pub auth: Auth,
-    pub summary: &'static str,
+#[derive(Serialize, ToSchema)]
+#[schema(as = ErrorDetail)]
+pub struct ErrorDetailDoc {
+    /// Stable snake_case code, e.g. `key_not_found`.
+    pub code: String,
+    pub message: String,
 }
 
-const fn ep(
-    method: &'static str,
-    path: &'static str,
-    auth: Auth,
-    summary: &'static str,
-) -> Endpoint {
-    Endpoint {
-        method,
-        path,
-        auth,
-        summary,
+/// The root of the document: metadata and the shared schemas.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tollgate",
+        description = "API keys, plans, quotas and billing in front of an existing API: the \
+                       billing backend's HTTP contract (SPEC §11 plus its own endpoints)."
+    ),
+    components(schemas(ErrorDoc, ErrorDetailDoc)),
+    tags(
+        (name = "plans", description = "The plan catalogue"),
+        (name = "keys", description = "API keys and their usage"),
+        (name = "billing", description = "Subscriptions, ledger, provider status"),
+        (name = "stripe", description = "Stripe payments, subscriptions, Checkout, webhooks, metered usage"),
+        (name = "paypal", description = "PayPal orders and webhooks"),
+        (name = "sepa", description = "SEPA credit transfers and bank statements"),
+        (name = "webhooks", description = "Payment providers' signed event deliveries"),
+        (name = "portal", description = "Customer portal and operator view: HTML pages and forms"),
+        (name = "portal-links", description = "Sign-in links to the portal, minted with the service token"),
+        (name = "gateways", description = "What gateways call: the key feed and usage batches"),
+        (name = "operations", description = "Health, readiness, metrics and this document"),
+    )
+)]
+struct Root;
+
+/// The whole document, built once.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = Root::openapi();
+        for part in [
+            crate::plans::Api::openapi(),
+            crate::keys::Api::openapi(),
+            crate::usage::Api::openapi(),
+            crate::stats::Api::openapi(),
+            crate::billing::Api::openapi(),
+            crate::providers::stripe::Api::openapi(),
+            crate::providers::stripe::meter::Api::openapi(),
+            crate::providers::paypal::Api::openapi(),
+            crate::providers::sepa::api::Api::openapi(),
+            crate::portal::Api::openapi(),
+            crate::feed::Api::openapi(),
+            crate::ops::Api::openapi(),
+        ] {
+            doc.merge(part);
+        }
+        let mut value = serde_json::to_value(&doc).unwrap_or_else(|e| {
+            // Serialising the document is serialising plain maps and strings.
+            tracing::error!(error = %e, "OpenAPI document could not be serialised");
+            json!({})
+        });
+        contract(&mut value);
+        value
+    })
+}
+
+/// The error body as a response content.
+fn error_content() -> Value {
+    json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}})
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": error_content()})
+}
+
+/// Inserts `status` into `responses` unless the handler documented it itself.
+fn add_response(responses: &mut Map<String, Value>, status: &str, description: &str) {
+    if !responses.contains_key(status) {
+        responses.insert(status.to_string(), error_response(description));
     }
 }
 
-pub const ENDPOINTS: &[Endpoint] = &[
-    ep("get", "/api/marketplace/plans", Auth::Public, "The plan catalogue: prices (decimal and minor units), limits, features"),
-    ep("get", "/api/marketplace/plans/{plan_id}", Auth::Public, "One plan; 404 plan_not_found"),
-    ep("post", "/api/marketplace/keys/generate", Auth::Service, "Mint a key {user_id, plan, name, expires_at?, metadata?, overrides?}; the secret is shown once. 402 subscription_required, 409 key_limit_reached"),
-    ep("post", "/api/marketplace/keys/validate", Auth::Gateway, "Answered by the gateway: {api_key} or X-API-Key → {valid, ...}, counting one unit"),
-    ep("get", "/api/marketplace/keys", Auth::Service, "List keys (?plan=&limit=&offset=)"),
-    ep("get", "/api/marketplace/keys/user/{user_id}", Auth::Service, "A user's keys with usage today"),
-    ep("get", "/api/marketplace/keys/{key_id}", Auth::Service, "One key (never its secret)"),
-    ep("patch", "/api/marketplace/keys/{key_id}", Auth::Service, "Change name, expires_at, per-key limits, metadata"),
-    ep("delete", "/api/marketplace/keys/{key_id}", Auth::Service, "Revoke a key; reaches every gateway within a second"),
-    ep("post", "/api/marketplace/keys/{key_id}/rotate", Auth::Service, "New secret for the same key id; {grace_seconds} keeps the old one working (≤ 24 h)"),
-    ep("get", "/api/marketplace/keys/{key_id}/usage", Auth::Service, "Usage today/total, limits, current minute, last 30 days"),
-    ep("get", "/api/marketplace/stats", Auth::Service, "Measured totals: keys, active keys, requests, plan distribution, uptime"),
-    ep("get", "/api/v1/billing/status", Auth::Public, "Which payment providers are configured and in which mode"),
-    ep("get", "/api/v1/billing/subscriptions", Auth::Service, "A user's subscriptions and effective plan (?user_id=)"),
-    ep("post", "/api/v1/billing/subscriptions/manual", Auth::Service, "Grant a paid plan with the manual provider {user_id, plan, cycle, periods, reason}"),
-    ep("post", "/api/v1/billing/subscriptions/{sub_id}/end", Auth::Service, "End a subscription now {reason?}"),
-    ep("get", "/api/v1/billing/ledger", Auth::Service, "The append-only audit ledger (?user_id=&limit=)"),
-    ep("post", "/api/v1/billing/create-customer", Auth::Service, "Stripe customer for a user {user_id, email?, name?}: one per user, created once"),
-    ep("post", "/api/v1/billing/payment-intent", Auth::Service, "Stripe PaymentIntent: {user_id, plan, cycle} priced by the server (success buys one period), or the original {amount (minor units), currency, description, payment_method_types, metadata} that grants nothing → {client_secret, payment_intent_id, status, amount, currency}"),
-    ep("post", "/api/v1/billing/create-subscription", Auth::Service, "Stripe subscription {user_id, plan, cycle, payment_method?} (server picks the price) or {customer_id, price_id}; recorded incomplete until the signed webhook activates it → {subscription_id, status, client_secret?}"),
-    ep("get", "/api/v1/billing/products", Auth::Service, "Stripe products and prices, and the price of each plan and cycle"),
-    ep("post", "/api/v1/billing/checkout", Auth::Service, "Stripe Checkout Session in subscription mode {user_id, plan+cycle or price_id, customer_email?, success_url, cancel_url} → {status, session_id, url, expires_at}"),
-    ep("get", "/api/v1/billing/checkout/{session_id}", Auth::Service, "A Checkout Session: status, payment status, Stripe subscription and ours"),
-    ep("post", "/api/v1/billing/webhook", Auth::Public, "Stripe webhook: Stripe-Signature (HMAC-SHA256, 300 s) verified on the raw body; events applied once, in order per subscription; 400 invalid_signature"),
-    ep("post", "/api/v1/billing/report-usage", Auth::Service, "Export metered usage now as Stripe Billing Meter events {user_id?}: exactly once per identifier"),
-    ep("get", "/api/v1/billing/usage-drift", Auth::Service, "Metered at the gateways vs acknowledged by Stripe, per key and day (?user_id=&days=)"),
-    ep("post", "/billing/paypal/order", Auth::Service, "PayPal order {user_id, plan, cycle}, priced by the server (or the original {intent, purchase_units}: a plain payment that grants no plan) → {id, status, links, approve_url, payment_id}"),
-    ep("post", "/billing/paypal/capture/{order_id}", Auth::Service, "Capture an approved PayPal order: amount checked, one plan period bought once → {id, status, capture_id, payment_status, period_end}; 409 amount_mismatch / order_not_approved"),
-    ep("post", "/billing/paypal/webhook", Auth::Public, "PayPal webhook, verified offline (RSA-SHA256, PayPal certificate) before it is trusted; events deduplicated; 400 invalid_signature"),
-    ep("get", "/billing/paypal/return", Auth::Public, "The buyer's return from PayPal (?token=<order id>): captures like /billing/paypal/capture"),
-    ep("get", "/billing/paypal/cancel", Auth::Public, "The buyer cancelled at PayPal: nothing is charged"),
-    ep("post", "/billing/create", Auth::Service, "SEPA transfer instructions {user_id, plan, cycle, method:\"sepa\"} (or {user_id, amount, currency}): discounted amount, RF reference, EPC QR"),
-    ep("get", "/billing/payments/{payment_id}", Auth::Service, "A payment and its status"),
-    ep("get", "/billing/sepa/{payment_id}/qr.svg", Auth::Public, "EPC069-12 QR code of pending instructions (SVG; the payment id is the capability)"),
-    ep("get", "/billing/sepa/{payment_id}/qr.png", Auth::Public, "EPC069-12 QR code of pending instructions (PNG)"),
-    ep("post", "/billing/sepa/{payment_id}/confirm", Auth::Service, "Operator confirms a transfer: the payment succeeds and buys its period"),
-    ep("post", "/billing/sepa/{payment_id}/reject", Auth::Service, "Operator rejects a transfer"),
-    ep("post", "/billing/sepa/import", Auth::Service, "Import a camt.053/camt.054 statement (XML body, ?name=): reconciliation report"),
-    ep("get", "/billing/sepa/imports", Auth::Service, "Recent statement imports"),
-    ep("get", "/billing/sepa/imports/{import_id}", Auth::Service, "One import's report"),
-    ep("get", "/portal/pricing", Auth::Public, "HTML: the pricing page (plans, monthly/yearly prices, SEPA price with its discount)"),
-    ep("post", "/portal/api/handoff", Auth::Service, "A customer's single-use sign-in link {user_id, ttl_seconds? (1-3600, default 300)} → {url, path, expires_at}"),
-    ep("post", "/portal/api/operator-handoff", Auth::Service, "A single-use sign-in link to the operator view {ttl_seconds?} → {url, path, expires_at}"),
-    ep("get", "/portal/login", Auth::Public, "HTML: redeems a sign-in link (?token=), sets the session cookie and redirects to the dashboard"),
-    ep("post", "/portal/logout", Auth::Public, "HTML form (session + CSRF): ends the portal session"),
-    ep("get", "/portal/dashboard", Auth::Public, "HTML (customer session): keys, usage chart, quotas, subscription, upgrades"),
-    ep("post", "/portal/keys", Auth::Public, "HTML form (customer session + CSRF): create a key; the secret is shown once in the answer"),
-    ep("post", "/portal/keys/{key_id}/rotate", Auth::Public, "HTML form (customer session + CSRF): new secret for one of the customer's keys, shown once"),
-    ep("post", "/portal/keys/{key_id}/revoke", Auth::Public, "HTML form (customer session + CSRF): revoke one of the customer's keys"),
-    ep("post", "/portal/upgrade", Auth::Public, "HTML form (customer session + CSRF) {plan, cycle, provider=stripe|paypal|sepa}: starts a payment priced by the server"),
-    ep("get", "/portal/payments/{payment_id}", Auth::Public, "HTML (customer session): one of the customer's payments; SEPA instructions with the EPC QR code"),
-    ep("get", "/portal/operator", Auth::Public, "HTML (operator session): stats, keys by plan, payments, pending SEPA transfers, last statement import"),
-    ep("post", "/portal/operator/payments/{payment_id}/confirm", Auth::Public, "HTML form (operator session + CSRF): confirm a SEPA transfer"),
-    ep("post", "/portal/operator/payments/{payment_id}/reject", Auth::Public, "HTML form (operator session + CSRF): reject a SEPA transfer"),
-    ep("get", "/internal/feed", Auth::Feed, "Key feed for gateways: keys changed after ?since=, long-poll with ?wait="),
-    ep("post", "/internal/usage", Auth::Feed, "Usage batch from a gateway, applied once per (gateway_id, batch_id)"),
-    ep("get", "/health", Auth::Public, "Liveness"),
-    ep("get", "/ready", Auth::Public, "Readiness: the database answers"),
-    ep("get", "/metrics", Auth::Public, "Prometheus metrics"),
-    ep("get", "/openapi.json", Auth::Public, "This document"),
+/// Answers every operation of a tag can give besides its own, because of what the handlers
+/// share: the Stripe endpoints map Stripe's failures ([`crate::providers::stripe::Failure`]),
+/// PayPal's and SEPA's need their provider configured, and portal pages render errors as HTML.
+const PROVIDER_ANSWERS: &[(&str, &str, &str)] = &[
+    ("stripe", "402", "`payment_failed`: Stripe declined the payment"),
+    ("stripe", "404", "`stripe_resource_missing`: Stripe has no such object"),
+    ("stripe", "409", "`idempotency_conflict`: Stripe saw this idempotency key with other parameters"),
+    ("stripe", "502", "`provider_unavailable`: Stripe could not be reached, failed, or refused this server's credentials"),
+    ("stripe", "503", "`provider_not_configured` (no STRIPE_SECRET_KEY), `provider_unavailable` (Stripe rate limits) or `store_unavailable`"),
+    ("paypal", "503", "`provider_not_configured` (no PAYPAL_CLIENT_ID/PAYPAL_SECRET), `provider_unavailable`, `provider_error` (PayPal refused the call) or `store_unavailable`"),
+    ("sepa", "503", "`provider_not_configured` (no SEPA_HOLDER/SEPA_IBAN, for the operations that need them) or `store_unavailable`"),
+    ("portal-links", "503", "`store_unavailable`"),
 ];
 
-fn error_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["detail", "error"],
-        "properties": {
-            "detail": {"type": "string"},
-            "error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
-        }
-    })
+/// The statuses a portal page or form may answer with a page for people (HTML), or with the
+/// JSON body when the router refuses the request before the handler (an oversized body).
+const PORTAL_ERRORS: &[(&str, &str)] = &[
+    ("400", "The form or link is refused"),
+    ("401", "Not signed in (no session, or it ended), or the sign-in link is not accepted"),
+    ("402", "A subscription is required"),
+    ("403", "The CSRF token is missing or wrong, or the session is of the other role"),
+    ("404", "Not found (or not this customer's)"),
+    ("409", "Not possible right now (e.g. a payment already decided)"),
+    ("413", "The form is larger than `[backend] max_body_bytes`"),
+    ("502", "A payment provider failed"),
+    ("503", "A payment provider is not configured, or storage is unavailable"),
+];
+
+fn tags_of(op: &Map<String, Value>) -> Vec<String> {
+    op.get("tags")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
-pub fn document() -> Value {
-    let mut paths = Map::new();
-    for e in ENDPOINTS {
-        let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
-        let security = match e.auth {
-            Auth::Public | Auth::Gateway => json!([]),
-            Auth::Service => json!([{"serviceToken": []}]),
-            Auth::Feed => json!([{"feedToken": []}, {"serviceToken": []}]),
-        };
-        let mut params: Vec<Value> = e
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        // The endpoints behind the idempotency layer say so (the list lives in one place).
-        let idempotent = e.method == "post" && crate::idempotency::ENDPOINTS.contains(&e.path);
-        let summary = if idempotent {
-            params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                "description": "Same key and same request: the first 2xx answer again (Idempotent-Replayed: true), nothing created twice; same key and another request: 409 idempotency_mismatch; while the first still runs: 409 idempotency_in_progress"}));
-            format!("{}; Idempotency-Key honoured", e.summary)
-        } else {
-            e.summary.to_string()
-        };
-        let mut op = json!({
-            "summary": summary,
-            "security": security,
-            "parameters": params,
-            "responses": {
-                "200": {"description": "OK", "content": {"application/json": {}}},
-                "4XX": {"description": "Client error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            }
-        });
-        if e.auth == Auth::Gateway {
-            op["x-answered-by"] = json!("tollgate-gateway");
+/// The cross-cutting parts of the contract (see the module doc).
+fn contract(doc: &mut Value) {
+    doc["components"]["securitySchemes"] = json!({
+        "serviceToken": {
+            "type": "http", "scheme": "bearer",
+            "description": "The operator's service token: TOLLGATE_SERVICE_TOKEN, else the one \
+                            generated into data_dir/service_token"
+        },
+        "feedToken": {
+            "type": "http", "scheme": "bearer",
+            "description": "The gateways' token ([backend] feed_token); the service token is \
+                            accepted too"
+        },
+        "portalSession": {
+            "type": "apiKey", "in": "cookie", "name": crate::portal::session::COOKIE,
+            "description": "The portal session, opened by GET /portal/login with a hand-off \
+                            token from POST /portal/api/handoff or /portal/api/operator-handoff"
         }
-        if let Some(obj) = entry.as_object_mut() {
-            obj.insert(e.method.to_string(), op);
+    });
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            let tags = tags_of(op);
+            let portal_page = tags.iter().any(|t| t == "portal");
+            let secured = !portal_page
+                && op
+                    .get("security")
+                    .and_then(Value::as_array)
+                    .is_some_and(|s| {
+                        s.iter()
+                            .any(|r| r.as_object().is_some_and(|r| !r.is_empty()))
+                    });
+            let has_body = op.contains_key("requestBody");
+            let idempotent =
+                method == "post" && crate::idempotency::ENDPOINTS.contains(&path.as_str());
+            if idempotent {
+                let summary = op
+                    .get("summary")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .trim_end_matches('.')
+                    .to_string();
+                op.insert(
+                    "summary".into(),
+                    Value::String(format!("{summary}; Idempotency-Key honoured")),
+                );
+                let params = op
+                    .entry("parameters")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Some(params) = params.as_array_mut() {
+                    params.push(json!({
+                        "name": "Idempotency-Key", "in": "header", "required": false,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                                   "pattern": "^[!-~]+$"},
+                        "description": "Same key and same request: the first 2xx answer again \
+                            (Idempotent-Replayed: true), nothing created twice; same key and \
+                            another request: 409 idempotency_mismatch; while the first still \
+                            runs: 409 idempotency_in_progress"
+                    }));
+                }
+            }
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            if portal_page {
+                for (status, description) in PORTAL_ERRORS {
+                    if !responses.contains_key(*status) {
+                        responses.insert(
+                            (*status).to_string(),
+                            json!({
+                                "description": description,
+                                "content": {
+                                    "text/html": {"schema": {"type": "string"}},
+                                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                                }
+                            }),
+                        );
+                    }
+                }
+            }
+            for (tag, status, description) in PROVIDER_ANSWERS {
+                if tags.iter().any(|t| t == tag) {
+                    add_response(responses, status, description);
+                }
+            }
+            if secured {
+                add_response(
+                    responses,
+                    "401",
+                    "`unauthorized`: no `Authorization: Bearer` token",
+                );
+                add_response(responses, "403", "`forbidden`: the token is not accepted");
+            }
+            if path.contains('{') {
+                // An id the handler does not know, or one that is empty or a dot segment, which
+                // the router itself answers.
+                add_response(
+                    responses,
+                    "404",
+                    "`not_found`: no such endpoint (e.g. an empty path segment)",
+                );
+            }
+            if has_body {
+                add_response(
+                    responses,
+                    "400",
+                    "`invalid_json` (not JSON, or empty) or `invalid_body` (a field is missing, \
+                     has the wrong type or a bad value; the message names it)",
+                );
+                add_response(
+                    responses,
+                    "413",
+                    "`body_too_large`: the body is larger than `[backend] max_body_bytes`",
+                );
+            }
+            if idempotent {
+                add_response(
+                    responses,
+                    "400",
+                    "`invalid_idempotency_key`, or the body is refused",
+                );
+                add_response(
+                    responses,
+                    "409",
+                    "`idempotency_mismatch` (the key was used for another request) or \
+                     `idempotency_in_progress` (the first request still runs)",
+                );
+            }
         }
     }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "tollgate", "version": env!("CARGO_PKG_VERSION"), "description": "API keys, plans, quotas and billing in front of an existing API."},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "serviceToken": {"type": "http", "scheme": "bearer", "description": "TOLLGATE_SERVICE_TOKEN or data_dir/service_token"},
-                "feedToken": {"type": "http", "scheme": "bearer", "description": "[backend] feed_token, for gateways"}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_error_schema_is_the_wire_error_body() {
+        let wire = tollgate_protocol::error::ErrorBody::new("key_not_found", "no such key");
+        let doc = ErrorDoc {
+            detail: "no such key".into(),
+            error: ErrorDetailDoc {
+                code: "key_not_found".into(),
+                message: "no such key".into(),
             },
-            "schemas": {"Error": error_schema()}
+        };
+        assert_eq!(
+            serde_json::to_value(&doc).unwrap_or_default(),
+            serde_json::to_value(&wire).unwrap_or_default()
+        );
+        let schema = &document()["components"]["schemas"]["Error"];
+        assert_eq!(schema["required"], json!(["detail", "error"]), "{schema}");
+    }
+
+    #[test]
+    fn operation_ids_are_unique_and_every_operation_answers_something() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut ids = BTreeSet::new();
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        assert!(paths.len() > 50, "{} paths", paths.len());
+        for (path, item) in &paths {
+            for (method, op) in item.as_object().cloned().unwrap_or_default() {
+                let id = op["operationId"].as_str().unwrap_or_default().to_string();
+                assert!(ids.insert(id.clone()), "{method} {path}: operationId {id} twice");
+                let responses = op["responses"].as_object().cloned().unwrap_or_default();
+                assert!(
+                    responses.keys().any(|s| s.starts_with('2') || s.starts_with('3')),
+                    "{method} {path} documents no success"
+                );
+            }
         }
-    })
+    }
+
+    #[test]
+    fn authenticated_operations_document_401_and_403_and_bodies_400_and_413() {
+        let doc = document();
+        let generate = &doc["paths"]["/api/marketplace/keys/generate"]["post"];
+        for status in ["200", "400", "401", "402", "403", "409", "413", "503"] {
+            assert!(
+                generate["responses"][status].is_object(),
+                "generate lacks {status}: {}",
+                generate["responses"]
+            );
+        }
+        assert!(
+            generate["requestBody"]["content"]["application/json"]["schema"].is_object(),
+            "{generate}"
+        );
+        let plans = &doc["paths"]["/api/marketplace/plans"]["get"];
+        assert!(plans["responses"]["401"].is_null(), "{plans}");
+        assert_eq!(
+            doc["components"]["securitySchemes"]["serviceToken"]["scheme"],
+            "bearer"
+        );
+    }
+
+    #[test]
+    fn the_gateway_endpoint_is_not_described_by_the_backend() {
+        let doc = document();
+        assert!(doc["paths"]["/api/marketplace/keys/validate"].is_null());
+    }
+
+    #[test]
+    fn pages_are_html_and_metrics_text() {
+        let doc = document();
+        let pricing = &doc["paths"]["/portal/pricing"]["get"]["responses"]["200"]["content"];
+        assert!(pricing["text/html"].is_object(), "{pricing}");
+        let metrics = &doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+        assert!(metrics["text/plain"].is_object(), "{metrics}");
+    }
 }

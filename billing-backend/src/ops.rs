@@ -7,40 +7,118 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
-async fn health() -> impl IntoResponse {
-    Json(
-        json!({"status": "ok", "service": "tollgate-backend", "version": env!("CARGO_PKG_VERSION")}),
-    )
+/// `GET /health` (fields in alphabetical order, as the `json!` map this replaced).
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `tollgate-backend`.
+    pub service: &'static str,
+    /// `ok`.
+    pub status: &'static str,
+    pub version: &'static str,
 }
 
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "The process runs", body = Health))
+)]
+async fn health() -> Json<Health> {
+    Json(Health {
+        service: "tollgate-backend",
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// `GET /ready` when the database answers.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    pub status: &'static str,
+    /// `sqlite` or `postgres`.
+    pub storage: &'static str,
+}
+
+/// `GET /ready` when it does not: the SPEC §9 error fields plus `status`.
+#[derive(Serialize, ToSchema)]
+pub struct NotReady {
+    pub detail: &'static str,
+    pub error: crate::openapi::ErrorDetailDoc,
+    /// `unavailable`.
+    pub status: &'static str,
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "`store_unavailable`", body = NotReady),
+    )
+)]
+async fn ready(State(state): State<AppState>) -> axum::response::Response {
     match state.store.ping().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(json!({"status": "ready", "storage": state.store.kind()})),
-        ),
+            Json(Ready {
+                status: "ready",
+                storage: state.store.kind(),
+            }),
+        )
+            .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
+            let message = "storage is unavailable";
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({"status": "unavailable", "detail": "storage is unavailable", "error": {"code": "store_unavailable", "message": "storage is unavailable"}}),
-                ),
+                Json(NotReady {
+                    detail: message,
+                    error: crate::openapi::ErrorDetailDoc {
+                        code: "store_unavailable".into(),
+                        message: message.into(),
+                    },
+                    status: "unavailable",
+                }),
             )
+                .into_response()
         }
     }
 }
 
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "The metrics", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = state.metrics.render(&state).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-async fn openapi() -> impl IntoResponse {
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+async fn openapi() -> Json<&'static Value> {
     Json(crate::openapi::document())
 }
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(health, ready, metrics, openapi))]
+pub struct Api;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -11,8 +11,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use crate::openapi::ErrorDoc;
+use crate::store::DayCount;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -78,22 +80,37 @@ impl MinuteWindow {
 /// [`tollgate_protocol::feed::UsageBatch`]), its text borrowed from the body: a busy gateway
 /// sends every active key once a second, and copying each id and day into a `String` was a
 /// large part of the ingest's cost.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = UsageBatch)]
 pub struct BatchIn<'a> {
+    /// 1-128 characters.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     pub gateway_id: Cow<'a, str>,
+    /// The gateway's sequence number for the batch; a batch is applied once per
+    /// `(gateway_id, batch_id)`. At most 2^63 - 1 (the databases store a signed 64-bit id).
+    #[schema(maximum = 9223372036854775807_i64)]
     pub batch_id: u64,
     #[serde(borrow)]
+    #[schema(value_type = Vec<EntryIn<'static>>)]
     pub entries: Vec<EntryIn<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = UsageEntry)]
 pub struct EntryIn<'a> {
+    /// 1-128 characters.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     pub key_id: Cow<'a, str>,
+    /// `YYYY-MM-DD` (UTC).
     #[serde(borrow)]
+    #[schema(value_type = String, example = "2026-12-04")]
     pub day: Cow<'a, str>,
+    /// Units admitted; at most 2^63 - 1.
+    #[schema(maximum = 9223372036854775807_i64)]
     pub count: u64,
+    /// Unix seconds.
     pub last_used: i64,
 }
 
@@ -132,6 +149,13 @@ pub async fn ingest(
             "gateway_id must be 1-128 characters",
         ));
     }
+    // Both databases keep batch ids (and unit counts) as signed 64-bit integers.
+    if i64::try_from(batch_id).is_err() {
+        return Err(ApiError::bad(
+            "invalid_body",
+            format!("batch_id must be at most {}", i64::MAX),
+        ));
+    }
     if rows.len() > MAX_BATCH_ENTRIES {
         return Err(ApiError::bad(
             "invalid_body",
@@ -161,6 +185,12 @@ pub async fn ingest(
         }
         units = units.saturating_add(e.count);
         newest = newest.max(e.last_used);
+    }
+    if i64::try_from(units).is_err() {
+        return Err(ApiError::bad(
+            "invalid_body",
+            format!("the entries' counts add up to more than {}", i64::MAX),
+        ));
     }
     let payload = match encoded {
         Some(bytes) => bytes,
@@ -206,35 +236,94 @@ pub async fn settle_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// `usage` of [`KeyUsage`] (fields in alphabetical order, as the `json!` map this replaced).
+#[derive(Serialize, ToSchema)]
+pub struct UsageCounts {
+    pub daily_limit: u64,
+    pub remaining_today: u64,
+    /// Units today (UTC).
+    pub today: u64,
+    pub total: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MinuteUsage {
+    /// Units the gateways reported for the last 60 seconds.
+    pub current_minute_usage: u64,
+    pub requests_per_minute: u64,
+}
+
+/// [`DayCount`] as the document shows it (the store's types stay free of documentation
+/// derives).
+#[derive(ToSchema)]
+#[schema(as = DayCount)]
+#[allow(dead_code)]
+pub struct DayCountDoc {
+    /// `YYYY-MM-DD` (UTC).
+    day: String,
+    count: u64,
+}
+
+/// `GET /api/marketplace/keys/{key_id}/usage`.
+#[derive(Serialize, ToSchema)]
+pub struct KeyUsage {
+    pub created_at: String,
+    /// The last 30 days with usage, most recent first.
+    #[schema(value_type = Vec<DayCountDoc>)]
+    pub history: Vec<DayCount>,
+    pub key_id: String,
+    pub last_used: Option<String>,
+    pub plan: String,
+    pub rate_limit: MinuteUsage,
+    pub usage: UsageCounts,
+}
+
+/// Usage today and in total, limits, the current minute and the last 30 days.
+#[utoipa::path(
+    get,
+    path = "/api/marketplace/keys/{key_id}/usage",
+    tag = "keys",
+    security(("serviceToken" = [])),
+    params(("key_id" = String, Path, description = "`key_` + 16 lowercase hex")),
+    responses(
+        (status = 200, description = "The key's usage", body = KeyUsage),
+        (status = 404, description = "`key_not_found` or `not_found`", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn key_usage(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyUsage>, ApiError> {
     valid_key_id_or_404(&key_id)?;
     let now = state.now();
     let today = format_day(day_index(now));
     let key = state.store.get_key(&key_id).await?;
     let usage = state.store.usage_of(&key_id, &today, 30).await?;
     let limits = crate::keys::effective_limits(&state, &key);
-    Ok(Json(json!({
-        "key_id": key.key_id,
-        "plan": key.plan,
-        "usage": {
-            "today": usage.today,
-            "total": usage.total,
-            "daily_limit": limits.per_day,
-            "remaining_today": limits.per_day.saturating_sub(usage.today),
+    Ok(Json(KeyUsage {
+        created_at: rfc3339(key.created_at),
+        history: usage.history,
+        key_id: key.key_id,
+        last_used: usage.last_used.map(rfc3339),
+        plan: key.plan,
+        rate_limit: MinuteUsage {
+            current_minute_usage: state.minute.current(&key_id, now),
+            requests_per_minute: limits.per_minute,
         },
-        "rate_limit": {
-            "requests_per_minute": limits.per_minute,
-            "current_minute_usage": state.minute.current(&key_id, now),
+        usage: UsageCounts {
+            daily_limit: limits.per_day,
+            remaining_today: limits.per_day.saturating_sub(usage.today),
+            today: usage.today,
+            total: usage.total,
         },
-        "last_used": usage.last_used.map(rfc3339),
-        "created_at": rfc3339(key.created_at),
-        "history": usage.history,
-    })))
+    }))
 }
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(key_usage))]
+pub struct Api;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/marketplace/keys/{key_id}/usage", get(key_usage))

@@ -350,6 +350,16 @@ async fn render(
 }
 
 /// `GET /portal/dashboard`.
+/// The customer's dashboard: keys, usage chart, quotas, subscription, upgrades.
+#[utoipa::path(
+    get,
+    path = "/portal/dashboard",
+    tag = "portal",
+    operation_id = "dashboard_page",
+    security(("portalSession" = [])),
+    params(("notice" = Option<String>, Query, description = "A fixed notice to show, e.g. `revoked`")),
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+)]
 pub async fn page(
     c: Customer,
     State(state): State<AppState>,
@@ -378,6 +388,18 @@ async fn own_key(state: &AppState, c: &Customer, key_id: &str) -> Result<KeyReco
 }
 
 /// `POST /portal/keys`: mints a key on the customer's plan and shows its secret once.
+/// Create a key; the answer shows its secret once.
+#[utoipa::path(
+    post,
+    path = "/portal/keys",
+    tag = "portal",
+    security(("portalSession" = [])),
+    request_body(content = super::KeyForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The dashboard with the new secret", body = String, content_type = "text/html"),
+        (status = 303, description = "The form was already submitted: back to the dashboard"),
+    )
+)]
 pub async fn create_key(
     c: Customer,
     State(state): State<AppState>,
@@ -425,6 +447,18 @@ pub async fn create_key(
 
 /// `POST /portal/keys/{key_id}/rotate`: a new secret for the same key, shown once; the old
 /// secret stops working.
+#[utoipa::path(
+    post,
+    path = "/portal/keys/{key_id}/rotate",
+    tag = "portal",
+    security(("portalSession" = [])),
+    params(("key_id" = String, Path, description = "One of the customer's keys")),
+    request_body(content = super::KeyForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The dashboard with the new secret", body = String, content_type = "text/html"),
+        (status = 303, description = "The form was already submitted: back to the dashboard"),
+    )
+)]
 pub async fn rotate_key(
     c: Customer,
     State(state): State<AppState>,
@@ -460,6 +494,16 @@ pub async fn rotate_key(
 }
 
 /// `POST /portal/keys/{key_id}/revoke`.
+/// Revoke one of the customer's keys.
+#[utoipa::path(
+    post,
+    path = "/portal/keys/{key_id}/revoke",
+    tag = "portal",
+    security(("portalSession" = [])),
+    params(("key_id" = String, Path, description = "One of the customer's keys")),
+    request_body(content = super::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Revoked: back to the dashboard"))
+)]
 pub async fn revoke_key(
     c: Customer,
     State(state): State<AppState>,
@@ -506,6 +550,14 @@ fn external(url: Option<&str>) -> Result<Response, PortalError> {
 
 /// `POST /portal/upgrade` {plan, cycle, provider}: starts a payment. The server prices it
 /// (the providers' own endpoints decide the amount); the customer chooses only what to buy.
+#[utoipa::path(
+    post,
+    path = "/portal/upgrade",
+    tag = "portal",
+    security(("portalSession" = [])),
+    request_body(content = super::UpgradeForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "To Stripe Checkout, PayPal's approval page, or the SEPA instructions"))
+)]
 pub async fn upgrade(
     c: Customer,
     State(state): State<AppState>,
@@ -588,6 +640,15 @@ pub async fn upgrade(
 
 /// `GET /portal/payments/{payment_id}`: one of the customer's payments; for a pending SEPA
 /// transfer, the instructions and the EPC QR code for banking apps.
+/// One of the customer's payments; SEPA instructions with the EPC QR code.
+#[utoipa::path(
+    get,
+    path = "/portal/payments/{payment_id}",
+    tag = "portal",
+    security(("portalSession" = [])),
+    params(("payment_id" = String, Path, description = "`pay_...`")),
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+)]
 pub async fn payment_page(
     c: Customer,
     State(state): State<AppState>,

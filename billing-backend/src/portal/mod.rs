@@ -47,7 +47,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use html::PortalError;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use session::{HandoffError, Role, SessionView, Sessions};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -238,19 +237,65 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HandoffRequest {
     user_id: String,
+    /// 1-3600 seconds, default 300.
     #[serde(default)]
     ttl_seconds: Option<i64>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OperatorHandoffRequest {
+    /// 1-3600 seconds, default 300.
     #[serde(default)]
     ttl_seconds: Option<i64>,
+}
+
+/// The form fields of the portal's forms, for the document (the forms are parsed by
+/// [`csrf::checked_form`]): every form carries the session's CSRF token.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct CsrfForm {
+    csrf: String,
+}
+
+/// Creating or rotating a key.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct KeyForm {
+    csrf: String,
+    /// Single use: a resubmitted form creates nothing again.
+    nonce: String,
+    /// The new key's name (create only).
+    name: Option<String>,
+}
+
+/// Starting an upgrade.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct UpgradeForm {
+    csrf: String,
+    /// A paid plan.
+    plan: String,
+    /// `monthly` (default) or `yearly`.
+    cycle: Option<String>,
+    /// `stripe`, `paypal` or `sepa`.
+    provider: String,
+}
+
+/// A single-use sign-in link (fields in alphabetical order, as the `json!` map this replaced).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Handoff {
+    /// RFC 3339.
+    expires_at: String,
+    /// `/portal/login?token=...`.
+    path: String,
+    single_use: bool,
+    /// The path on `[backend] public_url` (else the listen address).
+    url: String,
 }
 
 fn ttl(v: Option<i64>) -> Result<i64, ApiError> {
@@ -268,35 +313,57 @@ fn ttl(v: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-fn handoff_answer(state: &AppState, role: &Role, ttl: i64) -> Json<Value> {
+fn handoff_answer(state: &AppState, role: &Role, ttl: i64) -> Json<Handoff> {
     let (token, exp) = state.portal.sessions.mint_handoff(role, state.now(), ttl);
     let path = format!("/portal/login?token={token}");
     let url = format!("{}{path}", origin(state));
-    Json(json!({
-        "url": url,
-        "path": path,
-        "expires_at": crate::keys::rfc3339(exp),
-        "single_use": true,
-    }))
+    Json(Handoff {
+        expires_at: crate::keys::rfc3339(exp),
+        path,
+        single_use: true,
+        url,
+    })
 }
 
 /// `POST /portal/api/handoff` (service token): a sign-in link for one customer.
+#[utoipa::path(
+    post,
+    path = "/portal/api/handoff",
+    tag = "portal-links",
+    security(("serviceToken" = [])),
+    request_body = HandoffRequest,
+    responses(
+        (status = 200, description = "The link", body = Handoff),
+        (status = 400, description = "`invalid_json`, `invalid_body` (ttl_seconds out of range), `invalid_user_id`", body = crate::openapi::ErrorDoc),
+    )
+)]
 async fn handoff(
     _: ServiceAuth,
     State(state): State<AppState>,
     crate::extract::ValidatedJson(req): crate::extract::ValidatedJson<HandoffRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Handoff>, ApiError> {
     crate::keys::valid_user_id(&req.user_id)?;
     let ttl = ttl(req.ttl_seconds)?;
     Ok(handoff_answer(&state, &Role::Customer(req.user_id), ttl))
 }
 
 /// `POST /portal/api/operator-handoff` (service token): a sign-in link for the operator view.
+#[utoipa::path(
+    post,
+    path = "/portal/api/operator-handoff",
+    tag = "portal-links",
+    security(("serviceToken" = [])),
+    request_body(content = Option<OperatorHandoffRequest>, description = "Optional"),
+    responses(
+        (status = 200, description = "The link", body = Handoff),
+        (status = 400, description = "`invalid_json`, `invalid_body` (ttl_seconds out of range)", body = crate::openapi::ErrorDoc),
+    )
+)]
 async fn operator_handoff(
     _: ServiceAuth,
     State(state): State<AppState>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Handoff>, ApiError> {
     let req: OperatorHandoffRequest = if body.iter().all(u8::is_ascii_whitespace) {
         OperatorHandoffRequest::default()
     } else {
@@ -308,6 +375,13 @@ async fn operator_handoff(
 
 /// `GET /portal/login?token=...`: redeems a hand-off token, opens a session and redirects, so
 /// the token is gone from the address bar.
+#[utoipa::path(
+    get,
+    path = "/portal/login",
+    tag = "portal",
+    params(("token" = Option<String>, Query, description = "The single-use hand-off token")),
+    responses((status = 303, description = "Signed in: the session cookie is set, on to the dashboard (or the operator view)"))
+)]
 async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -360,6 +434,14 @@ async fn login(
 }
 
 /// `POST /portal/logout`: ends the session (CSRF-checked) and clears the cookie.
+#[utoipa::path(
+    post,
+    path = "/portal/logout",
+    tag = "portal",
+    security(("portalSession" = [])),
+    request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Signed out: the cookie is cleared, on to the pricing page"))
+)]
 async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -414,6 +496,29 @@ async fn security_headers(req: Request, next: Next) -> Response {
     );
     resp
 }
+
+/// The portal's documented operations. Its pages answer errors as HTML pages for people (or
+/// the JSON body when the router refuses a request first); [`crate::openapi`] adds those
+/// answers to every operation tagged `portal`. Left out: `/portal` and `/portal/` (redirects to
+/// the pricing page) and the static assets under `/portal/assets/`.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    pricing::page,
+    login,
+    logout,
+    dashboard::page,
+    dashboard::create_key,
+    dashboard::rotate_key,
+    dashboard::revoke_key,
+    dashboard::upgrade,
+    dashboard::payment_page,
+    operator::page,
+    operator::confirm,
+    operator::reject,
+    handoff,
+    operator_handoff
+))]
+pub struct Api;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -480,6 +585,7 @@ pub fn notice_text(code: Option<&str>) -> Option<&'static str> {
 mod tests {
     use super::*;
     use crate::app::testing::TestBackend;
+    use serde_json::{json, Value};
     use axum::body::Body;
     use tower::ServiceExt;
 

@@ -121,6 +121,16 @@ fn import_block(report: Option<(String, String, Value)>) -> String {
 }
 
 /// `GET /portal/operator`.
+/// The operator view: stats, keys by plan, payments, pending SEPA transfers, last import.
+#[utoipa::path(
+    get,
+    path = "/portal/operator",
+    tag = "portal",
+    operation_id = "operator_page",
+    security(("portalSession" = [])),
+    params(("notice" = Option<String>, Query, description = "A fixed notice to show")),
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+)]
 pub async fn page(
     o: Operator,
     State(state): State<AppState>,
@@ -225,6 +235,16 @@ async fn decide(
 
 /// `POST /portal/operator/payments/{payment_id}/confirm`: the transfer arrived; the payment
 /// succeeds and buys its plan period.
+#[utoipa::path(
+    post,
+    path = "/portal/operator/payments/{payment_id}/confirm",
+    tag = "portal",
+    operation_id = "operator_confirm",
+    security(("portalSession" = [])),
+    params(("payment_id" = String, Path, description = "`pay_...`")),
+    request_body(content = super::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Confirmed: back to the operator view"))
+)]
 pub async fn confirm(
     o: Operator,
     State(state): State<AppState>,
@@ -235,6 +255,16 @@ pub async fn confirm(
 }
 
 /// `POST /portal/operator/payments/{payment_id}/reject`.
+#[utoipa::path(
+    post,
+    path = "/portal/operator/payments/{payment_id}/reject",
+    tag = "portal",
+    operation_id = "operator_reject",
+    security(("portalSession" = [])),
+    params(("payment_id" = String, Path, description = "`pay_...`")),
+    request_body(content = super::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Rejected: back to the operator view"))
+)]
 pub async fn reject(
     o: Operator,
     State(state): State<AppState>,

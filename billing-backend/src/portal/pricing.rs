@@ -92,6 +92,15 @@ fn card(plan: &Plan, bps: u32, signed_in: bool) -> String {
 }
 
 /// `GET /portal/pricing`.
+/// The pricing page: plans, monthly and yearly prices, the SEPA price with its discount.
+#[utoipa::path(
+    get,
+    path = "/portal/pricing",
+    tag = "portal",
+    operation_id = "pricing_page",
+    params(("notice" = Option<String>, Query, description = "A fixed notice to show, e.g. `signed_out`")),
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+)]
 pub async fn page(
     State(state): State<AppState>,
     headers: HeaderMap,

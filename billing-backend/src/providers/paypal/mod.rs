@@ -66,8 +66,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::Deserialize;
+use crate::openapi::ErrorDoc;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use sha2::{Digest, Sha256};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -499,33 +501,41 @@ fn paypal(state: &AppState) -> Result<&PayPal, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Orders
 
-/// Both body forms of `POST /billing/paypal/order`, told apart by `purchase_units`.
-#[derive(Deserialize)]
+/// Both body forms of `POST /billing/paypal/order`, told apart by `purchase_units`:
+/// `{user_id, plan, cycle}` (priced by the server), or the original `{intent: "CAPTURE",
+/// purchase_units: [{amount: {currency_code, value}, custom_id (the user), description?}]}`, a
+/// plain payment that grants no plan.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrderRequest {
     user_id: Option<String>,
     plan: Option<String>,
     cycle: Option<String>,
     /// Refused next to a plan; present only so the refusal can say why.
+    #[schema(value_type = Option<Object>)]
     amount: Option<Value>,
     currency: Option<String>,
+    /// Only `CAPTURE`.
     intent: Option<String>,
+    /// Exactly one.
     purchase_units: Option<Vec<LegacyUnit>>,
     description: Option<String>,
 }
 
 /// A purchase unit of the original form. Other PayPal fields (items, shipping...) are accepted
 /// and not forwarded.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct LegacyUnit {
     amount: LegacyAmount,
     custom_id: Option<String>,
     description: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct LegacyAmount {
     currency_code: String,
+    /// A decimal string such as `"29.00"`.
+    #[schema(value_type = String)]
     value: Value,
 }
 
@@ -662,45 +672,95 @@ fn payment_id_for(key: Option<&IdempotencyKey>) -> (String, bool) {
     (format!("pay_{}", &hex::encode(digest)[..24]), true)
 }
 
-fn order_json(order: &Order, payment: &Payment) -> Value {
-    let mut links: Vec<Value> = order
+/// A link of a PayPal order (fields in alphabetical order, as the `json!` map this replaced).
+#[derive(Serialize, ToSchema)]
+struct OrderLink {
+    href: String,
+    method: Option<String>,
+    rel: String,
+}
+
+/// A PayPal order we created (fields in alphabetical order, as the `json!` map this replaced).
+#[derive(Serialize, ToSchema)]
+struct OrderAnswer {
+    amount: Amount,
+    amount_minor: i64,
+    /// Where to send the buyer.
+    approve_url: Option<String>,
+    currency: String,
+    cycle: Option<String>,
+    /// The PayPal order id.
+    id: String,
+    /// PayPal's links, with a `rel: "approve"` one.
+    links: Vec<OrderLink>,
+    /// Our payment, `pending` until the capture.
+    payment_id: String,
+    plan: Option<String>,
+    /// `CREATED`, ...
+    status: &'static str,
+    user_id: String,
+}
+
+fn order_json(order: &Order, payment: &Payment) -> OrderAnswer {
+    let mut links: Vec<OrderLink> = order
         .links
         .iter()
-        .map(|l| json!({"href": l.href, "rel": l.rel, "method": l.method}))
+        .map(|l| OrderLink {
+            href: l.href.clone(),
+            method: l.method.clone(),
+            rel: l.rel.clone(),
+        })
         .collect();
     let approve = order.approve_link().map(str::to_string);
     // Clients of the original module look for rel "approve"; PayPal says "payer-action" when a
     // payment source is given. Same page.
     if !order.links.iter().any(|l| l.rel == "approve") {
         if let Some(href) = &approve {
-            links.push(json!({"href": href, "rel": "approve", "method": "GET"}));
+            links.push(OrderLink {
+                href: href.clone(),
+                method: Some("GET".into()),
+                rel: "approve".into(),
+            });
         }
     }
     let money = Money::new(
         payment.amount_minor,
         Currency::parse(&payment.currency).unwrap_or(Currency::EUR),
     );
-    json!({
-        "id": order.id,
-        "status": order.status.as_str(),
-        "links": links,
-        "approve_url": approve,
-        "payment_id": payment.id,
-        "user_id": payment.user_id,
-        "plan": payment.plan,
-        "cycle": payment.cycle,
-        "amount": Amount::from_money(money),
-        "amount_minor": payment.amount_minor,
-        "currency": payment.currency,
-    })
+    OrderAnswer {
+        amount: Amount::from_money(money),
+        amount_minor: payment.amount_minor,
+        approve_url: approve,
+        currency: payment.currency.clone(),
+        cycle: payment.cycle.clone(),
+        id: order.id.clone(),
+        links,
+        payment_id: payment.id.clone(),
+        plan: payment.plan.clone(),
+        status: order.status.as_str(),
+        user_id: payment.user_id.clone(),
+    }
 }
 
+/// A PayPal order, priced by the server for `{user_id, plan, cycle}`; the original
+/// `{intent, purchase_units}` form is a plain payment that grants no plan.
+#[utoipa::path(
+    post,
+    path = "/billing/paypal/order",
+    tag = "paypal",
+    security(("serviceToken" = [])),
+    request_body = OrderRequest,
+    responses(
+        (status = 200, description = "The order, to be approved by the buyer", body = OrderAnswer),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_amount`, `client_amount_not_allowed`, `invalid_user_id`, `unknown_plan`, `unknown_cycle`, `invalid_plan`", body = ErrorDoc),
+    )
+)]
 async fn create_order(
     _: ServiceAuth,
     State(state): State<AppState>,
     idem: Option<IdempotencyKey>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderAnswer>, ApiError> {
     let pp = paypal(&state)?;
     let req: OrderRequest = crate::extract::parse_json(&body)?;
     let decided = decide(&state, req)?;
@@ -904,25 +964,55 @@ async fn apply(
     })
 }
 
-fn capture_json(order: &Order, capture: Option<&Capture>, p: &Payment, changed: bool) -> Value {
-    json!({
-        "id": order.id,
-        "status": order.status.as_str(),
-        "capture_id": capture.map(|c| c.id.clone()),
-        "capture_status": capture.map(|c| c.status.as_str()),
-        "payment_id": p.id,
-        "payment_status": p.status.as_str(),
-        "user_id": p.user_id,
-        "plan": p.plan,
-        "cycle": p.cycle,
-        "amount_minor": p.amount_minor,
-        "currency": p.currency,
-        "fee_minor": p.fee_minor,
-        "subscription_id": p.subscription_id,
-        "period_start": p.period_start.map(rfc3339),
-        "period_end": p.period_end.map(rfc3339),
-        "changed": changed,
-    })
+/// A captured (or still waiting) order (fields in alphabetical order, as the `json!` map this
+/// replaced).
+#[derive(Serialize, ToSchema)]
+struct CaptureAnswer {
+    amount_minor: i64,
+    capture_id: Option<String>,
+    capture_status: Option<&'static str>,
+    /// Whether this call changed the payment.
+    changed: bool,
+    currency: String,
+    cycle: Option<String>,
+    fee_minor: Option<i64>,
+    /// The PayPal order id.
+    id: String,
+    payment_id: String,
+    payment_status: &'static str,
+    period_end: Option<String>,
+    period_start: Option<String>,
+    plan: Option<String>,
+    /// `COMPLETED`, ...
+    status: &'static str,
+    subscription_id: Option<String>,
+    user_id: String,
+}
+
+fn capture_json(
+    order: &Order,
+    capture: Option<&Capture>,
+    p: &Payment,
+    changed: bool,
+) -> CaptureAnswer {
+    CaptureAnswer {
+        amount_minor: p.amount_minor,
+        capture_id: capture.map(|c| c.id.clone()),
+        capture_status: capture.map(|c| c.status.as_str()),
+        changed,
+        currency: p.currency.clone(),
+        cycle: p.cycle.clone(),
+        fee_minor: p.fee_minor,
+        id: order.id.clone(),
+        payment_id: p.id.clone(),
+        payment_status: p.status.as_str(),
+        period_end: p.period_end.map(rfc3339),
+        period_start: p.period_start.map(rfc3339),
+        plan: p.plan.clone(),
+        status: order.status.as_str(),
+        subscription_id: p.subscription_id.clone(),
+        user_id: p.user_id.clone(),
+    }
 }
 
 /// Captures an order and settles its payment; shared by the API and the buyer's return.
@@ -1002,6 +1092,19 @@ async fn capture(state: &AppState, order_id: &str, via: &str) -> Result<Response
     }
 }
 
+/// Capture an approved PayPal order: the amount is checked, and one plan period is bought once.
+#[utoipa::path(
+    post,
+    path = "/billing/paypal/capture/{order_id}",
+    tag = "paypal",
+    security(("serviceToken" = [])),
+    params(("order_id" = String, Path, description = "The PayPal order id")),
+    responses(
+        (status = 200, description = "Captured (or waiting, refunded)", body = CaptureAnswer),
+        (status = 404, description = "`order_not_found`: no such order was created by this server", body = ErrorDoc),
+        (status = 409, description = "`order_not_approved`, `capture_refused`, `capture_declined`, `amount_mismatch`", body = ErrorDoc),
+    )
+)]
 async fn capture_handler(
     _: ServiceAuth,
     State(state): State<AppState>,
@@ -1015,14 +1118,27 @@ async fn capture_handler(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReturnQuery {
+    /// The PayPal order id.
     token: Option<String>,
 }
 
 /// The buyer's return from PayPal (`?token=<order id>`): captures, like the API call. Public,
 /// because the buyer's browser carries no service token; capturing an approved order is what
 /// its buyer asked for, and every effect is idempotent.
+#[utoipa::path(
+    get,
+    path = "/billing/paypal/return",
+    tag = "paypal",
+    params(ReturnQuery),
+    responses(
+        (status = 200, description = "Captured (or waiting, refunded)", body = CaptureAnswer),
+        (status = 404, description = "`order_not_found`", body = ErrorDoc),
+        (status = 409, description = "`order_not_approved`, `capture_refused`, `capture_declined`, `amount_mismatch`", body = ErrorDoc),
+    )
+)]
 async fn return_handler(
     State(state): State<AppState>,
     Query(q): Query<ReturnQuery>,
@@ -1031,25 +1147,69 @@ async fn return_handler(
     capture(&state, &order_id, "GET /billing/paypal/return").await
 }
 
+#[derive(Serialize, ToSchema)]
+struct Cancelled {
+    message: &'static str,
+    order_id: Option<String>,
+    /// `cancelled`.
+    status: &'static str,
+}
+
 /// The buyer cancelled at PayPal: nothing to do (the pending payment expires with the order).
+#[utoipa::path(
+    get,
+    path = "/billing/paypal/cancel",
+    tag = "paypal",
+    params(ReturnQuery),
+    responses((status = 200, description = "Nothing was charged", body = Cancelled))
+)]
 async fn cancel_handler(
     State(state): State<AppState>,
     Query(q): Query<ReturnQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Cancelled>, ApiError> {
     paypal(&state)?;
-    Ok(Json(
-        json!({"status": "cancelled", "order_id": q.token, "message": "the PayPal payment was cancelled; nothing was charged"}),
-    ))
+    Ok(Json(Cancelled {
+        message: "the PayPal payment was cancelled; nothing was charged",
+        order_id: q.token,
+        status: "cancelled",
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Webhooks
 
+/// A PayPal webhook delivery (fields in alphabetical order, as the `json!` maps this replaced).
+#[derive(Serialize, ToSchema)]
+struct PayPalAck {
+    /// Present (true) when the event had been received before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    event_id: String,
+    /// What was done (absent for a duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<String>,
+    received: bool,
+}
+
+/// PayPal webhook, verified offline (RSA-SHA256 with PayPal's certificate) before it is
+/// trusted; events deduplicated.
+#[utoipa::path(
+    post,
+    path = "/billing/paypal/webhook",
+    tag = "webhooks",
+    request_body(content = Object, description = "A PayPal event, exactly as PayPal sent it (with its PAYPAL-TRANSMISSION-* headers)"),
+    responses(
+        (status = 200, description = "Received", body = PayPalAck),
+        (status = 400, description = "`invalid_signature`, `invalid_json`, `invalid_event`", body = ErrorDoc),
+        (status = 413, description = "`body_too_large`", body = ErrorDoc),
+        (status = 503, description = "`provider_not_configured` (PayPal or PAYPAL_WEBHOOK_ID), `event_in_progress`, `retry_later`, `provider_unavailable` or `store_unavailable`: PayPal delivers it again", body = ErrorDoc),
+    )
+)]
 async fn webhook_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PayPalAck>, ApiError> {
     let pp = paypal(&state)?;
     let Some(webhook_id) = pp.webhook_id.as_deref() else {
         return Err(super::not_configured(
@@ -1105,9 +1265,12 @@ async fn webhook_handler(
     {
         Begin::Apply(lease) => lease,
         Begin::Done(_) => {
-            return Ok(Json(
-                json!({"received": true, "duplicate": true, "event_id": event.id}),
-            ))
+            return Ok(Json(PayPalAck {
+                duplicate: Some(true),
+                event_id: event.id,
+                outcome: None,
+                received: true,
+            }))
         }
         Begin::Busy => return Err(super::events::busy()),
     };
@@ -1127,9 +1290,12 @@ async fn webhook_handler(
         Ok(outcome) => {
             lease.finish(&state, &outcome).await;
             tracing::info!(event = %event.id, kind = %event.event_type, %outcome, "PayPal event handled");
-            Ok(Json(
-                json!({"received": true, "event_id": event.id, "outcome": outcome}),
-            ))
+            Ok(Json(PayPalAck {
+                duplicate: None,
+                event_id: event.id,
+                outcome: Some(outcome),
+                received: true,
+            }))
         }
         Err(e) => {
             // Let PayPal's retry be processed.
@@ -1281,6 +1447,12 @@ async fn handle_event(
         other => Ok(format!("ignored: {other}")),
     }
 }
+
+/// The PayPal endpoints; [`crate::openapi`] adds 503 (`provider_not_configured`,
+/// `provider_unavailable`, `provider_error`, `store_unavailable`) to those tagged `paypal`.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create_order, capture_handler, webhook_handler, return_handler, cancel_handler))]
+pub struct Api;
 
 pub fn router() -> Router<AppState> {
     Router::new()

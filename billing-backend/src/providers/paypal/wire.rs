@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use tollgate_protocol::money::{Currency, Money, MoneyError};
 
 /// `{currency_code, value}` as PayPal sends and receives it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = PayPalAmount)]
 pub struct Amount {
     pub currency_code: String,
     pub value: String,

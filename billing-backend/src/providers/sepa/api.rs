@@ -20,8 +20,10 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use crate::openapi::ErrorDoc;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use tollgate_protocol::money::{Currency, Money};
@@ -110,7 +112,9 @@ fn new_reference() -> Result<CreditorReference, ApiError> {
         .map_err(|e| ApiError::internal(format!("reference generation: {e}")))
 }
 
-#[derive(Deserialize)]
+/// `{user_id, plan, cycle, method: "sepa"}` (priced by the server, SEPA discount applied) or
+/// `{user_id, amount, currency: "EUR", description?}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
     #[serde(default)]
@@ -119,10 +123,14 @@ struct CreateRequest {
     plan: Option<String>,
     #[serde(default)]
     cycle: Option<String>,
+    /// `sepa` (default).
     #[serde(default)]
     method: Option<String>,
+    /// Only without a plan: a decimal number or string, such as `28.57` or `"28.57"`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     amount: Option<Value>,
+    /// `EUR`.
     #[serde(default)]
     currency: Option<String>,
     #[serde(default)]
@@ -150,29 +158,77 @@ fn parse_amount(v: &Value, currency: Currency) -> Result<Money, ApiError> {
     Ok(m)
 }
 
-fn instructions(cfg: &SepaConfig, p: &Payment) -> Value {
+/// Transfer instructions. Answers in this module list their fields in alphabetical order: the
+/// `json!` maps they replaced wrote them so, and the bytes on the wire stayed the same.
+#[derive(Serialize, ToSchema)]
+pub struct Instructions {
+    /// `28.57 EUR`.
+    amount: String,
+    amount_minor: i64,
+    bic: Option<String>,
+    currency: String,
+    /// Grouped by four.
+    iban: String,
+    iban_compact: String,
+    /// Path of the EPC QR code (PNG).
+    qr_png: String,
+    /// Path of the EPC QR code (SVG).
+    qr_svg: String,
+    recipient_name: String,
+    /// The ISO 11649 creditor reference (`RF..`) the transfer must carry.
+    reference: Option<String>,
+}
+
+fn instructions(cfg: &SepaConfig, p: &Payment) -> Instructions {
     let amount = Currency::parse(&p.currency)
         .map(|c| Money::new(p.amount_minor, c).to_string())
         .unwrap_or_default();
-    json!({
-        "recipient_name": cfg.holder,
-        "iban": cfg.iban.grouped(),
-        "iban_compact": cfg.iban.as_str(),
-        "bic": cfg.bic.as_ref().map(|b| b.as_str().to_string()),
-        "amount": amount,
-        "amount_minor": p.amount_minor,
-        "currency": p.currency,
-        "reference": p.reference,
-        "qr_svg": format!("/billing/sepa/{}/qr.svg", p.id),
-        "qr_png": format!("/billing/sepa/{}/qr.png", p.id),
-    })
+    Instructions {
+        amount,
+        amount_minor: p.amount_minor,
+        bic: cfg.bic.as_ref().map(|b| b.as_str().to_string()),
+        currency: p.currency.clone(),
+        iban: cfg.iban.grouped(),
+        iban_compact: cfg.iban.as_str().to_string(),
+        qr_png: format!("/billing/sepa/{}/qr.png", p.id),
+        qr_svg: format!("/billing/sepa/{}/qr.svg", p.id),
+        recipient_name: cfg.holder.clone(),
+        reference: p.reference.clone(),
+    }
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    cycle: Option<String>,
+    /// Unpaid instructions expire then.
+    expires_at: Option<String>,
+    instructions: Instructions,
+    /// `SEPA Bank Transfer`.
+    method: &'static str,
+    payment_id: String,
+    plan: Option<String>,
+    /// `PENDING`.
+    status: &'static str,
+    success: bool,
+}
+
+/// SEPA transfer instructions: the (discounted) amount, an RF creditor reference, the EPC QR.
+#[utoipa::path(
+    post,
+    path = "/billing/create",
+    tag = "sepa",
+    security(("serviceToken" = [])),
+    request_body = CreateRequest,
+    responses(
+        (status = 200, description = "Pending instructions", body = Created),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `unsupported_method`, `invalid_user_id`, `amount_not_allowed`, `unknown_plan`, `unknown_cycle`, `invalid_plan`, `invalid_currency`, `unsupported_currency`, `invalid_amount`", body = ErrorDoc),
+    )
+)]
 async fn create(
     _: ServiceAuth,
     State(state): State<AppState>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Created>, ApiError> {
     if body.len() > state.cfg.max_body_bytes {
         return Err(ApiError::PayloadTooLarge(state.cfg.max_body_bytes));
     }
@@ -281,16 +337,16 @@ async fn create(
             .await
         {
             Ok(()) => {
-                return Ok(Json(json!({
-                    "success": true,
-                    "payment_id": payment.id,
-                    "method": "SEPA Bank Transfer",
-                    "instructions": instructions(cfg, &payment),
-                    "status": "PENDING",
-                    "plan": payment.plan,
-                    "cycle": payment.cycle,
-                    "expires_at": payment.expires_at.map(rfc3339),
-                })))
+                return Ok(Json(Created {
+                    cycle: payment.cycle.clone(),
+                    expires_at: payment.expires_at.map(rfc3339),
+                    instructions: instructions(cfg, &payment),
+                    method: "SEPA Bank Transfer",
+                    payment_id: payment.id.clone(),
+                    plan: payment.plan.clone(),
+                    status: "PENDING",
+                    success: true,
+                }))
             }
             Err(StoreError::Conflict(e)) => last_err = Some(e),
             Err(e) => return Err(e.into()),
@@ -378,6 +434,18 @@ async fn qr_image(state: &AppState, payment_id: &str, png: bool) -> Result<Respo
     }
 }
 
+/// EPC069-12 QR code of pending instructions (SVG). Public: the payment id is the capability.
+#[utoipa::path(
+    get,
+    path = "/billing/sepa/{payment_id}/qr.svg",
+    tag = "sepa",
+    params(("payment_id" = String, Path, description = "`pay_...`")),
+    responses(
+        (status = 200, description = "The QR code", body = String, content_type = "image/svg+xml"),
+        (status = 404, description = "`payment_not_found`", body = ErrorDoc),
+        (status = 409, description = "`payment_not_pending`", body = ErrorDoc),
+    )
+)]
 async fn qr_svg(
     State(state): State<AppState>,
     Path(payment_id): Path<String>,
@@ -385,6 +453,18 @@ async fn qr_svg(
     qr_image(&state, &payment_id, false).await
 }
 
+/// EPC069-12 QR code of pending instructions (PNG). Public: the payment id is the capability.
+#[utoipa::path(
+    get,
+    path = "/billing/sepa/{payment_id}/qr.png",
+    tag = "sepa",
+    params(("payment_id" = String, Path, description = "`pay_...`")),
+    responses(
+        (status = 200, description = "The QR code", body = Vec<u8>, content_type = "image/png"),
+        (status = 404, description = "`payment_not_found`", body = ErrorDoc),
+        (status = 409, description = "`payment_not_pending`", body = ErrorDoc),
+    )
+)]
 async fn qr_png(
     State(state): State<AppState>,
     Path(payment_id): Path<String>,
@@ -392,31 +472,67 @@ async fn qr_png(
     qr_image(&state, &payment_id, true).await
 }
 
-pub fn payment_json(p: &Payment) -> Value {
-    json!({
-        "payment_id": p.id,
-        "user_id": p.user_id,
-        "amount_minor": p.amount_minor,
-        "currency": p.currency,
-        "amount": Currency::parse(&p.currency).map(|c| Money::new(p.amount_minor, c).to_string()).unwrap_or_default(),
-        "method": p.method,
-        "status": p.status.as_str(),
-        "reference": p.reference,
-        "plan": p.plan,
-        "cycle": p.cycle,
-        "subscription_id": p.subscription_id,
-        "period_start": p.period_start.map(rfc3339),
-        "period_end": p.period_end.map(rfc3339),
-        "created_at": rfc3339(p.created_at),
-        "expires_at": p.expires_at.map(rfc3339),
-    })
+/// A payment of any method.
+#[derive(Serialize, ToSchema)]
+pub struct PaymentView {
+    /// `28.57 EUR`.
+    amount: String,
+    amount_minor: i64,
+    created_at: String,
+    currency: String,
+    cycle: Option<String>,
+    expires_at: Option<String>,
+    /// `stripe`, `paypal`, `sepa`, `manual`.
+    method: String,
+    payment_id: String,
+    period_end: Option<String>,
+    period_start: Option<String>,
+    plan: Option<String>,
+    /// The SEPA creditor reference.
+    reference: Option<String>,
+    /// `pending`, `succeeded`, `failed`, `refunded`, `expired`.
+    status: &'static str,
+    subscription_id: Option<String>,
+    user_id: String,
 }
 
-#[derive(Deserialize, Default)]
+pub fn payment_view(p: &Payment) -> PaymentView {
+    PaymentView {
+        amount: Currency::parse(&p.currency)
+            .map(|c| Money::new(p.amount_minor, c).to_string())
+            .unwrap_or_default(),
+        amount_minor: p.amount_minor,
+        created_at: rfc3339(p.created_at),
+        currency: p.currency.clone(),
+        cycle: p.cycle.clone(),
+        expires_at: p.expires_at.map(rfc3339),
+        method: p.method.clone(),
+        payment_id: p.id.clone(),
+        period_end: p.period_end.map(rfc3339),
+        period_start: p.period_start.map(rfc3339),
+        plan: p.plan.clone(),
+        reference: p.reference.clone(),
+        status: p.status.as_str(),
+        subscription_id: p.subscription_id.clone(),
+        user_id: p.user_id.clone(),
+    }
+}
+
+/// `POST /billing/sepa/{payment_id}/confirm|reject`; the body may be empty.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionRequest {
+    /// At most 500 characters; recorded in the ledger.
     #[serde(default)]
     note: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Decided {
+    /// False when the payment already had this status.
+    changed: bool,
+    payment: PaymentView,
+    success: bool,
 }
 
 async fn decide(
@@ -424,7 +540,7 @@ async fn decide(
     payment_id: &str,
     body: &[u8],
     to: PayStatus,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     config(state)?;
     let req: DecisionRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DecisionRequest::default()
@@ -463,12 +579,16 @@ async fn decide(
     )
     .await?
     {
-        Settled::Applied { payment, .. } => Ok(Json(
-            json!({"success": true, "changed": true, "payment": payment_json(&payment)}),
-        )),
-        Settled::Unchanged(payment) if payment.status == to => Ok(Json(
-            json!({"success": true, "changed": false, "payment": payment_json(&payment)}),
-        )),
+        Settled::Applied { payment, .. } => Ok(Json(Decided {
+            changed: true,
+            payment: payment_view(&payment),
+            success: true,
+        })),
+        Settled::Unchanged(payment) if payment.status == to => Ok(Json(Decided {
+            changed: false,
+            payment: payment_view(&payment),
+            success: true,
+        })),
         Settled::Unchanged(payment) => Err(ApiError::conflict(
             "payment_already_decided",
             format!(
@@ -480,21 +600,51 @@ async fn decide(
     }
 }
 
+/// An operator confirms a transfer: the payment succeeds and buys its period.
+#[utoipa::path(
+    post,
+    path = "/billing/sepa/{payment_id}/confirm",
+    tag = "sepa",
+    operation_id = "sepa_confirm",
+    security(("serviceToken" = [])),
+    params(("payment_id" = String, Path, description = "`pay_...`")),
+    request_body(content = Option<DecisionRequest>, description = "Optional"),
+    responses(
+        (status = 200, description = "Confirmed", body = Decided),
+        (status = 404, description = "`payment_not_found`", body = ErrorDoc),
+        (status = 409, description = "`payment_already_decided`", body = ErrorDoc),
+    )
+)]
 async fn confirm(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(payment_id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     decide(&state, &payment_id, &body, PayStatus::Succeeded).await
 }
 
+/// An operator rejects a transfer.
+#[utoipa::path(
+    post,
+    path = "/billing/sepa/{payment_id}/reject",
+    tag = "sepa",
+    operation_id = "sepa_reject",
+    security(("serviceToken" = [])),
+    params(("payment_id" = String, Path, description = "`pay_...`")),
+    request_body(content = Option<DecisionRequest>, description = "Optional"),
+    responses(
+        (status = 200, description = "Rejected", body = Decided),
+        (status = 404, description = "`payment_not_found`", body = ErrorDoc),
+        (status = 409, description = "`payment_already_decided`", body = ErrorDoc),
+    )
+)]
 async fn reject(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(payment_id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     decide(&state, &payment_id, &body, PayStatus::Failed).await
 }
 
@@ -628,13 +778,30 @@ pub async fn import_statement(
     Ok(report)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ImportQuery {
+    /// The statement's file name, at most 200 characters (default `upload.xml`).
     #[serde(default)]
     name: Option<String>,
 }
 
+/// Import a camt.053/camt.054 statement: entries are matched on reference, amount and
+/// currency; under-, over- and unmatched payments are reported, not guessed.
+#[utoipa::path(
+    post,
+    path = "/billing/sepa/import",
+    tag = "sepa",
+    security(("serviceToken" = [])),
+    params(ImportQuery),
+    request_body(content = String, content_type = "application/xml", description = "The statement's XML"),
+    responses(
+        (status = 200, description = "The reconciliation report", body = Object),
+        (status = 400, description = "`invalid_statement`, `invalid_query`, `bad_request` (a query that does not parse)", body = ErrorDoc),
+        (status = 413, description = "`body_too_large`: larger than 16 MiB", body = ErrorDoc),
+    )
+)]
 async fn import(
     _: ServiceAuth,
     State(state): State<AppState>,
@@ -657,6 +824,19 @@ async fn import(
     import_statement(&state, &name, &body).await.map(Json)
 }
 
+/// One statement import's report.
+#[utoipa::path(
+    get,
+    path = "/billing/sepa/imports/{import_id}",
+    tag = "sepa",
+    security(("serviceToken" = [])),
+    params(("import_id" = String, Path, description = "The import's id")),
+    responses(
+        (status = 200, description = "The reconciliation report", body = Object),
+        (status = 404, description = "`import_not_found`", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn get_import(
     _: ServiceAuth,
     State(state): State<AppState>,
@@ -674,26 +854,73 @@ async fn get_import(
     ))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct ImportItem {
+    file_name: String,
+    import_id: String,
+    imported_at: String,
+    sha256: String,
+    /// The report's summary (counts and amounts).
+    #[schema(value_type = Object)]
+    summary: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Imports {
+    /// The last 50, newest first.
+    imports: Vec<ImportItem>,
+}
+
+/// Recent statement imports.
+#[utoipa::path(
+    get,
+    path = "/billing/sepa/imports",
+    tag = "sepa",
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The imports", body = Imports),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn list_imports(
     _: ServiceAuth,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Imports>, ApiError> {
     let list = state.store.list_imports(50).await?;
-    let items: Vec<Value> = list
+    let imports = list
         .iter()
         .map(|r| {
             let report: Value = serde_json::from_str(&r.report).unwrap_or(Value::Null);
-            json!({"import_id": r.id, "file_name": r.file_name, "sha256": r.file_sha256, "imported_at": rfc3339(r.created_at), "summary": report["summary"]})
+            ImportItem {
+                file_name: r.file_name.clone(),
+                import_id: r.id.clone(),
+                imported_at: rfc3339(r.created_at),
+                sha256: r.file_sha256.clone(),
+                summary: report["summary"].clone(),
+            }
         })
         .collect();
-    Ok(Json(json!({"imports": items})))
+    Ok(Json(Imports { imports }))
 }
 
+/// A payment of any method and its status.
+#[utoipa::path(
+    get,
+    path = "/billing/payments/{payment_id}",
+    tag = "sepa",
+    security(("serviceToken" = [])),
+    params(("payment_id" = String, Path, description = "`pay_...`")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 404, description = "`payment_not_found`", body = ErrorDoc),
+        (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
+    )
+)]
 async fn get_payment(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(payment_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PaymentView>, ApiError> {
     let p = state
         .store
         .get_payment(&payment_id)
@@ -705,8 +932,24 @@ async fn get_payment(
             ),
             other => other.into(),
         })?;
-    Ok(Json(payment_json(&p)))
+    Ok(Json(payment_view(&p)))
 }
+
+/// The SEPA endpoints; [`crate::openapi`] adds 503 (`provider_not_configured`,
+/// `store_unavailable`) to those tagged `sepa` that need SEPA configured.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create,
+    get_payment,
+    qr_svg,
+    qr_png,
+    confirm,
+    reject,
+    import,
+    list_imports,
+    get_import
+))]
+pub struct Api;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -31,7 +31,7 @@ use super::store::MeterExport;
 /// Stripe accepts meter event timestamps up to 35 days in the past; keep a day's margin.
 const MAX_AGE_DAYS: i64 = 34;
 
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ExportReport {
     /// New export rows recorded in this run.
     pub recorded: u64,
@@ -169,19 +169,38 @@ pub async fn periodic(
     }
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /api/v1/billing/report-usage`; the body may be empty.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReportRequest {
+    /// Only this user's usage.
     #[serde(default)]
     user_id: Option<String>,
 }
 
-/// `POST /api/v1/billing/report-usage`: an export run now (optionally for one user).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExportAnswer {
+    export: ExportReport,
+    success: bool,
+}
+
+/// Export metered usage now as Stripe Billing Meter events: exactly once per identifier.
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/report-usage",
+    tag = "stripe",
+    security(("serviceToken" = [])),
+    request_body(content = Option<ReportRequest>, description = "Optional"),
+    responses(
+        (status = 200, description = "What this run exported", body = ExportAnswer),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_user_id`", body = crate::openapi::ErrorDoc),
+    )
+)]
 pub async fn report_usage(
     _: ServiceAuth,
     State(state): State<AppState>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, Failure> {
+) -> Result<Json<ExportAnswer>, Failure> {
     let stripe = configured(&state)?;
     let req: ReportRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReportRequest::default()
@@ -192,24 +211,73 @@ pub async fn report_usage(
         valid_user_id(u)?;
     }
     let r = export(&state, &stripe, req.user_id.as_deref()).await?;
-    Ok(Json(json!({"success": true, "export": r})))
+    Ok(Json(ExportAnswer {
+        export: r,
+        success: true,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DriftQuery {
+    /// Only this user's keys.
     #[serde(default)]
     user_id: Option<String>,
+    /// Days back from today, 1-400 (default 35).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 400)]
     days: Option<u32>,
 }
 
-/// `GET /api/v1/billing/usage-drift`: metered at the gateways vs acknowledged by Stripe.
+/// Units per key and day (fields in alphabetical order, as the `json!` map this replaced).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DriftLine {
+    customer_id: String,
+    day: String,
+    /// Metered but not acknowledged by Stripe.
+    drift: i64,
+    exported: i64,
+    in_flight: i64,
+    key_id: String,
+    metered: i64,
+    not_yet_recorded: i64,
+    user_id: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DriftTotals {
+    drift: i64,
+    exported: i64,
+    in_flight: i64,
+    metered: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Drift {
+    lines: Vec<DriftLine>,
+    /// First day covered, `YYYY-MM-DD`.
+    since: String,
+    totals: DriftTotals,
+}
+
+/// Metered at the gateways vs acknowledged by Stripe, per key and day.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/usage-drift",
+    tag = "stripe",
+    security(("serviceToken" = [])),
+    params(DriftQuery),
+    responses(
+        (status = 200, description = "The drift report", body = Drift),
+        (status = 400, description = "`invalid_user_id`, `invalid_query` (days), `bad_request` (a query that does not parse)", body = crate::openapi::ErrorDoc),
+    )
+)]
 pub async fn drift_report(
     _: ServiceAuth,
     State(state): State<AppState>,
     Query(q): Query<DriftQuery>,
-) -> Result<Json<Value>, Failure> {
+) -> Result<Json<Drift>, Failure> {
     let _ = configured(&state)?;
     if let Some(u) = &q.user_id {
         valid_user_id(u)?;
@@ -224,25 +292,40 @@ pub async fn drift_report(
         .stripe_usage_lines(&since, q.user_id.as_deref())
         .await?;
     let (mut metered, mut sent, mut recorded) = (0i64, 0i64, 0i64);
-    let rows: Vec<Value> = lines
+    let rows: Vec<DriftLine> = lines
         .iter()
         .map(|l| {
             metered += l.metered;
             sent += l.sent;
             recorded += l.recorded;
-            json!({
-                "key_id": l.key_id, "user_id": l.user_id, "customer_id": l.customer_id, "day": l.day,
-                "metered": l.metered, "exported": l.sent, "in_flight": l.recorded - l.sent,
-                "not_yet_recorded": l.metered - l.recorded, "drift": l.metered - l.sent,
-            })
+            DriftLine {
+                customer_id: l.customer_id.clone(),
+                day: l.day.clone(),
+                drift: l.metered - l.sent,
+                exported: l.sent,
+                in_flight: l.recorded - l.sent,
+                key_id: l.key_id.clone(),
+                metered: l.metered,
+                not_yet_recorded: l.metered - l.recorded,
+                user_id: l.user_id.clone(),
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "since": since,
-        "totals": {"metered": metered, "exported": sent, "in_flight": recorded - sent, "drift": metered - sent},
-        "lines": rows,
-    })))
+    Ok(Json(Drift {
+        lines: rows,
+        since,
+        totals: DriftTotals {
+            drift: metered - sent,
+            exported: sent,
+            in_flight: recorded - sent,
+            metered,
+        },
+    }))
 }
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(report_usage, drift_report))]
+pub struct Api;
 
 #[cfg(test)]
 mod tests {

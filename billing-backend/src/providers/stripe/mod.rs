@@ -37,7 +37,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use client::{StripeClient, StripeError};
-use serde::Deserialize;
+use crate::openapi::ErrorDoc;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -203,7 +205,7 @@ impl IntoResponse for Failure {
     }
 }
 
-type Reply = Result<Json<Value>, Failure>;
+type Reply<T> = Result<Json<T>, Failure>;
 
 /// The configured provider, or 503 `provider_not_configured`.
 pub fn configured(state: &AppState) -> Result<Arc<Stripe>, Failure> {
@@ -397,21 +399,48 @@ pub async fn ensure_customer(
 // ---------------------------------------------------------------------------------------------
 // POST /api/v1/billing/create-customer
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CustomerRequest {
     user_id: String,
+    /// An address like name@example.com.
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
     name: Option<String>,
 }
 
+/// Answers of the Stripe endpoints list their fields in alphabetical order: the `json!` maps
+/// they replaced wrote them so, and the bytes on the wire stayed the same.
+#[derive(Serialize, ToSchema)]
+struct CustomerAnswer {
+    /// Whether this call created it (false: the user had one).
+    created: bool,
+    /// `cus_...`.
+    customer_id: String,
+    /// The same id, as the original module named it.
+    id: String,
+    success: bool,
+    user_id: String,
+}
+
+/// The user's Stripe customer: one per user, created once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/create-customer",
+    tag = "stripe",
+    security(("serviceToken" = [])),
+    request_body = CustomerRequest,
+    responses(
+        (status = 200, description = "The customer", body = CustomerAnswer),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_user_id`, `invalid_email`, `stripe_invalid_request`", body = ErrorDoc),
+    )
+)]
 async fn create_customer(
     _: ServiceAuth,
     State(state): State<AppState>,
     body: axum::body::Bytes,
-) -> Reply {
+) -> Reply<CustomerAnswer> {
     let stripe = configured(&state)?;
     let req: CustomerRequest = crate::extract::parse_json(&body)?;
     valid_user_id(&req.user_id)?;
@@ -431,19 +460,21 @@ async fn create_customer(
         &cause,
     )
     .await?;
-    Ok(Json(json!({
-        "success": true,
-        "customer_id": customer_id,
-        "id": customer_id,
-        "user_id": req.user_id,
-        "created": created,
-    })))
+    Ok(Json(CustomerAnswer {
+        created,
+        id: customer_id.clone(),
+        customer_id,
+        success: true,
+        user_id: req.user_id,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
 // POST /api/v1/billing/payment-intent
 
-#[derive(Deserialize)]
+/// `{user_id, plan, cycle}` (priced by the server; success buys one period) or the original
+/// `{amount, currency, description, payment_method_types, metadata}` (grants nothing).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PaymentIntentRequest {
     /// Minor units (Stripe's convention), only without `plan`.
@@ -455,7 +486,9 @@ struct PaymentIntentRequest {
     description: Option<String>,
     #[serde(default)]
     payment_method_types: Option<Vec<String>>,
+    /// At most 50 string values (Stripe's limits).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
     #[serde(default)]
     user_id: Option<String>,
@@ -470,12 +503,42 @@ struct PaymentIntentRequest {
     confirm: Option<bool>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct IntentAnswer {
+    /// Minor units.
+    amount: i64,
+    client_secret: Option<String>,
+    /// Lower case, as Stripe writes it.
+    currency: String,
+    cycle: Option<&'static str>,
+    payment_id: Option<String>,
+    payment_intent_id: String,
+    plan: Option<String>,
+    status: &'static str,
+}
+
+/// A Stripe PaymentIntent.
+///
+/// `{user_id, plan, cycle}` is priced by the server and its success buys one period; the
+/// original `{amount (minor units), currency, description, payment_method_types, metadata}`
+/// grants nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/payment-intent",
+    tag = "stripe",
+    security(("serviceToken" = [])),
+    request_body = PaymentIntentRequest,
+    responses(
+        (status = 200, description = "The PaymentIntent", body = IntentAnswer),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_amount`, `unknown_plan`, `unknown_cycle`, `invalid_plan`, `stripe_invalid_request`", body = ErrorDoc),
+    )
+)]
 async fn payment_intent(
     _: ServiceAuth,
     State(state): State<AppState>,
     idem: Option<IdempotencyKey>,
     body: axum::body::Bytes,
-) -> Reply {
+) -> Reply<IntentAnswer> {
     let stripe = configured(&state)?;
     let req: PaymentIntentRequest = crate::extract::parse_json(&body)?;
     let metadata = req.metadata.clone().unwrap_or_default();
@@ -661,22 +724,24 @@ async fn payment_intent(
             tracing::info!(payment = %payment_id, intent = %pi.id, error = %e, "payment intent already linked to another payment");
         }
     }
-    Ok(Json(json!({
-        "client_secret": pi.client_secret,
-        "payment_intent_id": pi.id,
-        "status": pi.status.as_str(),
-        "amount": pi.amount,
-        "currency": pi.currency,
-        "payment_id": user_id.as_ref().map(|_| payment_id),
-        "plan": plan.as_ref().map(|(p, _)| p.clone()),
-        "cycle": plan.as_ref().map(|(_, c)| c.as_str()),
-    })))
+    Ok(Json(IntentAnswer {
+        amount: pi.amount,
+        client_secret: pi.client_secret,
+        currency: pi.currency,
+        cycle: plan.as_ref().map(|(_, c)| c.as_str()),
+        payment_id: user_id.as_ref().map(|_| payment_id),
+        payment_intent_id: pi.id,
+        plan: plan.as_ref().map(|(p, _)| p.clone()),
+        status: pi.status.as_str(),
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
 // POST /api/v1/billing/create-subscription
 
-#[derive(Deserialize)]
+/// `{user_id, plan, cycle, payment_method?}` (the server picks the price) or
+/// `{customer_id, price_id}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubscriptionRequest {
     #[serde(default)]
@@ -696,12 +761,42 @@ struct SubscriptionRequest {
     email: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct SubscriptionAnswer {
+    client_secret: Option<String>,
+    current_period_end: Option<String>,
+    customer_id: String,
+    cycle: &'static str,
+    plan: String,
+    price_id: String,
+    status: &'static str,
+    stripe_subscription_id: String,
+    /// Ours, `incomplete` until the signed webhook activates it.
+    subscription: crate::billing::SubView,
+    /// Stripe's id (`sub_...`), as the original module answered.
+    subscription_id: String,
+    success: bool,
+    tollgate_subscription_id: String,
+}
+
+/// A Stripe subscription, recorded `incomplete` until the signed webhook activates it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/create-subscription",
+    tag = "stripe",
+    security(("serviceToken" = [])),
+    request_body = SubscriptionRequest,
+    responses(
+        (status = 200, description = "The subscription, with `client_secret` when a payment is needed", body = SubscriptionAnswer),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_email`, `unknown_plan`, `unknown_cycle`, `invalid_plan`, `unknown_price`, `stripe_invalid_request`", body = ErrorDoc),
+    )
+)]
 async fn create_subscription(
     _: ServiceAuth,
     State(state): State<AppState>,
     idem: Option<IdempotencyKey>,
     body: axum::body::Bytes,
-) -> Reply {
+) -> Reply<SubscriptionAnswer> {
     let stripe = configured(&state)?;
     let req: SubscriptionRequest = crate::extract::parse_json(&body)?;
     if let Some(e) = &req.email {
@@ -871,26 +966,56 @@ async fn create_subscription(
     } else {
         state.store.get_subscription(&link.sub_id).await?
     };
-    Ok(Json(json!({
-        "success": true,
-        "subscription_id": created.id,
-        "stripe_subscription_id": created.id,
-        "tollgate_subscription_id": sub.id,
-        "customer_id": customer,
-        "status": created.status.as_str(),
-        "plan": plan_id,
-        "cycle": cycle.as_str(),
-        "price_id": price_id,
-        "client_secret": created.client_secret(),
-        "current_period_end": created.period().map(|(_, e)| rfc3339(e)),
-        "subscription": crate::billing::sub_json(&sub, state.now()),
-    })))
+    Ok(Json(SubscriptionAnswer {
+        client_secret: created.client_secret(),
+        current_period_end: created.period().map(|(_, e)| rfc3339(e)),
+        customer_id: customer,
+        cycle: cycle.as_str(),
+        plan: plan_id,
+        price_id,
+        status: created.status.as_str(),
+        stripe_subscription_id: created.id.clone(),
+        subscription: crate::billing::sub_view(&sub, state.now()),
+        subscription_id: created.id,
+        success: true,
+        tollgate_subscription_id: sub.id,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
 // GET /api/v1/billing/products
 
-async fn products(_: ServiceAuth, State(state): State<AppState>) -> Reply {
+#[derive(Serialize, ToSchema)]
+struct PlanPrice {
+    amount_minor: i64,
+    currency: String,
+    cycle: &'static str,
+    plan: String,
+    /// Null when no Stripe price is configured or synced for it.
+    stripe_price_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Products {
+    /// Each plan and cycle with its price.
+    plans: Vec<PlanPrice>,
+    /// Stripe's active prices: `id, product, unit_amount, currency, recurring, lookup_key, active`.
+    #[schema(value_type = Vec<Object>)]
+    prices: Vec<Value>,
+    /// Stripe's active products: `id, name, description, active, metadata`.
+    #[schema(value_type = Vec<Object>)]
+    products: Vec<Value>,
+}
+
+/// Stripe products and prices, and the price of each plan and cycle.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/products",
+    tag = "stripe",
+    security(("serviceToken" = [])),
+    responses((status = 200, description = "Products and prices", body = Products))
+)]
+async fn products(_: ServiceAuth, State(state): State<AppState>) -> Reply<Products> {
     let stripe = configured(&state)?;
     let products: wire::List<Value> = stripe
         .client
@@ -914,23 +1039,40 @@ async fn products(_: ServiceAuth, State(state): State<AppState>) -> Reply {
         for c in [Cycle::Monthly, Cycle::Yearly] {
             let price = price_for(&state, p, c).await.ok();
             let m = p.price(c);
-            plans.push(
-                json!({"plan": p.id, "cycle": c.as_str(), "stripe_price_id": price,
-                "amount_minor": m.minor, "currency": m.currency.as_str()}),
-            );
+            plans.push(PlanPrice {
+                amount_minor: m.minor,
+                currency: m.currency.as_str().to_string(),
+                cycle: c.as_str(),
+                plan: p.id.clone(),
+                stripe_price_id: price,
+            });
         }
     }
-    Ok(Json(json!({
-        "products": products.data.iter().map(|p| pick(p, &["id", "name", "description", "active", "metadata"])).collect::<Vec<_>>(),
-        "prices": prices.data.iter().map(|p| pick(p, &["id", "product", "unit_amount", "currency", "recurring", "lookup_key", "active"])).collect::<Vec<_>>(),
-        "plans": plans,
-    })))
+    Ok(Json(Products {
+        plans,
+        prices: prices
+            .data
+            .iter()
+            .map(|p| {
+                pick(
+                    p,
+                    &["id", "product", "unit_amount", "currency", "recurring", "lookup_key", "active"],
+                )
+            })
+            .collect(),
+        products: products
+            .data
+            .iter()
+            .map(|p| pick(p, &["id", "name", "description", "active", "metadata"]))
+            .collect(),
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
 // POST /api/v1/billing/checkout, GET /api/v1/billing/checkout/{session_id}
 
-#[derive(Deserialize)]
+/// `{user_id, plan + cycle or price_id, customer_email?, success_url, cancel_url}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CheckoutRequest {
     user_id: String,
@@ -946,12 +1088,37 @@ struct CheckoutRequest {
     cancel_url: String,
 }
 
+#[derive(Serialize, ToSchema)]
+struct CheckoutAnswer {
+    cycle: &'static str,
+    expires_at: Option<String>,
+    plan: String,
+    price_id: String,
+    session_id: String,
+    /// `success`.
+    status: &'static str,
+    /// Where to send the buyer.
+    url: Option<String>,
+}
+
+/// A Stripe Checkout Session in subscription mode.
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/checkout",
+    tag = "stripe",
+    security(("serviceToken" = [])),
+    request_body = CheckoutRequest,
+    responses(
+        (status = 200, description = "The session", body = CheckoutAnswer),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_user_id`, `invalid_email`, `unknown_plan`, `unknown_cycle`, `invalid_plan`, `unknown_price`, `stripe_invalid_request`", body = ErrorDoc),
+    )
+)]
 async fn checkout(
     _: ServiceAuth,
     State(state): State<AppState>,
     idem: Option<IdempotencyKey>,
     body: axum::body::Bytes,
-) -> Reply {
+) -> Reply<CheckoutAnswer> {
     let stripe = configured(&state)?;
     let req: CheckoutRequest = crate::extract::parse_json(&body)?;
     valid_user_id(&req.user_id)?;
@@ -1012,22 +1179,49 @@ async fn checkout(
         .client
         .post("/v1/checkout/sessions", &params, &key)
         .await?;
-    Ok(Json(json!({
-        "status": "success",
-        "session_id": session.id,
-        "url": session.url,
-        "expires_at": session.expires_at.map(rfc3339),
-        "plan": plan,
-        "cycle": cycle.as_str(),
-        "price_id": price,
-    })))
+    Ok(Json(CheckoutAnswer {
+        cycle: cycle.as_str(),
+        expires_at: session.expires_at.map(rfc3339),
+        plan,
+        price_id: price,
+        session_id: session.id,
+        status: "success",
+        url: session.url,
+    }))
 }
 
+#[derive(Serialize, ToSchema)]
+struct CheckoutStatus {
+    customer_id: Option<String>,
+    expires_at: Option<String>,
+    mode: Option<String>,
+    payment_status: Option<String>,
+    session_id: String,
+    status: Option<String>,
+    /// Ours, once the subscription is linked.
+    subscription: Option<crate::billing::SubView>,
+    /// Stripe's subscription id.
+    subscription_id: Option<String>,
+    user_id: Option<String>,
+}
+
+/// A Checkout Session: status, payment status, Stripe's subscription and ours.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/checkout/{session_id}",
+    tag = "stripe",
+    security(("serviceToken" = [])),
+    params(("session_id" = String, Path, description = "`cs_...`")),
+    responses(
+        (status = 200, description = "The session", body = CheckoutStatus),
+        (status = 400, description = "`invalid_body`: not a Checkout Session id", body = ErrorDoc),
+    )
+)]
 async fn checkout_status(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(session_id): Path<String>,
-) -> Reply {
+) -> Reply<CheckoutStatus> {
     let stripe = configured(&state)?;
     if !(session_id.starts_with("cs_")
         && session_id.len() <= 255
@@ -1055,7 +1249,7 @@ async fn checkout_status(
         .map(str::to_string);
     let ours = match &stripe_sub {
         Some(id) => match state.store.stripe_sub_link(id).await? {
-            Some(l) => Some(crate::billing::sub_json(
+            Some(l) => Some(crate::billing::sub_view(
                 &state.store.get_subscription(&l.sub_id).await?,
                 state.now(),
             )),
@@ -1063,18 +1257,33 @@ async fn checkout_status(
         },
         None => None,
     };
-    Ok(Json(json!({
-        "session_id": s.id,
-        "status": s.status,
-        "payment_status": s.payment_status,
-        "mode": s.mode,
-        "user_id": s.user_id(),
-        "customer_id": s.customer.as_ref().and_then(|c| c.id()),
-        "subscription_id": stripe_sub,
-        "expires_at": s.expires_at.map(rfc3339),
-        "subscription": ours,
-    })))
+    Ok(Json(CheckoutStatus {
+        customer_id: s.customer.as_ref().and_then(|c| c.id()).map(str::to_string),
+        expires_at: s.expires_at.map(rfc3339),
+        mode: s.mode.clone(),
+        payment_status: s.payment_status.clone(),
+        session_id: s.id.clone(),
+        status: s.status.clone(),
+        subscription: ours,
+        subscription_id: stripe_sub,
+        user_id: s.user_id().map(str::to_string),
+    }))
 }
+
+/// The Stripe endpoints. Every one needs Stripe configured (else 503 `provider_not_configured`)
+/// and may pass on a mapped Stripe failure; [`crate::openapi`] adds those answers to every
+/// operation tagged `stripe` (see `PROVIDER_ANSWERS` there).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create_customer,
+    payment_intent,
+    create_subscription,
+    products,
+    checkout,
+    checkout_status,
+    webhook::handle
+))]
+pub struct Api;
 
 pub fn router() -> Router<AppState> {
     Router::new()

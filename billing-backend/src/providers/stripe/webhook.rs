@@ -90,6 +90,37 @@ fn reject(status: StatusCode, code: &str, message: String) -> Response {
     json_error(status, code, message)
 }
 
+/// What a webhook delivery is answered (Stripe and PayPal): fields in alphabetical order, as
+/// the `json!` maps this replaced wrote them.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WebhookAck {
+    /// Whether the event changed anything (absent for a duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<bool>,
+    /// Present (true) when the event had been received before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+    /// What was done (absent for a duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    pub received: bool,
+}
+
+/// Stripe webhook: `Stripe-Signature` (HMAC-SHA256, 300 s tolerance) checked on the raw body;
+/// events applied once, in order per subscription.
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/webhook",
+    tag = "webhooks",
+    params(("Stripe-Signature" = Option<String>, Header, description = "`t=<unix>,v1=<hex HMAC-SHA256 of t.payload>`")),
+    request_body(content = Object, description = "A Stripe event, exactly as Stripe sent it"),
+    responses(
+        (status = 200, description = "Received (applied, not applicable, or a duplicate)", body = WebhookAck),
+        (status = 400, description = "`invalid_signature`, `invalid_json`, `invalid_event`", body = crate::openapi::ErrorDoc),
+        (status = 413, description = "`body_too_large`", body = crate::openapi::ErrorDoc),
+        (status = 503, description = "`provider_not_configured` (Stripe or its webhook secret), `event_in_progress`, `retry_later` or `store_unavailable`: Stripe delivers it again", body = crate::openapi::ErrorDoc),
+    )
+)]
 pub async fn handle(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -147,7 +178,13 @@ pub async fn handle(
         Ok(Begin::Apply(lease)) => lease,
         Ok(Begin::Done(_)) => {
             tracing::info!(event = %event.id, kind = %event.kind, "stripe event already received");
-            return Json(json!({"received": true, "duplicate": true})).into_response();
+            return Json(WebhookAck {
+                applied: None,
+                duplicate: Some(true),
+                outcome: None,
+                received: true,
+            })
+            .into_response();
         }
         Ok(Begin::Busy) => return events::busy().into_response(),
         Err(e) => return e.into_response(),
@@ -169,13 +206,24 @@ pub async fn handle(
             tracing::info!(event = %event.id, kind = %event.kind, outcome = %outcome.text(), "stripe event handled");
             lease.finish(&state, &outcome.text()).await;
             let applied = matches!(outcome, Outcome::Applied(_));
-            Json(json!({"received": true, "applied": applied, "outcome": outcome.text()}))
-                .into_response()
+            Json(WebhookAck {
+                applied: Some(applied),
+                duplicate: None,
+                outcome: Some(outcome.text()),
+                received: true,
+            })
+            .into_response()
         }
         Err(ApplyError::Permanent(why)) => {
             tracing::warn!(event = %event.id, kind = %event.kind, reason = %why, "stripe event not applicable");
             lease.finish(&state, &format!("rejected: {why}")).await;
-            Json(json!({"received": true, "applied": false, "outcome": "rejected"})).into_response()
+            Json(WebhookAck {
+                applied: Some(false),
+                duplicate: None,
+                outcome: Some("rejected".into()),
+                received: true,
+            })
+            .into_response()
         }
         Err(ApplyError::Transient(why)) => {
             tracing::warn!(event = %event.id, kind = %event.kind, reason = %why, "stripe event failed; Stripe will deliver it again");

@@ -13,26 +13,37 @@ use std::path::PathBuf;
 #[command(
     name = "tollgate-backend",
     version,
-    about = "tollgate billing backend: plans, API keys, subscriptions, payments"
+    about = "tollgate billing backend: plans, API keys, subscriptions, payments",
+    long_about = "tollgate billing backend: owns the plan catalogue, issues and revokes API keys, \
+takes payment by Stripe, PayPal and SEPA transfer, feeds keys to gateways and ingests their \
+usage. `serve` runs the HTTP API; the other commands act on the same database directly.",
+    after_long_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// TOML configuration file (also TOLLGATE_CONFIG).
-    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    /// TOML configuration file ([backend] and [[plans]]; see config/backend.toml). Without one,
+    /// every setting has its default and the environment overrides still apply. Also read
+    /// from TOLLGATE_CONFIG.
+    #[arg(long, global = true, value_name = "PATH", env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Check the configuration (file, environment overrides and provider settings) and
+    /// exit without starting: 0 and "configuration OK", or 2 and one line per problem. Nothing
+    /// is created, bound or connected to (like `nginx -t`).
+    #[arg(long, global = true)]
+    pub check: bool,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Serve the HTTP API.
+    /// Serve the HTTP API on [backend] listen until SIGTERM (SIGHUP reloads [[plans]]).
     Serve,
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Print the plan catalogue.
+    /// Print the plan catalogue (JSON).
     Plans,
-    /// Print measured statistics.
+    /// Print measured key and usage statistics (JSON).
     Stats,
     /// SEPA bank transfers.
     #[command(subcommand)]
@@ -40,16 +51,22 @@ pub enum Command {
     /// Stripe.
     #[command(subcommand)]
     Stripe(StripeCommand),
-    /// Grant a paid plan to a user (manual provider).
+    /// Grant a paid plan to a user without payment (provider "manual"), recorded in the
+    /// audit ledger.
     Grant {
+        /// The operator's id for the user.
         #[arg(long)]
         user: String,
+        /// Plan id from the catalogue (e.g. pro, enterprise).
         #[arg(long)]
         plan: String,
-        #[arg(long, default_value = "monthly")]
+        /// Billing cycle: monthly or yearly.
+        #[arg(long, default_value = "monthly", value_parser = ["monthly", "yearly"])]
         cycle: String,
+        /// Number of cycles granted (1 = one month or one year).
         #[arg(long, default_value_t = 1)]
         periods: u32,
+        /// Why, for the audit ledger.
         #[arg(long)]
         reason: Option<String>,
     },
@@ -58,7 +75,10 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum SepaCommand {
     /// Import a camt.053 / camt.054 statement and print the reconciliation report.
-    Import { file: PathBuf },
+    Import {
+        /// The statement file (XML).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,25 +90,31 @@ pub enum StripeCommand {
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Mint a key; the secret is printed once.
+    /// Mint a key; the secret is printed once. A paid plan needs an active subscription.
     Create {
+        /// The operator's id for the user.
         #[arg(long)]
         user: String,
+        /// Plan id from the catalogue.
         #[arg(long, default_value = "free")]
         plan: String,
+        /// A label for the key.
         #[arg(long, default_value = "Default Key")]
         name: String,
     },
-    /// List a user's keys, or all keys.
+    /// List a user's keys, or all keys (at most 1000), with today's usage (JSON).
     List {
+        /// Only this user's keys.
         #[arg(long)]
         user: Option<String>,
     },
-    /// Revoke a key.
+    /// Revoke a key (key_ + 16 hex digits).
     Revoke { key_id: String },
     /// New secret for a key; the old one keeps working for --grace seconds.
     Rotate {
+        /// The key's id (key_ + 16 hex digits).
         key_id: String,
+        /// Seconds the old secret keeps working, 0..=86400.
         #[arg(long, default_value_t = 0)]
         grace: i64,
     },
@@ -98,8 +124,53 @@ fn print(v: serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
+/// Printed after the options by `--help`.
+pub const AFTER_HELP: &str = "\
+CONFIGURATION
+  Defaults, then the TOML file (--config), then environment variables TOLLGATE_BACKEND_<KEY>,
+  e.g. TOLLGATE_BACKEND_LISTEN=0.0.0.0:8081, TOLLGATE_BACKEND_DATABASE_URL=postgres://...
+  An environment value is text converted by the setting it overrides (numbers in decimal,
+  booleans true/false). Every problem is one line naming the setting or the variable; nothing
+  is created or bound until the configuration is valid (exit 2).
+
+[backend]
+  listen = \"127.0.0.1:8081\"        IP:port of the HTTP API (port 0: any free port)
+  data_dir = \"./data\"              SQLite database and the generated service token
+  database_url = <sqlite in data_dir>  sqlite://PATH or postgres://user@host:port/db;
+                                     PostgreSQL must accept a connection within 3 s at start
+  feed_token = <none>              token gateways send to the feed and usage endpoints (the
+                                     service token works too); prefer TOLLGATE_BACKEND_FEED_TOKEN
+  key_prefix = \"cli\"               first part of every key (cli_<plan>_<secret>), 1-16 of a-z 0-9
+  max_body_bytes = 65536           largest management request body, bytes, 1024..=16777216
+  sepa_discount_bps = 150          SEPA discount in basis points (150 = 1.5 %), 0..=9999
+  grace_days = 3                   days a past-due subscription keeps its plan, 0..=365
+  public_url = <listen address>    http(s):// origin for links (portal, payment returns)
+  json_logs = false                JSON log lines instead of text (on stderr)
+  mode, url                        read by gateways sharing the file; accepted here
+
+[[plans]]  (the catalogue; defaults free, pro, enterprise; a \"free\" plan is required)
+  id, name, currency = \"EUR\", price_monthly_minor, price_yearly_minor (minor units: 2900 =
+  29.00), rate_limit_per_minute, daily_limit (units), max_keys_per_user, features = [..],
+  provider_prices = { stripe_monthly = \"price_...\" }
+
+SIGNALS
+  SIGHUP   (serve) re-read the file and put its [[plans]] in force; a file with any error is
+           refused, logged line by line, and the running catalogue stays.
+  SIGTERM  stop accepting, drain requests, close the database.
+
+ENVIRONMENT
+  TOLLGATE_CONFIG          the configuration file (as --config)
+  TOLLGATE_SERVICE_TOKEN   management token (16+ characters); else generated into
+                           data_dir/service_token (mode 0600)
+  RUST_LOG                 log filter, e.g. info (default) or info,tollgate_backend=debug
+  STRIPE_SECRET_KEY (alias STRIPE_API_KEY), STRIPE_PUBLISHABLE_KEY, STRIPE_WEBHOOK_SECRET,
+  STRIPE_API_BASE, PAYPAL_CLIENT_ID, PAYPAL_SECRET, PAYPAL_BASE, SEPA_HOLDER, SEPA_IBAN,
+  SEPA_BIC                 payment providers; one left unset answers 503 provider_not_configured
+";
+
 /// Runs a non-serving command against the configured database.
 pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), String> {
+    cfg.preflight().await?;
     let backend = Backend::start(cfg).await?;
     let state = backend.state().clone();
     let cause = Cause::new(
@@ -164,7 +235,14 @@ pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), Str
                     None => state.store.list_keys(None, 1000, 0).await,
                 }
                 .map_err(|e| e.to_string())?;
-                let list: Vec<_> = keys.iter().map(|k| crate::keys::key_json(&state, k, None)).collect();
+                // Today's usage of each key: a key without any is 0, not null.
+                let today = tollgate_protocol::day::format_day(tollgate_protocol::day::day_index(state.now()));
+                let ids: Vec<String> = keys.iter().map(|k| k.key_id.clone()).collect();
+                let usage = state.store.usage_on_day(&ids, &today).await.map_err(|e| e.to_string())?;
+                let list: Vec<_> = keys
+                    .iter()
+                    .map(|k| crate::keys::key_json(&state, k, Some(usage.get(&k.key_id).copied().unwrap_or(0))))
+                    .collect();
                 print(json!({"keys": list, "total": list.len()}));
                 Ok(())
             }
@@ -198,7 +276,11 @@ pub fn init_tracing(json: bool) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| "info".parse().unwrap_or_default());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal, never in files, pipes or journald.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         let _ = tracing_subscriber::registry()
             .with(fmt.json().with_filter(filter))
@@ -235,12 +317,20 @@ pub async fn shutdown_signal() {
 /// `serve`: binds, prints where it listens, serves until SIGTERM, then drains and closes.
 /// SIGHUP re-reads `config` and puts its `[[plans]]` in force (other settings need a restart);
 /// a file with any error is refused with its error lines and the running plans stay.
+/// The database is reached (and migrated) before the port is bound, so a backend that cannot
+/// work never accepts a connection.
 pub async fn serve(cfg: BackendConfig, config: Option<std::path::PathBuf>) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| format!("backend.listen {}: {e}", cfg.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    cfg.preflight().await?;
+    let listen = cfg.listen;
     let backend = Backend::start(cfg).await?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            backend.shutdown().await;
+            return Err(format!("backend.listen: cannot bind {listen}: {e}"));
+        }
+    };
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // The bound address, not the configured one: `listen = "127.0.0.1:0"` picks the port here.
     backend.advertise(addr);
     match backend.service_token_path() {

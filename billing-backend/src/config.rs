@@ -2,38 +2,11 @@
 //! `TOLLGATE_BACKEND_*` overrides), plus the provider variables of the original module.
 //! Every bad setting yields one line naming it; start-up stops on any.
 
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tollgate_protocol::plans::{Catalogue, Plan};
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawBackend {
-    /// Gateway-side: "embedded" (backend in the gateway process) or "remote".
-    mode: Option<String>,
-    /// Gateway-side: the backend's base URL in remote mode (accepted here, read by the gateway).
-    #[allow(dead_code)]
-    url: Option<String>,
-    feed_token: Option<String>,
-    listen: Option<String>,
-    data_dir: Option<String>,
-    database_url: Option<String>,
-    key_prefix: Option<String>,
-    max_body_bytes: Option<u64>,
-    sepa_discount_bps: Option<u32>,
-    grace_days: Option<u32>,
-    public_url: Option<String>,
-    json_logs: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-struct RawDoc {
-    #[serde(default)]
-    backend: Option<toml::Value>,
-    #[serde(default)]
-    plans: Vec<toml::Value>,
-}
+use std::time::Duration;
+use tollgate_protocol::config::Document;
+use tollgate_protocol::plans::Catalogue;
 
 /// A secret that never shows in `Debug` output or logs.
 #[derive(Clone)]
@@ -75,83 +48,91 @@ pub struct BackendConfig {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 
+/// The section `TOLLGATE_BACKEND_<KEY>` variables override.
+pub const ENV_SECTIONS: &[&str] = &["backend"];
+
+/// How long start-up waits for PostgreSQL to accept a connection before it gives up.
+pub const DATABASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl BackendConfig {
-    /// Reads `[backend]` and `[[plans]]` from an already env-overridden document.
+    /// Reads `[backend]` and `[[plans]]` from a parsed table (no environment overrides).
     pub fn from_document(doc: &toml::Table) -> Result<BackendConfig, Vec<String>> {
-        let mut errors = Vec::new();
-        let raw_doc: RawDoc = toml::Value::Table(doc.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| vec![format!("config: {}", e.message())])?;
-        let raw: RawBackend = match raw_doc.backend {
-            Some(v) => v
-                .try_into()
-                .map_err(|e: toml::de::Error| vec![format!("backend: {}", e.message())])?,
-            None => RawBackend::default(),
-        };
-        let mut plans: Vec<Plan> = Vec::new();
-        for (i, p) in raw_doc.plans.into_iter().enumerate() {
-            match p.try_into::<Plan>() {
-                Ok(p) => plans.push(p),
-                Err(e) => errors.push(format!("plans[{i}]: {}", e.message())),
-            }
-        }
-        let catalogue = match Catalogue::new(plans) {
-            Ok(c) => Some(c),
-            Err(errs) => {
-                errors.extend(errs);
-                None
-            }
-        };
-        if let Some(mode) = &raw.mode {
+        BackendConfig::from_config(&Document::from_table(doc.clone()))
+    }
+
+    /// Reads `[backend]` and `[[plans]]` (and checks the provider variables): one line per
+    /// bad setting, naming it or the variable that set it.
+    pub fn from_config(doc: &Document) -> Result<BackendConfig, Vec<String>> {
+        let mut errors = doc.problems().to_vec();
+        let mut f = doc.fields("backend", &mut errors);
+        // Gateway-side settings of the shared `[backend]` table, accepted here.
+        if let Some(mode) = f.string("mode") {
             if mode != "embedded" && mode != "remote" {
-                errors.push(format!(
-                    "backend.mode: {mode:?} must be \"embedded\" or \"remote\""
-                ));
+                f.invalid(
+                    "mode",
+                    &format!("{mode:?}"),
+                    "must be \"embedded\" or \"remote\"",
+                );
             }
         }
-        let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen = match listen_text.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                errors.push(format!(
-                    "backend.listen: {listen_text:?} is not an address like 127.0.0.1:8081"
-                ));
-                None
-            }
-        };
-        let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "./data".to_string()));
-        let database_url = raw
-            .database_url
+        let _ = f.string("url");
+        let _ = f.string("ca_file");
+        let feed_token = f
+            .string("feed_token")
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        let listen = f.addr("listen", DEFAULT_LISTEN);
+        let data_dir = PathBuf::from(f.string("data_dir").unwrap_or_else(|| "./data".to_string()));
+        let database_url = f
+            .string("database_url")
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("tollgate.db").display()));
         if !database_url.starts_with("sqlite:")
             && !database_url.starts_with("postgres://")
             && !database_url.starts_with("postgresql://")
         {
-            errors.push("backend.database_url: must start with sqlite: or postgres://".to_string());
+            f.invalid(
+                "database_url",
+                &format!("{database_url:?}"),
+                "must start with sqlite: or postgres://",
+            );
         }
-        let key_prefix = raw.key_prefix.unwrap_or_else(|| "cli".to_string());
+        let key_prefix = f.string("key_prefix").unwrap_or_else(|| "cli".to_string());
         if key_prefix.is_empty()
             || key_prefix.len() > 16
             || !key_prefix
                 .bytes()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         {
-            errors.push(format!(
-                "backend.key_prefix: {key_prefix:?} must be 1-16 chars of a-z and 0-9"
-            ));
+            f.invalid(
+                "key_prefix",
+                &format!("{key_prefix:?}"),
+                "must be 1-16 characters of a-z and 0-9",
+            );
         }
-        let max_body = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY as u64);
-        if !(1024..=16 * 1024 * 1024).contains(&max_body) {
-            errors.push(format!(
-                "backend.max_body_bytes: {max_body} must be between 1024 and 16777216"
-            ));
+        let max_body_bytes = f
+            .u64("max_body_bytes", 1024, 16 * 1024 * 1024)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(DEFAULT_MAX_BODY);
+        let sepa_discount_bps = f
+            .u64("sepa_discount_bps", 0, 9_999)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(150);
+        let grace_days = f
+            .u64("grace_days", 0, 365)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(3);
+        let public_url = f.string("public_url");
+        if let Some(u) = &public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                f.invalid(
+                    "public_url",
+                    &format!("{u:?}"),
+                    "must start with http:// or https://",
+                );
+            }
         }
-        let sepa_discount_bps = raw.sepa_discount_bps.unwrap_or(150);
-        if sepa_discount_bps >= 10_000 {
-            errors.push(format!(
-                "backend.sepa_discount_bps: {sepa_discount_bps} must be below 10000 (100 %)"
-            ));
-        }
+        let json_logs = f.bool("json_logs").unwrap_or(false);
+        f.finish();
         let env_secret = |name: &str| {
             std::env::var(name)
                 .ok()
@@ -164,38 +145,47 @@ impl BackendConfig {
                 errors.push("TOLLGATE_SERVICE_TOKEN: must be at least 16 characters".to_string());
             }
         }
-        let feed_token = raw.feed_token.filter(|t| !t.is_empty()).map(Secret::new);
-        if errors.is_empty() {
-            if let (Some(listen), Some(catalogue)) = (listen, catalogue) {
-                return Ok(BackendConfig {
-                    listen,
-                    data_dir,
-                    database_url,
-                    key_prefix,
-                    max_body_bytes: usize::try_from(max_body).unwrap_or(DEFAULT_MAX_BODY),
-                    sepa_discount_bps,
-                    grace_days: raw.grace_days.unwrap_or(3),
-                    public_url: raw.public_url,
-                    json_logs: raw.json_logs.unwrap_or(false),
-                    service_token,
-                    feed_token,
-                    catalogue,
-                });
-            }
+        let catalogue = tollgate_protocol::config::catalogue(doc, &mut errors);
+        // The provider variables (SEPA_IBAN, STRIPE_*, PAYPAL_*) are checked with the rest, so
+        // a bad one stops start-up before a database or data directory is created.
+        if let Err(es) = crate::providers::Providers::from_env() {
+            errors.extend(es);
         }
-        Err(errors)
+        tollgate_protocol::config::dedup(&mut errors);
+        match catalogue {
+            Some(catalogue) if errors.is_empty() => Ok(BackendConfig {
+                listen,
+                data_dir,
+                database_url,
+                key_prefix,
+                max_body_bytes,
+                sepa_discount_bps,
+                grace_days,
+                public_url,
+                json_logs,
+                service_token,
+                feed_token,
+                catalogue,
+            }),
+            _ => Err(errors),
+        }
     }
 
     /// Loads a TOML file (or an empty document when `path` is None) with env overrides.
     pub fn load(path: Option<&std::path::Path>) -> Result<BackendConfig, Vec<String>> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| vec![format!("config file {}: {e}", p.display())])?,
-            None => String::new(),
-        };
-        let doc = tollgate_protocol::config::load_document(&text, &["backend"])
-            .map_err(|e| vec![format!("config: {e}")])?;
-        BackendConfig::from_document(&doc)
+        BackendConfig::from_config(&Document::load(path, ENV_SECTIONS)?)
+    }
+
+    /// What must hold before the backend opens anything: `data_dir` can be created and written
+    /// (the SQLite database and the service token live there), and PostgreSQL, when configured,
+    /// accepts a connection within [`DATABASE_CONNECT_TIMEOUT`]. Each failure is one line
+    /// naming the setting and the path or `host:port` (never the URL: it may hold a password).
+    /// The database comes first, so a backend that cannot reach it leaves no directory behind.
+    pub async fn preflight(&self) -> Result<(), String> {
+        if self.database_url.starts_with("postgres") {
+            reach_postgres(&self.database_url, DATABASE_CONNECT_TIMEOUT).await?;
+        }
+        tollgate_protocol::config::prepare_data_dir("backend.data_dir", &self.data_dir)
     }
 
     /// A configuration for tests: SQLite in `dir`, fixed tokens.
@@ -214,6 +204,37 @@ impl BackendConfig {
             feed_token: Some(Secret::new("test-feed-token-0123456789".to_string())),
             catalogue: Catalogue::defaults(),
         }
+    }
+}
+
+/// `host:port` of a PostgreSQL URL (port 5432 when left out); `None` for a Unix socket.
+pub fn postgres_host_port(database_url: &str) -> Option<(String, u16)> {
+    let url = url::Url::parse(database_url).ok()?;
+    let host = url.host_str().filter(|h| !h.is_empty())?.to_string();
+    Some((host, url.port().unwrap_or(5432)))
+}
+
+/// Opens (and closes) a TCP connection to the database server, so an unreachable server is
+/// reported at once with its address and the cause, not after the pool's acquire timeout.
+async fn reach_postgres(database_url: &str, timeout: Duration) -> Result<(), String> {
+    let Some((host, port)) = postgres_host_port(database_url) else {
+        return Ok(());
+    };
+    let host_port = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let what = format!("backend.database_url: cannot connect to PostgreSQL at {host_port}");
+    match tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {} s", timeout.as_secs())),
     }
 }
 
@@ -264,6 +285,40 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(errs.iter().any(|e| e.starts_with("plans[0]")), "{errs:?}");
+    }
+}
+
+#[cfg(test)]
+mod preflight_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_named_by_host_and_port_at_once() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(9);
+        let dir = std::env::temp_dir().join(format!("tollgate-preflight-{}", std::process::id()));
+        let mut cfg = BackendConfig::for_tests(&dir);
+        cfg.database_url = format!("postgres://app:hunter2@127.0.0.1:{port}/db");
+        let started = std::time::Instant::now();
+        let e = cfg.preflight().await.err().unwrap_or_default();
+        assert!(started.elapsed() < Duration::from_secs(4), "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "backend.database_url: cannot connect to PostgreSQL at 127.0.0.1:{port}: "
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(
+            !dir.exists(),
+            "the data directory is created only after the database answers"
+        );
+        assert_eq!(
+            postgres_host_port("postgres://u@db.internal/x"),
+            Some(("db.internal".to_string(), 5432))
+        );
     }
 }
 

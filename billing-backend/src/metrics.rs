@@ -1,5 +1,7 @@
 //! Backend Prometheus metrics: HTTP requests by route, method and status; the feed head; usage
-//! ingested; key counts measured at scrape time.
+//! ingested; key counts measured at scrape time. The standalone backend's `/metrics` adds the
+//! build-info and `process_*` gauges ([`Metrics::render_standalone`]); an embedding gateway
+//! renders those itself and appends [`Metrics::render`].
 
 use crate::app::AppState;
 use axum::extract::{MatchedPath, Request, State};
@@ -50,7 +52,7 @@ impl Metrics {
         let keys = prometheus::IntGaugeVec::new(
             Opts::new(
                 "tollgate_backend_keys",
-                "API keys by state, measured at scrape",
+                "API keys by state (active, expired, revoked; each key in exactly one, so sum() is the total), measured at scrape",
             ),
             &["state"],
         )
@@ -79,12 +81,11 @@ impl Metrics {
     /// Text exposition, after refreshing the gauges measured from the database.
     pub async fn render(&self, state: &AppState) -> String {
         if let Ok(stats) = state.store.key_stats(state.now()).await {
-            self.keys
-                .with_label_values(&["total"])
-                .set(i64::try_from(stats.total_keys).unwrap_or(i64::MAX));
-            self.keys
-                .with_label_values(&["active"])
-                .set(i64::try_from(stats.active_keys).unwrap_or(i64::MAX));
+            for (label, n) in key_states(&stats) {
+                self.keys
+                    .with_label_values(&[label])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
         if let Ok(head) = state.store.feed_head().await {
             self.feed_head.set(i64::try_from(head).unwrap_or(i64::MAX));
@@ -93,6 +94,36 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+impl Metrics {
+    /// [`Metrics::render`] plus `tollgate_backend_build_info` and the `process_*` gauges: what
+    /// the standalone backend's `/metrics` serves.
+    pub async fn render_standalone(&self, state: &AppState) -> String {
+        let mut out = self.render(state).await;
+        tollgate_protocol::process::render_build_info(
+            &mut out,
+            "tollgate_backend_build_info",
+            env!("CARGO_PKG_VERSION"),
+            option_env!("TOLLGATE_GIT_COMMIT"),
+        );
+        tollgate_protocol::process::render(&mut out);
+        out
+    }
+}
+
+/// Each key in exactly one state: revoked (even if it had also expired), else expired, else
+/// active.
+fn key_states(stats: &crate::store::KeyStats) -> [(&'static str, u64); 3] {
+    let expired = stats
+        .total_keys
+        .saturating_sub(stats.active_keys)
+        .saturating_sub(stats.revoked_keys);
+    [
+        ("active", stats.active_keys),
+        ("expired", expired),
+        ("revoked", stats.revoked_keys),
+    ]
 }
 
 impl Default for Metrics {
@@ -179,6 +210,21 @@ mod tests {
             !text.contains("FOOBAR") && !text.contains(r#""X1""#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn key_states_partition_the_keys() {
+        let stats = crate::store::KeyStats {
+            total_keys: 10,
+            active_keys: 6,
+            revoked_keys: 3,
+            total_requests: 0,
+            by_plan: Default::default(),
+            users: 2,
+        };
+        let states = key_states(&stats);
+        assert_eq!(states, [("active", 6), ("expired", 1), ("revoked", 3)]);
+        assert_eq!(states.iter().map(|(_, n)| n).sum::<u64>(), stats.total_keys);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tollgate_protocol::plans::{Catalogue, Plan};
+use tollgate_protocol::plans::Catalogue;
 
 /// A secret that never shows in `Debug` output or logs.
 #[derive(Clone)]
@@ -124,7 +124,7 @@ pub struct Config {
     pub catalogue: Catalogue,
     pub routes: Vec<RouteConfig>,
     /// The whole (env-overridden) document, for the embedded backend's own parser.
-    pub document: toml::Table,
+    pub document: Document,
 }
 
 /// Paths the gateway answers itself or hands to the backend; routes may not shadow them.
@@ -137,118 +137,7 @@ pub const MANAGEMENT_PREFIXES: &[&str] = &[
 ];
 pub const OWN_PATHS: &[&str] = &["/health", "/ready"];
 
-/// Reads a table's settings one by one, collecting one error line per bad setting.
-struct Fields<'e> {
-    at: String,
-    table: toml::Table,
-    errors: &'e mut Vec<String>,
-}
-
-impl<'e> Fields<'e> {
-    fn new(at: &str, value: Option<&toml::Value>, errors: &'e mut Vec<String>) -> Fields<'e> {
-        let table = match value {
-            None => toml::Table::new(),
-            Some(toml::Value::Table(t)) => t.clone(),
-            Some(_) => {
-                errors.push(format!("{at}: must be a table"));
-                toml::Table::new()
-            }
-        };
-        Fields {
-            at: at.to_string(),
-            table,
-            errors,
-        }
-    }
-
-    fn err(&mut self, key: &str, msg: impl std::fmt::Display) {
-        self.errors.push(format!("{}.{key}: {msg}", self.at));
-    }
-
-    fn take(&mut self, key: &str) -> Option<toml::Value> {
-        self.table.remove(key)
-    }
-
-    fn string(&mut self, key: &str) -> Option<String> {
-        match self.take(key)? {
-            toml::Value::String(s) => Some(s),
-            other => {
-                self.err(key, format!("expected a string, got {}", other.type_str()));
-                None
-            }
-        }
-    }
-
-    fn u64(&mut self, key: &str, min: u64, max: u64) -> Option<u64> {
-        let v = self.take(key)?;
-        let Some(n) = v.as_integer().and_then(|i| u64::try_from(i).ok()) else {
-            self.err(key, format!("expected a non-negative integer, got {v:?}"));
-            return None;
-        };
-        if n < min || n > max {
-            self.err(key, format!("{n} is out of range ({min}..={max})"));
-            return None;
-        }
-        Some(n)
-    }
-
-    fn millis(&mut self, key: &str, default: u64, min: u64, max: u64) -> Duration {
-        Duration::from_millis(self.u64(key, min, max).unwrap_or(default))
-    }
-
-    fn bool(&mut self, key: &str) -> Option<bool> {
-        match self.take(key)? {
-            toml::Value::Boolean(b) => Some(b),
-            other => {
-                self.err(
-                    key,
-                    format!("expected true or false, got {}", other.type_str()),
-                );
-                None
-            }
-        }
-    }
-
-    fn strings(&mut self, key: &str) -> Option<Vec<String>> {
-        let v = self.take(key)?;
-        let list = v.as_array().map(|a| {
-            a.iter()
-                .map(|x| x.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-        });
-        match list {
-            Some(Some(l)) => Some(l),
-            _ => {
-                self.err(key, "expected a list of strings");
-                None
-            }
-        }
-    }
-
-    fn addr(&mut self, key: &str, default: &str) -> SocketAddr {
-        let text = self.string(key).unwrap_or_else(|| default.to_string());
-        match text.parse() {
-            Ok(a) => a,
-            Err(_) => {
-                self.err(
-                    key,
-                    format!("{text:?} is not a socket address like 127.0.0.1:8080"),
-                );
-                default
-                    .parse()
-                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
-            }
-        }
-    }
-
-    /// Reports every key nobody asked for.
-    fn finish(self) {
-        for key in self.table.keys() {
-            self.errors
-                .push(format!("{}.{key}: unknown setting", self.at));
-        }
-    }
-}
+use tollgate_protocol::config::{Document, Fields};
 
 /// Half the process's open-file limit (each client connection may hold an upstream one too),
 /// less a reserve for listeners, the database and logs; at most 10,000 and at least 64.
@@ -265,8 +154,8 @@ fn default_max_connections() -> usize {
     (soft.saturating_sub(256) / 2).clamp(64, 10_000)
 }
 
-fn gateway_settings(doc: &toml::Table, errors: &mut Vec<String>) -> GatewaySettings {
-    let mut f = Fields::new("gateway", doc.get("gateway"), errors);
+fn gateway_settings(doc: &Document, errors: &mut Vec<String>) -> GatewaySettings {
+    let mut f = doc.fields("gateway", errors);
     let default_workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -340,9 +229,11 @@ fn gateway_settings(doc: &toml::Table, errors: &mut Vec<String>) -> GatewaySetti
             || url.starts_with("rediss://")
             || url.starts_with("unix://"))
         {
-            f.err(
+            // `invalid` masks a password in the URL.
+            f.invalid(
                 "redis_url",
-                format!("{url:?} must start with redis://, rediss:// or unix://"),
+                &format!("{url:?}"),
+                "must start with redis://, rediss:// or unix://",
             );
         }
     }
@@ -350,7 +241,7 @@ fn gateway_settings(doc: &toml::Table, errors: &mut Vec<String>) -> GatewaySetti
     s
 }
 
-fn backend_mode(doc: &toml::Table, errors: &mut Vec<String>) -> BackendMode {
+fn backend_mode(doc: &Document, errors: &mut Vec<String>) -> BackendMode {
     // `[backend]` is shared with the backend: the gateway reads only its three keys here and
     // leaves the rest (and unknown-key checks) to the backend's own parser.
     let table = doc
@@ -359,6 +250,12 @@ fn backend_mode(doc: &toml::Table, errors: &mut Vec<String>) -> BackendMode {
         .cloned()
         .unwrap_or_default();
     let get = |k: &str| table.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    // An error names the variable when one set the value.
+    let name = |k: &str| {
+        doc.env_var("backend", k)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("backend.{k}"))
+    };
     match get("mode").as_deref() {
         None | Some("embedded") => BackendMode::Embedded,
         Some("remote") => {
@@ -370,7 +267,7 @@ fn backend_mode(doc: &toml::Table, errors: &mut Vec<String>) -> BackendMode {
                 Some(u) => match parse_http_base(&u) {
                     Ok(uri) => Some(uri),
                     Err(e) => {
-                        errors.push(format!("backend.url: {e}"));
+                        errors.push(format!("{}: {e}", name("url")));
                         None
                     }
                 },
@@ -388,9 +285,11 @@ fn backend_mode(doc: &toml::Table, errors: &mut Vec<String>) -> BackendMode {
             }
         }
         Some(other) => {
-            errors.push(format!(
-                "backend.mode: {other:?} must be \"embedded\" or \"remote\""
-            ));
+            // Worded as the backend's own check words it, so embedded mode reports it once.
+            errors.push(match doc.env_var("backend", "mode") {
+                Some(var) => format!("{var}={other:?} must be \"embedded\" or \"remote\""),
+                None => format!("backend.mode: {other:?} must be \"embedded\" or \"remote\""),
+            });
             BackendMode::Embedded
         }
     }
@@ -423,32 +322,12 @@ fn parse_http_base(text: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
-fn plans(doc: &toml::Table, errors: &mut Vec<String>) -> Catalogue {
-    let mut list: Vec<Plan> = Vec::new();
-    if let Some(v) = doc.get("plans") {
-        match v.as_array() {
-            None => errors.push("plans: must be an array of tables ([[plans]])".to_string()),
-            Some(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    match item.clone().try_into::<Plan>() {
-                        Ok(p) => list.push(p),
-                        Err(e) => errors.push(format!("plans[{i}]: {}", e.message())),
-                    }
-                }
-            }
-        }
-    }
-    match Catalogue::new(list) {
-        Ok(c) => c,
-        Err(es) => {
-            errors.extend(es);
-            Catalogue::defaults()
-        }
-    }
+fn plans(doc: &Document, errors: &mut Vec<String>) -> Catalogue {
+    tollgate_protocol::config::catalogue(doc, errors).unwrap_or_else(Catalogue::defaults)
 }
 
 fn routes(
-    doc: &toml::Table,
+    doc: &Document,
     gw: &GatewaySettings,
     catalogue: &Catalogue,
     errors: &mut Vec<String>,
@@ -598,26 +477,37 @@ fn routes(
     out
 }
 
-/// Parses a configuration document (env overrides applied here).
+/// The sections `TOLLGATE_<SECTION>_<KEY>` variables override for the gateway.
+pub const ENV_SECTIONS: &[&str] = &["gateway", "backend"];
+
+/// Parses configuration text, with the process environment's overrides applied.
 pub fn parse(text: &str) -> Result<Config, Vec<String>> {
-    let document = tollgate_protocol::config::load_document(text, &["gateway", "backend"])
-        .map_err(|e| vec![format!("config: {e}")])?;
-    from_document(document)
+    let mut document = Document::parse(text, "config").map_err(|e| vec![e])?;
+    document.override_from_env(ENV_SECTIONS);
+    from_config(document)
 }
 
+/// A parsed table without overrides (tests, tools).
 pub fn from_document(document: toml::Table) -> Result<Config, Vec<String>> {
-    let mut errors = Vec::new();
-    for key in document.keys() {
-        if !["gateway", "backend", "plans", "routes"].contains(&key.as_str()) {
-            errors.push(format!(
-                "{key}: unknown section (expected [gateway], [backend], [[plans]], [[routes]])"
-            ));
-        }
-    }
+    from_config(Document::from_table(document))
+}
+
+/// Checks everything (in embedded mode the backend's settings too) before anything is created
+/// or bound: one line per problem, each naming the setting or the variable.
+pub fn from_config(document: Document) -> Result<Config, Vec<String>> {
+    let mut errors = document.problems().to_vec();
+    document.check_sections(&["gateway", "backend", "plans", "routes"], &mut errors);
     let gateway = gateway_settings(&document, &mut errors);
     let backend = backend_mode(&document, &mut errors);
     let catalogue = plans(&document, &mut errors);
     let routes = routes(&document, &gateway, &catalogue, &mut errors);
+    #[cfg(feature = "embedded")]
+    if matches!(backend, BackendMode::Embedded) {
+        if let Err(es) = crate::embedded::backend_config(&document, &gateway.data_dir) {
+            errors.extend(es);
+        }
+    }
+    tollgate_protocol::config::dedup(&mut errors);
     if errors.is_empty() {
         Ok(Config {
             gateway,
@@ -631,16 +521,58 @@ pub fn from_document(document: toml::Table) -> Result<Config, Vec<String>> {
     }
 }
 
-/// Reads and parses the file at `path`.
+/// Reads and parses the file at `path` (SIGHUP reload).
 pub fn load(path: &Path) -> Result<Config, Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("config: cannot read {}: {e}", path.display())])?;
-    parse(&text)
+    load_from(Some(path))
+}
+
+/// Reads the file at `path` (none: defaults), applies the environment, checks everything.
+pub fn load_from(path: Option<&Path>) -> Result<Config, Vec<String>> {
+    from_config(Document::load(path, ENV_SECTIONS)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Variables are named in their errors, a number in a text setting stays text, and in
+    /// embedded mode `[backend]` is checked with the rest (before anything starts).
+    #[cfg(feature = "embedded")]
+    #[test]
+    fn env_errors_name_the_variable_and_backend_settings_are_checked_up_front() {
+        let mut doc = Document::parse("[backend]\nmax_body_bytes = \"big\"\n", "t.toml")
+            .unwrap_or_else(|e| panic!("{e}"));
+        doc.override_from(
+            ENV_SECTIONS,
+            [
+                ("TOLLGATE_GATEWAY_LISTEN", "notaport"),
+                ("TOLLGATE_GATEWAY_GATEWAY_ID", "1"),
+                ("TOLLGATE_GATEWAY_WORKERS", "2"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let errs = from_config(doc).err().unwrap_or_default();
+        assert_eq!(
+            errs,
+            [
+                "TOLLGATE_GATEWAY_LISTEN=\"notaport\" is not a socket address like 127.0.0.1:8080 (IP:port)",
+                "backend.max_body_bytes: expected a whole number, got a string \"big\"",
+            ]
+        );
+        let mut doc = Document::default();
+        doc.override_from(
+            ENV_SECTIONS,
+            [
+                ("TOLLGATE_GATEWAY_GATEWAY_ID", "1"),
+                ("TOLLGATE_GATEWAY_WORKERS", "2"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let c = from_config(doc).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.gateway.gateway_id.as_deref(), Some("1"));
+        assert_eq!(c.gateway.workers, 2);
+    }
+
 
     fn errors(text: &str) -> Vec<String> {
         parse(text).err().unwrap_or_default()

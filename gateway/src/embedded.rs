@@ -7,25 +7,27 @@ use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tollgate_backend::{Backend, BackendConfig};
+use tollgate_protocol::config::Document;
 use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch};
 
 /// The backend's configuration from the gateway's document. `[backend] data_dir` defaults to
-/// the gateway's.
-fn backend_config(doc: &toml::Table, data_dir: &Path) -> Result<BackendConfig, Vec<String>> {
+/// the gateway's. The gateway's config check calls this too, so a bad `[backend]` setting
+/// stops start-up before anything is created.
+pub fn backend_config(doc: &Document, data_dir: &Path) -> Result<BackendConfig, Vec<String>> {
     let mut doc = doc.clone();
-    let backend = doc
-        .entry("backend")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if let toml::Value::Table(t) = backend {
-        t.entry("data_dir")
-            .or_insert_with(|| toml::Value::String(data_dir.display().to_string()));
-    }
-    BackendConfig::from_document(&doc)
+    doc.set_default(
+        "backend",
+        "data_dir",
+        toml::Value::String(data_dir.display().to_string()),
+    );
+    BackendConfig::from_config(&doc)
 }
 
-/// Starts the backend from the same document.
-pub async fn start(doc: &toml::Table, data_dir: &Path) -> Result<Backend, Vec<String>> {
+/// Starts the backend from the same document (its database reachable and its `data_dir`
+/// writable first, each failure one line naming the setting).
+pub async fn start(doc: &Document, data_dir: &Path) -> Result<Backend, Vec<String>> {
     let cfg = backend_config(doc, data_dir)?;
+    cfg.preflight().await.map_err(|e| vec![e])?;
     Backend::start(cfg)
         .await
         .map_err(|e| vec![format!("backend: {e}")])
@@ -33,10 +35,17 @@ pub async fn start(doc: &toml::Table, data_dir: &Path) -> Result<Backend, Vec<St
 
 /// SIGHUP: the reloaded document's `[[plans]]` go in force in the backend too (prices,
 /// features, and the limits every key's tier comes from).
-pub fn reload_plans(b: &Backend, doc: &toml::Table, data_dir: &Path) -> Result<(), Vec<String>> {
+pub fn reload_plans(b: &Backend, doc: &Document, data_dir: &Path) -> Result<(), Vec<String>> {
     let cfg = backend_config(doc, data_dir)?;
     b.reload_plans(cfg.catalogue);
     Ok(())
+}
+
+/// The embedded backend's metrics (its registry, measured now), for the gateway's metrics
+/// listener.
+pub async fn render_metrics(b: &Backend) -> String {
+    let state = b.state();
+    state.metrics.render(state).await
 }
 
 pub fn router(b: &Backend) -> axum::Router {

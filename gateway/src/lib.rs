@@ -21,6 +21,7 @@
 //! - [`backend`]: the backend link (embedded in-process or remote HTTP) and management paths.
 //! - [`validate`]: `POST /api/marketplace/keys/validate`, answered by the gateway itself.
 //! - [`metrics`], [`health`]: Prometheus text and what `/ready` reports.
+//! - [`help`]: the settings reference `--help` prints.
 //! - [`body`]: the one body type used end to end.
 //!
 //! A request: the fast lane ([`h1::serve`]: parse in place → phases above → pooled upstream
@@ -46,6 +47,7 @@ pub mod embedded;
 pub mod feed;
 pub mod h1;
 pub mod health;
+pub mod help;
 pub mod keys;
 pub mod metrics;
 pub mod path;

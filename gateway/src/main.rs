@@ -1,6 +1,9 @@
-//! `tollgate-gateway --config PATH`: parse the config, set up logs, run until SIGTERM.
+//! `tollgate-gateway --config PATH`: check the whole configuration, set up logs, run until
+//! SIGTERM. Nothing is created or bound until the configuration is known to be good; every
+//! problem is one line on stderr (`tollgate-gateway: error: <setting>: <why>`) and the exit
+//! status is 2 for configuration and command-line errors, 1 for failures after start-up.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,15 +12,65 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+const NAME: &str = "tollgate-gateway";
+
 #[derive(Parser)]
 #[command(
     name = "tollgate-gateway",
-    about = "tollgate gateway: key-checking, quota-enforcing reverse proxy"
+    about = "tollgate gateway: key-checking, quota-enforcing reverse proxy",
+    long_about = "tollgate gateway: checks the API key of every request, enforces the key's \
+per-minute and daily quotas, forwards admitted requests to the route's upstreams and meters \
+usage. By default the billing backend runs inside this process ([backend] mode = \"embedded\", \
+SQLite under data_dir); with mode = \"remote\" it follows a separate tollgate-backend.",
+    after_long_help = tollgate_gateway::help::AFTER_HELP
 )]
 struct Args {
-    /// TOML configuration file (also TOLLGATE_CONFIG).
-    #[arg(long, env = "TOLLGATE_CONFIG")]
+    /// TOML configuration file (sections [gateway], [backend], [[plans]], [[routes]]; see
+    /// config/quickstart.toml). Without one, every setting has its default and the
+    /// environment overrides below still apply. Also read from TOLLGATE_CONFIG.
+    #[arg(long, value_name = "PATH", env = "TOLLGATE_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the configuration (file, environment overrides, TLS and provider settings) and
+    /// exit without starting: 0 and "configuration OK", or 2 and one line per problem. Nothing
+    /// is created, bound or connected to (like `nginx -t`).
+    #[arg(long)]
+    check: bool,
+}
+
+/// The version, with the commit when the build set `TOLLGATE_GIT_COMMIT`.
+fn version() -> &'static str {
+    match option_env!("TOLLGATE_GIT_COMMIT") {
+        Some(c) if !c.is_empty() => {
+            Box::leak(format!("{} ({c})", env!("CARGO_PKG_VERSION")).into_boxed_str())
+        }
+        _ => env!("CARGO_PKG_VERSION"),
+    }
+}
+
+fn fail(code: u8, lines: &[String]) -> ExitCode {
+    for line in lines {
+        eprintln!("{NAME}: error: {line}");
+    }
+    ExitCode::from(code)
+}
+
+/// Parses the command line; `--help`/`--version` print and exit 0, a mistake is one line.
+fn args() -> Result<Args, ExitCode> {
+    let matches = Args::command().version(version()).try_get_matches();
+    let parsed = matches.and_then(|m| Args::from_arg_matches(&m));
+    match parsed {
+        Ok(a) => Ok(a),
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                let _ = e.print();
+                Err(ExitCode::SUCCESS)
+            }
+            _ => Err(fail(
+                2,
+                &[tollgate_protocol::config::clap_error_line(&e.to_string())],
+            )),
+        },
+    }
 }
 
 fn init_logs(json: bool) {
@@ -47,20 +100,18 @@ fn init_logs(json: bool) {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let cfg = match &args.config {
-        Some(path) => tollgate_gateway::config::load(path),
-        None => tollgate_gateway::config::parse(""),
+    let args = match args() {
+        Ok(a) => a,
+        Err(code) => return code,
     };
-    let cfg = match cfg {
+    let cfg = match tollgate_gateway::config::load_from(args.config.as_deref()) {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("tollgate: config error: {e}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(errors) => return fail(2, &errors),
     };
+    if args.check {
+        println!("{NAME}: configuration OK");
+        return ExitCode::SUCCESS;
+    }
     init_logs(cfg.gateway.json_logs);
     let runtime = if cfg.gateway.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -74,16 +125,10 @@ fn main() -> ExitCode {
     };
     let runtime = match runtime {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("tollgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(1, &[format!("cannot start the runtime: {e}")]),
     };
     match runtime.block_on(tollgate_gateway::server::run(cfg, args.config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tollgate: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(1, &e.lines().map(str::to_string).collect::<Vec<_>>()),
     }
 }

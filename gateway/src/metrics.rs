@@ -459,9 +459,44 @@ impl Metrics {
     }
 }
 
+/// Appends `tollgate_gateway_build_info` (version, and the commit when the build set
+/// `TOLLGATE_GIT_COMMIT`) and the `process_*` metrics read from `/proc` at scrape time.
+pub fn render_process(out: &mut String) {
+    tollgate_protocol::process::render_build_info(
+        out,
+        "tollgate_gateway_build_info",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("TOLLGATE_GIT_COMMIT"),
+    );
+    tollgate_protocol::process::render(out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_and_build_info_are_rendered() {
+        let mut out = String::new();
+        render_process(&mut out);
+        assert!(
+            out.contains(&format!(
+                "tollgate_gateway_build_info{{version=\"{}\"",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{out}"
+        );
+        if std::path::Path::new("/proc/self/stat").exists() {
+            for name in [
+                "process_resident_memory_bytes ",
+                "process_open_fds ",
+                "process_cpu_seconds_total ",
+                "process_start_time_seconds ",
+            ] {
+                assert!(out.contains(name), "{name} missing in {out}");
+            }
+        }
+    }
 
     #[test]
     fn renders_counters_and_histograms() {

@@ -1033,15 +1033,18 @@ impl Gateway {
         }
         let loaded = self.replica.is_loaded();
         let reachable = self.health.backend_reachable();
-        let status = match (loaded, reachable) {
+        let redis = self.health.redis(self.quota.degraded());
+        let redis_down = redis == crate::health::RedisHealth::Unreachable;
+        let status = match (loaded, reachable && !redis_down) {
             (false, _) => "starting",
             (true, true) => "ready",
             (true, false) => "degraded",
         };
         let body = serde_json::json!({
             "status": status,
-            "degraded": loaded && !reachable,
+            "degraded": loaded && (!reachable || redis_down),
             "backend": if reachable { "reachable" } else { "unreachable" },
+            "redis": redis.as_str(),
             "keys_loaded": self.replica.len(),
             "feed_seq": self.replica.seq(),
             "feed_head": self.replica.head(),

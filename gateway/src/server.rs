@@ -198,7 +198,7 @@ fn gauges(gw: &Gateway) -> Vec<Gauge> {
         Gauge {
             name: "tollgate_gateway_quota_degraded",
             help: "1 while Redis is unreachable and the configured failure behaviour (local or closed) applies.",
-            value: if gw.quota.degraded() { 1.0 } else { 0.0 },
+            value: if gw.health.redis(gw.quota.degraded()) == crate::health::RedisHealth::Unreachable { 1.0 } else { 0.0 },
         },
         Gauge {
             name: "tollgate_gateway_connections_open",
@@ -209,13 +209,23 @@ fn gauges(gw: &Gateway) -> Vec<Gauge> {
     ]
 }
 
+/// `/metrics`: the gateway's own metrics, the process and build-info gauges, and in embedded
+/// mode the backend's metrics (one scrape target for the one process).
 async fn metrics_endpoint(
     gw: Arc<Gateway>,
+    embedded: Option<Embedded>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let resp = match req.uri().path() {
         "/metrics" => {
-            let text = gw.metrics.render(&gauges(&gw));
+            let mut text = gw.metrics.render(&gauges(&gw));
+            crate::metrics::render_process(&mut text);
+            #[cfg(feature = "embedded")]
+            if let Some(b) = &embedded {
+                text.push_str(&crate::embedded::render_metrics(b).await);
+            }
+            #[cfg(not(feature = "embedded"))]
+            let _ = embedded;
             let mut r = Response::new(Body::full(text));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -317,12 +327,7 @@ fn reload(
 /// Runs the gateway until SIGTERM/SIGINT.
 pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String> {
     let g = cfg.gateway.clone();
-    std::fs::create_dir_all(&g.data_dir).map_err(|e| {
-        format!(
-            "gateway.data_dir: cannot create {}: {e}",
-            g.data_dir.display()
-        )
-    })?;
+    tollgate_protocol::config::prepare_data_dir("gateway.data_dir", &g.data_dir)?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
@@ -399,7 +404,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
                 RedisFailure::Local => OnRedisFailure::Local,
                 RedisFailure::Closed => OnRedisFailure::Closed,
             };
-            match redis.ping().await {
+            let probe = redis.ping().await;
+            health.redis_probed(probe.is_ok());
+            match probe {
                 Ok(()) => tracing::info!("quota state in Redis, shared by the fleet"),
                 Err(e) => {
                     tracing::error!(error = %e, ?on_failure, "Redis is unreachable at start; the failure behaviour applies until it answers")
@@ -493,6 +500,27 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             }
         });
     }
+    if matches!(gw.quota, Quota::Redis(_)) {
+        // Redis is probed every second so /ready and the gauge tell whether it answers even
+        // while no request exercises the quota store.
+        let gw = gw.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Quota::Redis(f) = &gw.quota {
+                            let ok = f.redis.ping().await.is_ok();
+                            gw.health.redis_probed(ok);
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+    }
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -535,9 +563,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         let gw = gw.clone();
         if is_metrics {
             let watcher = graceful.watcher();
+            let embedded = embedded.clone();
             tokio::spawn(async move {
                 let io = TokioIo::new(stream);
-                let svc = hyper::service::service_fn(move |req| metrics_endpoint(gw.clone(), req));
+                let svc = hyper::service::service_fn(move |req| {
+                    metrics_endpoint(gw.clone(), embedded.clone(), req)
+                });
                 if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
                     tracing::debug!(error = %e, "metrics connection ended with an error");
                 }

@@ -6,7 +6,9 @@
 //! - [`plans`]: the `[[plans]]` catalogue with the three default plans.
 //! - [`feed`]: the key feed (snapshot, then changes by sequence number) and usage batches.
 //! - [`error`]: the JSON error body every client-visible error uses (SPEC §9).
-//! - [`config`]: `TOLLGATE_<SECTION>_<KEY>` environment overrides applied to a TOML document.
+//! - [`config`]: the configuration layer both binaries load through (TOML file, then
+//!   `TOLLGATE_<SECTION>_<KEY>` overrides) and its one-line errors naming the setting.
+//! - [`process`]: `process_*` metrics from `/proc/self` and the build-info gauge.
 //! - [`usage_wire`]: the binary form of a usage batch (gateway to backend, and stored).
 //! - [`day`]: UTC day arithmetic on unix seconds (the daily quota resets at 00:00 UTC).
 
@@ -17,4 +19,5 @@ pub mod feed;
 pub mod keys;
 pub mod money;
 pub mod plans;
+pub mod process;
 pub mod usage_wire;

@@ -123,6 +123,8 @@ pub struct KeyPatch {
 pub struct KeyStats {
     pub total_keys: u64,
     pub active_keys: u64,
+    /// Revoked keys (whether or not they had also expired).
+    pub revoked_keys: u64,
     pub total_requests: u64,
     /// Active keys per effective plan.
     pub by_plan: BTreeMap<String, u64>,

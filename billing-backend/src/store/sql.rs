@@ -748,6 +748,7 @@ impl KeyStore for SqlStore {
         let row = sqlx::query(
             "SELECT COUNT(*) AS total, \
              CAST(COALESCE(SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) THEN 1 ELSE 0 END), 0) AS BIGINT) AS active, \
+             CAST(COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS revoked, \
              CAST(COALESCE(SUM(usage_total), 0) AS BIGINT) AS requests FROM api_keys",
         )
         .bind(now)
@@ -757,6 +758,7 @@ impl KeyStore for SqlStore {
         let g = |e: sqlx::Error| StoreError::Internal(format!("stats: {e}"));
         let total: i64 = row.try_get("total").map_err(g)?;
         let active: i64 = row.try_get("active").map_err(g)?;
+        let revoked: i64 = row.try_get("revoked").map_err(g)?;
         let requests: i64 = row.try_get("requests").map_err(g)?;
         let rows = sqlx::query(
             "SELECT plan, COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) GROUP BY plan",
@@ -778,6 +780,7 @@ impl KeyStore for SqlStore {
         Ok(KeyStats {
             total_keys: to_u64(total, "total")?,
             active_keys: to_u64(active, "active")?,
+            revoked_keys: to_u64(revoked, "revoked")?,
             total_requests: to_u64(requests, "requests")?,
             by_plan,
             users: to_u64(users, "users")?,

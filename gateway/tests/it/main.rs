@@ -65,5 +65,5 @@ fn env_overrides_are_validated_too() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("gateway.usage_flush_ms: 5000 is out of range"));
+        .contains("TOLLGATE_GATEWAY_USAGE_FLUSH_MS=\"5000\" is out of range (10..=1000)"));
 }

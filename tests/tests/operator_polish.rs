@@ -202,17 +202,19 @@ fn assert_process_metrics(text: &str, who: &str) {
 async fn process_build_info_and_embedded_backend_metrics_on_the_gateway_port() {
     let gw = Gateway::embedded(&tollgate_e2e::gw::route("/demo", "builtin:echo", ""));
     // One management call through the gateway, counted by the embedded backend.
-    let (status, _) = {
-        let r = client()
-            .get(format!("{}/api/marketplace/plans", gw.url))
-            .send()
-            .await
-            .expect("plans");
-        (r.status().as_u16(), ())
-    };
-    assert_eq!(status, 200);
+    let status = client()
+        .get(format!("{}/api/marketplace/plans", gw.url))
+        .send()
+        .await
+        .expect("plans")
+        .status();
+    assert_eq!(status.as_u16(), 200);
     let text = gw.scrape().await;
     assert_process_metrics(&text, "gateway");
+    assert!(
+        !gw.proc.output().contains('\u{1b}'),
+        "ANSI codes in piped logs"
+    );
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         text.lines().any(|l| l.starts_with(&format!(
@@ -301,6 +303,13 @@ async fn standalone_backend_metrics_and_a_keys_gauge_that_sums_to_the_keys() {
         "sum(tollgate_backend_keys) is the number of keys:\n{text}"
     );
     assert_process_metrics(&text, "backend");
+    // Its log lines went to a pipe: plain text, no colour codes.
+    let logs = backend.output();
+    assert!(logs.contains("backend started"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escape codes in piped logs:\n{logs:?}"
+    );
     assert!(
         text.contains(&format!(
             "tollgate_backend_build_info{{version=\"{}\"",

@@ -322,6 +322,12 @@ pub async fn shutdown_signal() {
 pub async fn serve(cfg: BackendConfig, config: Option<std::path::PathBuf>) -> Result<(), String> {
     cfg.preflight().await?;
     let listen = cfg.listen;
+    // `[backend] tls_cert_file` + `tls_key_file`: HTTPS on the same address (see crate::tls).
+    let cert = cfg
+        .tls
+        .as_ref()
+        .map(crate::tls::ListenerCert::new)
+        .transpose()?;
     let backend = Backend::start(cfg).await?;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -337,15 +343,20 @@ pub async fn serve(cfg: BackendConfig, config: Option<std::path::PathBuf>) -> Re
         Some(p) => println!("tollgate: service token in {}", p.display()),
         None => println!("tollgate: service token from TOLLGATE_SERVICE_TOKEN"),
     }
-    println!("tollgate: backend listening on http://{addr}");
+    let scheme = if cert.is_some() { "https" } else { "http" };
+    println!("tollgate: backend listening on {scheme}://{addr}");
     tracing::info!(%addr, storage = backend.state().store.kind(), "backend started");
     #[cfg(unix)]
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         let backend = backend.clone();
+        let cert = cert.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 match BackendConfig::load(config.as_deref()) {
                     Ok(cfg) => {
+                        if let (Some(cert), Some(files)) = (&cert, &cfg.tls) {
+                            cert.reload(files);
+                        }
                         backend.reload_plans(cfg.catalogue);
                     }
                     Err(errors) => {
@@ -359,9 +370,20 @@ pub async fn serve(cfg: BackendConfig, config: Option<std::path::PathBuf>) -> Re
         });
     }
     let app = backend.router();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = match cert {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+        Some(cert) => {
+            let listener = crate::tls::TlsListener::new(listener, cert)
+                .map_err(|e| format!("backend.listen {addr}: {e}"))?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+    };
     backend.shutdown().await;
     tracing::info!("backend stopped");
     served.map_err(|e| format!("serving: {e}"))

@@ -43,6 +43,8 @@ pub struct BackendConfig {
     /// Token gateways send to the feed and usage endpoints; the service token is accepted too.
     pub feed_token: Option<Secret>,
     pub catalogue: Catalogue,
+    /// `tls_cert_file` + `tls_key_file`: the standalone backend's listener speaks TLS.
+    pub tls: Option<crate::tls::ListenerFiles>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
@@ -132,6 +134,11 @@ impl BackendConfig {
             }
         }
         let json_logs = f.bool("json_logs").unwrap_or(false);
+        let tls = crate::tls::check(f.string("tls_cert_file"), f.string("tls_key_file"))
+            .unwrap_or_else(|(key, why)| {
+                f.err(key, why);
+                None
+            });
         f.finish();
         let env_secret = |name: &str| {
             std::env::var(name)
@@ -166,6 +173,7 @@ impl BackendConfig {
                 service_token,
                 feed_token,
                 catalogue,
+                tls,
             }),
             _ => Err(errors),
         }
@@ -203,6 +211,7 @@ impl BackendConfig {
             service_token: Some(Secret::new("test-service-token-0123456789".to_string())),
             feed_token: Some(Secret::new("test-feed-token-0123456789".to_string())),
             catalogue: Catalogue::defaults(),
+            tls: None,
         }
     }
 }

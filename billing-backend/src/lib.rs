@@ -14,6 +14,7 @@
 //!   extractor and the JSON-error backstop; [`idempotency`]: the layer that replays retried
 //!   POSTs which create money or entitlement objects;
 //!   [`error`]: the one client-facing error type; [`ops`], [`metrics`], [`openapi`]: operations.
+//! - [`tls`]: the standalone binary's optional TLS listener (`tls_cert_file`/`tls_key_file`).
 //!
 //! A request flows: router → `metrics::track` → `extract::json_errors` → `idempotency::guard`
 //! (listed POSTs with a key only) → handler (extractors do auth and parsing) → domain function
@@ -39,6 +40,7 @@ pub mod plans;
 pub mod portal;
 pub mod providers;
 pub mod stats;
+pub mod tls;
 pub mod store;
 pub mod usage;
 

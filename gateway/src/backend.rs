@@ -1,6 +1,7 @@
 //! The gateway's side of the backend: the key feed and usage ingest ([`BackendLink`]), and the
 //! management paths handed to the backend ([`Management`]). Embedded mode calls the in-process
-//! backend directly (no network hop, the router as a tower service); remote mode speaks HTTP to
+//! backend directly (no network hop, the router as a tower service); remote mode speaks HTTP or
+//! HTTPS (`https://` URL, trust from `[backend] ca_file` or the system; see [`crate::tls`]) to
 //! `[backend] url` with the feed token.
 
 use crate::body::Body;
@@ -11,14 +12,14 @@ use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch, FEED_PATH, USAGE_PATH};
 use tollgate_protocol::usage_wire;
 
-pub type HttpClient = Client<HttpConnector, Body>;
+/// Every outgoing HTTP(S) client of the gateway: upstreams, the backend link.
+pub type HttpClient = Client<crate::tls::Connector, Body>;
 
 #[async_trait]
 pub trait BackendLink: Send + Sync {
@@ -78,7 +79,8 @@ impl RemoteBackend {
 
     fn uri(&self, path_and_query: &str) -> Result<Uri, String> {
         let authority = self.base.authority().map(|a| a.as_str()).unwrap_or("");
-        format!("http://{authority}{path_and_query}")
+        let scheme = self.base.scheme_str().unwrap_or("http");
+        format!("{scheme}://{authority}{path_and_query}")
             .parse()
             .map_err(|e| format!("bad backend URI: {e}"))
     }
@@ -176,6 +178,7 @@ impl RemoteBackend {
 
 pub struct RemoteManagement {
     client: HttpClient,
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     host: HeaderValue,
 }
@@ -190,8 +193,10 @@ impl Management {
     pub fn remote(client: HttpClient, base: &Uri) -> Option<Management> {
         let authority = base.authority()?.clone();
         let host = HeaderValue::from_str(authority.as_str()).ok()?;
+        let scheme = base.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
         Some(Management::Remote(Box::new(RemoteManagement {
             client,
+            scheme,
             authority,
             host,
         })))
@@ -211,12 +216,13 @@ impl Management {
             Management::Remote(r) => {
                 let RemoteManagement {
                     client,
+                    scheme,
                     authority,
                     host,
                 } = &**r;
                 let (mut parts, body) = req.into_parts();
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
-                uri.scheme = Some(http::uri::Scheme::HTTP);
+                uri.scheme = Some(scheme.clone());
                 uri.authority = Some(authority.clone());
                 parts.uri = Uri::from_parts(uri).map_err(|e| e.to_string())?;
                 parts.version = http::Version::HTTP_11;
@@ -278,8 +284,7 @@ mod tests {
     async fn a_backend_refusing_binary_usage_gets_json_from_then_on() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let addr = old_backend(seen.clone()).await;
-        let client =
-            Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new());
+        let client = crate::tls::plain_client();
         let base: Uri = format!("http://{addr}")
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));

@@ -1,6 +1,13 @@
 //! The gateway's configuration: `[gateway]`, `[[routes]]`, the gateway's part of `[backend]`
-//! (`mode`, `url`, `feed_token`) and the `[[plans]]` catalogue that route `plans` are checked
-//! against. Defaults → TOML file → `TOLLGATE_<SECTION>_<KEY>` env (see `tollgate_protocol::config`).
+//! (`mode`, `url`, `feed_token`, `ca_file`) and the `[[plans]]` catalogue that route `plans` are
+//! checked against. Defaults → TOML file → `TOLLGATE_<SECTION>_<KEY>` env (see
+//! `tollgate_protocol::config`).
+//!
+//! TLS files (`gateway.tls_cert_file`/`tls_key_file`, a route's `tls_ca_file`,
+//! `tls_client_cert_file`/`tls_client_key_file`, `backend.ca_file`) are read and turned into
+//! rustls configurations here, at load: a missing, unreadable or malformed file, or a key that
+//! does not go with its certificate, is a config error like any other, and a SIGHUP reload
+//! re-reads them (renewed certificates) or keeps the running ones.
 //!
 //! Every bad setting gives one line naming it (`gateway.listen: ...`, `routes[2].plans: ...`);
 //! start-up stops on any. Unknown keys in `[gateway]` and `[[routes]]` are errors, so a typo
@@ -8,8 +15,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate_protocol::plans::Catalogue;
+use tollgate_protocol::tls::rustls::{ClientConfig, ServerConfig};
+use tollgate_protocol::tls::{self as tls, ClientError, ServerError};
 
 /// A secret that never shows in `Debug` output or logs.
 #[derive(Clone)]
@@ -67,14 +77,30 @@ pub struct GatewaySettings {
     /// recently active idle connection is closed to make room; with none idle, a new connection
     /// is closed at once.
     pub max_connections: usize,
+    /// `tls_cert_file` + `tls_key_file`: the main listener speaks TLS (h2 and http/1.1 by
+    /// ALPN, all through hyper: the fast lane is plain TCP only).
+    pub tls: Option<ListenerTls>,
+}
+
+/// The main listener's certificate: the files, and the configuration read from them.
+#[derive(Clone, Debug)]
+pub struct ListenerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub config: Arc<ServerConfig>,
 }
 
 #[derive(Clone, Debug)]
 pub enum BackendMode {
     /// The backend runs inside the gateway process.
     Embedded,
-    /// A separate backend at `url` (http), authenticated with the feed token.
-    Remote { url: http::Uri, feed_token: Secret },
+    /// A separate backend at `url` (http or https), authenticated with the feed token; `tls`
+    /// is the client configuration for an https `url` (trust: `ca_file`, else the system's).
+    Remote {
+        url: http::Uri,
+        feed_token: Secret,
+        tls: Option<Arc<ClientConfig>>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +121,8 @@ pub enum KeySource {
 pub enum Upstream {
     /// `http://host:port`
     Http { authority: http::uri::Authority },
+    /// `https://host:port` (port 443 when left out), with the route's [`RouteConfig::tls`].
+    Https { authority: http::uri::Authority },
     /// `builtin:echo`: a small JSON echo answered by the gateway itself.
     Echo,
 }
@@ -115,6 +143,10 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     pub strip_prefix: bool,
     pub preserve_host: bool,
+    /// The client configuration for this route's https upstreams (`tls_ca_file` or the system's
+    /// roots, `tls_client_cert_file` + `tls_client_key_file`, ALPN http/1.1); `None` when the
+    /// route has none.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +242,7 @@ fn gateway_settings(doc: &Document, errors: &mut Vec<String>) -> GatewaySettings
             .u64("max_connections", 1, 10_000_000)
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or_else(default_max_connections),
+        tls: listener_tls(&mut f),
     };
     if let Some(id) = &s.gateway_id {
         if id.is_empty()
@@ -241,8 +274,48 @@ fn gateway_settings(doc: &Document, errors: &mut Vec<String>) -> GatewaySettings
     s
 }
 
+/// `tls_cert_file` + `tls_key_file` (both or neither), read now.
+fn listener_tls(f: &mut Fields<'_>) -> Option<ListenerTls> {
+    let cert = f.string("tls_cert_file").map(PathBuf::from);
+    let key = f.string("tls_key_file").map(PathBuf::from);
+    match (cert, key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            f.err(
+                "tls_key_file",
+                "required with tls_cert_file (the certificate's private key, PEM)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            f.err(
+                "tls_cert_file",
+                "required with tls_key_file (the certificate chain, PEM, leaf first)",
+            );
+            None
+        }
+        (Some(cert_file), Some(key_file)) => {
+            match tls::server_config(&cert_file, &key_file, tls::ALPN_H2_HTTP1) {
+                Ok(c) => Some(ListenerTls {
+                    cert_file,
+                    key_file,
+                    config: Arc::new(c),
+                }),
+                Err(ServerError::Cert(e)) => {
+                    f.err("tls_cert_file", e);
+                    None
+                }
+                Err(ServerError::Key(e)) => {
+                    f.err("tls_key_file", e);
+                    None
+                }
+            }
+        }
+    }
+}
+
 fn backend_mode(doc: &Document, errors: &mut Vec<String>) -> BackendMode {
-    // `[backend]` is shared with the backend: the gateway reads only its three keys here and
+    // `[backend]` is shared with the backend: the gateway reads only its four keys here and
     // leaves the rest (and unknown-key checks) to the backend's own parser.
     let table = doc
         .get("backend")
@@ -264,13 +337,45 @@ fn backend_mode(doc: &Document, errors: &mut Vec<String>) -> BackendMode {
                     errors.push("backend.url: required when backend.mode = \"remote\"".to_string());
                     None
                 }
-                Some(u) => match parse_http_base(&u) {
+                Some(u) => match parse_base(&u) {
                     Ok(uri) => Some(uri),
                     Err(e) => {
                         errors.push(format!("{}: {e}", name("url")));
                         None
                     }
                 },
+            };
+            let ca_file = get("ca_file").map(PathBuf::from);
+            let https = url
+                .as_ref()
+                .is_some_and(|u| u.scheme_str() == Some("https"));
+            let tls = match (&url, https, &ca_file) {
+                (Some(_), false, Some(_)) => {
+                    errors.push(
+                        "backend.ca_file: only used with an https:// backend.url".to_string(),
+                    );
+                    None
+                }
+                (_, true, _) => {
+                    let trust = match &ca_file {
+                        Some(p) => tls::Trust::CaFile(p),
+                        None => tls::Trust::System,
+                    };
+                    match tls::client_config(trust, None, tls::ALPN_HTTP1) {
+                        Ok(c) => Some(Arc::new(c)),
+                        Err(e) => {
+                            let (key, msg) = match e {
+                                ClientError::Trust(m) if ca_file.is_some() => ("ca_file", m),
+                                ClientError::Trust(m)
+                                | ClientError::Cert(m)
+                                | ClientError::Key(m) => ("url", m),
+                            };
+                            errors.push(format!("{}: {msg}", name(key)));
+                            None
+                        }
+                    }
+                }
+                _ => None,
             };
             let token = get("feed_token").filter(|t| !t.is_empty());
             if token.is_none() {
@@ -280,6 +385,7 @@ fn backend_mode(doc: &Document, errors: &mut Vec<String>) -> BackendMode {
                 (Some(url), Some(t)) => BackendMode::Remote {
                     url,
                     feed_token: Secret(t),
+                    tls,
                 },
                 _ => BackendMode::Embedded,
             }
@@ -295,20 +401,15 @@ fn backend_mode(doc: &Document, errors: &mut Vec<String>) -> BackendMode {
     }
 }
 
-/// `http://host:port` (no path, no TLS: terminate TLS in front of or behind the gateway).
-fn parse_http_base(text: &str) -> Result<http::Uri, String> {
+/// `http://host:port` or `https://host:port` (no path).
+fn parse_base(text: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = text
         .trim_end_matches('/')
         .parse()
         .map_err(|_| format!("{text:?} is not a URL"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{text:?}: https upstreams are not supported; use http:// on a private network"
-            ))
-        }
-        _ => return Err(format!("{text:?} must start with http://")),
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{text:?} must start with http:// or https://")),
     }
     if uri.authority().is_none() {
         return Err(format!("{text:?} has no host"));
@@ -358,16 +459,21 @@ fn routes(
             if u == "builtin:echo" {
                 upstreams.push(Upstream::Echo);
             } else {
-                match parse_http_base(u) {
+                match parse_base(u) {
                     Ok(uri) => {
                         if let Some(authority) = uri.authority().cloned() {
-                            upstreams.push(Upstream::Http { authority });
+                            if uri.scheme_str() == Some("https") {
+                                upstreams.push(Upstream::Https { authority });
+                            } else {
+                                upstreams.push(Upstream::Http { authority });
+                            }
                         }
                     }
                     Err(e) => f.err("upstreams", e),
                 }
             }
         }
+        let tls = upstream_tls(&mut f, &upstreams);
         if upstream_texts.is_empty() {
             f.err("upstreams", "a route needs at least one upstream (upstreams = [\"http://host:port\"] or upstream = \"builtin:echo\")");
         }
@@ -472,9 +578,71 @@ fn routes(
             max_body_bytes,
             strip_prefix,
             preserve_host,
+            tls,
         });
     }
     out
+}
+
+/// A route's `tls_ca_file`, `tls_client_cert_file` and `tls_client_key_file`, read now into
+/// the client configuration of its https upstreams.
+fn upstream_tls(f: &mut Fields<'_>, upstreams: &[Upstream]) -> Option<Arc<ClientConfig>> {
+    let ca = f.string("tls_ca_file").map(PathBuf::from);
+    let cert = f.string("tls_client_cert_file").map(PathBuf::from);
+    let key = f.string("tls_client_key_file").map(PathBuf::from);
+    let https = upstreams
+        .iter()
+        .any(|u| matches!(u, Upstream::Https { .. }));
+    if !https {
+        for (name, set) in [
+            ("tls_ca_file", ca.is_some()),
+            ("tls_client_cert_file", cert.is_some()),
+            ("tls_client_key_file", key.is_some()),
+        ] {
+            if set {
+                f.err(name, "set, but the route has no https:// upstream");
+            }
+        }
+        return None;
+    }
+    let identity = match (&cert, &key) {
+        (None, None) => None,
+        (Some(cert_file), Some(key_file)) => Some(tls::Identity {
+            cert_file,
+            key_file,
+        }),
+        (Some(_), None) => {
+            f.err(
+                "tls_client_key_file",
+                "required with tls_client_cert_file (the client certificate's private key, PEM)",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            f.err(
+                "tls_client_cert_file",
+                "required with tls_client_key_file (the client certificate, PEM)",
+            );
+            return None;
+        }
+    };
+    let trust = match &ca {
+        Some(p) => tls::Trust::CaFile(p),
+        None => tls::Trust::System,
+    };
+    match tls::client_config(trust, identity, tls::ALPN_HTTP1) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            let (key, msg) = match e {
+                ClientError::Trust(m) if ca.is_some() => ("tls_ca_file", m),
+                ClientError::Trust(m) => ("upstreams", m),
+                ClientError::Cert(m) => ("tls_client_cert_file", m),
+                ClientError::Key(m) => ("tls_client_key_file", m),
+            };
+            f.err(key, msg);
+            None
+        }
+    }
 }
 
 /// The sections `TOLLGATE_<SECTION>_<KEY>` variables override for the gateway.
@@ -573,7 +741,6 @@ mod tests {
         assert_eq!(c.gateway.workers, 2);
     }
 
-
     fn errors(text: &str) -> Vec<String> {
         parse(text).err().unwrap_or_default()
     }
@@ -608,7 +775,7 @@ mode = "remote"
 prefix = "/a"
 plans = ["gold"]
 cost = 0
-upstreams = ["https://x:1", "ftp://y"]
+upstreams = ["https://x:1/api", "ftp://y"]
 
 [[routes]]
 prefix = "/b"
@@ -627,7 +794,7 @@ upstream = "builtin:echo"
             "backend.feed_token: required",
             "routes[0].plans: unknown plan \"gold\"",
             "routes[0].cost:",
-            "routes[0].upstreams: \"https://x:1\"",
+            "routes[0].upstreams: \"https://x:1/api\" must not have a path",
             "routes[0].upstreams: \"ftp://y\"",
             "routes[1].upstreams: a route needs at least one upstream",
             "routes[1].tls: unknown setting",
@@ -712,5 +879,60 @@ upstreams = ["http://127.0.0.1:9"]
             c.map(|c| c.backend),
             Ok(BackendMode::Remote { .. })
         ));
+    }
+
+    #[test]
+    fn tls_settings_name_the_setting_and_the_file() {
+        let errs = errors(
+            r#"
+[gateway]
+tls_cert_file = "/nonexistent/tollgate/cert.pem"
+
+[backend]
+mode = "remote"
+url = "http://127.0.0.1:8081"
+feed_token = "t"
+ca_file = "/nonexistent/tollgate/backend-ca.pem"
+
+[[routes]]
+prefix = "/a"
+upstreams = ["https://127.0.0.1:8443"]
+tls_ca_file = "/nonexistent/tollgate/ca.pem"
+
+[[routes]]
+prefix = "/b"
+upstreams = ["https://api.example.com"]
+tls_client_cert_file = "/nonexistent/tollgate/client.pem"
+
+[[routes]]
+prefix = "/c"
+upstreams = ["http://127.0.0.1:8080"]
+tls_ca_file = "/nonexistent/tollgate/ca.pem"
+"#,
+        );
+        for want in [
+            "gateway.tls_key_file: required with tls_cert_file",
+            "backend.ca_file: only used with an https:// backend.url",
+            "routes[0].tls_ca_file: cannot read /nonexistent/tollgate/ca.pem:",
+            "routes[1].tls_client_key_file: required with tls_client_cert_file",
+            "routes[2].tls_ca_file: set, but the route has no https:// upstream",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+        let errs = errors(
+            "[gateway]\ntls_cert_file = \"/nonexistent/c.pem\"\ntls_key_file = \"/nonexistent/k.pem\"\n\n[backend]\nmode = \"remote\"\nurl = \"https://backend.internal:8443\"\nfeed_token = \"t\"\nca_file = \"/nonexistent/b.pem\"\n",
+        );
+        for want in [
+            "gateway.tls_cert_file: cannot read /nonexistent/c.pem:",
+            "backend.ca_file: cannot read /nonexistent/b.pem:",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
     }
 }

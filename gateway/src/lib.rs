@@ -19,6 +19,8 @@
 //! - [`feed`]: keeps the replica in step with the backend's key feed (long-poll).
 //! - [`usage`]: admitted units per key and day → append-only journal → backend, idempotently.
 //! - [`backend`]: the backend link (embedded in-process or remote HTTP) and management paths.
+//! - [`tls`]: the connector of every outgoing client (http, or https with rustls: upstreams,
+//!   the backend link) and the listener's reloadable certificate.
 //! - [`validate`]: `POST /api/marketplace/keys/validate`, answered by the gateway itself.
 //! - [`metrics`], [`health`]: Prometheus text and what `/ready` reports.
 //! - [`help`]: the settings reference `--help` prints.
@@ -55,5 +57,6 @@ pub mod proxy;
 pub mod quota;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod usage;
 pub mod validate;

@@ -802,13 +802,15 @@ impl Gateway {
         // as the fast lane does; anything else could happen twice.
         let again = (fault.is_none() && !upgrade && idempotent(req.method().as_str().as_bytes()))
             .then(|| bodiless_copy(&req));
+        // A route with https upstreams has its own client (its TLS settings and pool).
+        let client = route.client.as_ref().unwrap_or(&self.client);
         let sent = Instant::now();
         let deadline = tokio::time::Instant::now() + route.cfg.timeout;
-        let mut result = tokio::time::timeout_at(deadline, self.client.request(req)).await;
+        let mut result = tokio::time::timeout_at(deadline, client.request(req)).await;
         if let (Ok(Err(e)), Some(copy)) = (&result, again) {
             if !e.is_connect() {
                 tracing::debug!(route = %route.cfg.name, error = %e, "retrying an idempotent request once");
-                result = tokio::time::timeout_at(deadline, self.client.request(copy)).await;
+                result = tokio::time::timeout_at(deadline, client.request(copy)).await;
             }
         }
         let took = sent.elapsed();

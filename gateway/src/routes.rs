@@ -4,7 +4,12 @@
 //!
 //! Passive health: an upstream whose connect fails is skipped for `unhealthy_cooldown`; when all
 //! of a route's upstreams are cooling down, round-robin goes on over all of them.
+//!
+//! A route with an `https://` upstream gets its own pooled client ([`Route::client`]) with the
+//! route's TLS configuration (see [`crate::tls`]), and is never on the fast lane: the lane
+//! speaks plain TCP to upstreams.
 
+use crate::backend::HttpClient;
 use crate::config::{Auth, KeySource, RouteConfig, Upstream};
 use crate::h1::{Pool, PoolSettings};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -29,8 +34,11 @@ pub struct Target {
 pub struct Route {
     pub cfg: RouteConfig,
     pub targets: Box<[Target]>,
-    /// Every upstream is HTTP, so the fast lane can proxy this route (see `h1`).
+    /// Every upstream is plain HTTP, so the fast lane can proxy this route (see `h1`).
     pub fast: bool,
+    /// This route's own client when it has https upstreams (its TLS settings, its pool);
+    /// `None`: the gateway's shared client.
+    pub client: Option<HttpClient>,
     /// Segments in the prefix: a `..` may not climb above them (see [`crate::path`]).
     pub depth: usize,
     next: AtomicUsize,
@@ -114,28 +122,38 @@ impl RouteTable {
                     .upstreams
                     .iter()
                     .map(|u| {
-                        let (authority, host) = match u {
-                            Upstream::Http { authority } => (
-                                Some(authority.clone()),
-                                HeaderValue::from_str(authority.as_str()).ok(),
-                            ),
-                            Upstream::Echo => (None, None),
+                        let (scheme, authority) = match u {
+                            Upstream::Http { authority } => (Scheme::HTTP, Some(authority)),
+                            Upstream::Https { authority } => (Scheme::HTTPS, Some(authority)),
+                            Upstream::Echo => (Scheme::HTTP, None),
                         };
+                        let host = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
                         Target {
                             kind: u.clone(),
-                            scheme: Scheme::HTTP,
-                            authority,
+                            scheme,
+                            authority: authority.cloned(),
                             host,
                             down_until: AtomicU64::new(0),
                             pool: Pool::new(pool),
                         }
                     })
                     .collect::<Box<[Target]>>();
-                let fast = targets.iter().all(|t| t.authority.is_some());
+                let fast = targets
+                    .iter()
+                    .all(|t| matches!(t.kind, Upstream::Http { .. }));
+                let client = c.tls.clone().map(|tls| {
+                    let settings = crate::tls::ClientSettings {
+                        connect_timeout: pool.connect_timeout,
+                        idle_timeout: pool.idle_timeout,
+                        max_idle: pool.max_idle,
+                    };
+                    crate::tls::client(settings, Some(tls))
+                });
                 Arc::new(Route {
                     cfg: c.clone(),
                     targets,
                     fast,
+                    client,
                     depth: crate::path::depth(&c.prefix),
                     next: AtomicUsize::new(0),
                     metrics: metrics.route(&c.name),

@@ -5,8 +5,14 @@
 //! SIGTERM/SIGINT. Shutdown stops accepting, drains open connections (up to
 //! `shutdown_timeout`), then flushes usage to the backend and saves the key snapshot and the
 //! quota state (also saved every `usage_flush`, and loaded before serving: `quota::persist`).
-//! SIGHUP re-reads the file and swaps in new routes (and the plans they are checked against);
-//! a file with any error is refused with its error lines and the running config stays.
+//! SIGHUP re-reads the file and swaps in new routes (and the plans they are checked against)
+//! and, with `tls_cert_file` set, the listener's certificate (new handshakes present it); a
+//! file with any error (an unreadable or mismatched certificate included) is refused with its
+//! error lines and the running config stays.
+//!
+//! With TLS on the main listener, each admitted connection's handshake (ALPN h2, http/1.1) is
+//! bounded by `client_header_timeout` and counts against `max_connections` as an idle
+//! connection from the start; it is then served by hyper, never the fast lane (plain TCP).
 
 use crate::backend::{BackendLink, HttpClient, Management, RemoteBackend};
 use crate::body::Body;
@@ -26,8 +32,6 @@ use crate::usage::{Journal, Shipper, UsageCounter};
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -70,17 +74,19 @@ fn gateway_id(configured: Option<&str>, data_dir: &Path) -> Result<String, Strin
     Ok(id)
 }
 
-fn http_client(cfg: &Config) -> HttpClient {
+/// A pooled client with the upstream connect and pool settings; `tls` for https URIs (an
+/// https backend), `None` for the shared client of plain-HTTP upstreams.
+fn http_client(
+    cfg: &Config,
+    tls: Option<Arc<tollgate_protocol::tls::rustls::ClientConfig>>,
+) -> HttpClient {
     let g = &cfg.gateway;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(g.upstream_connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(g.upstream_idle_timeout)
-        .pool_max_idle_per_host(g.upstream_pool_max_idle)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+    let settings = crate::tls::ClientSettings {
+        connect_timeout: g.upstream_connect_timeout,
+        idle_timeout: g.upstream_idle_timeout,
+        max_idle: g.upstream_pool_max_idle,
+    };
+    crate::tls::client(settings, tls)
 }
 
 fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
@@ -174,6 +180,33 @@ where
     }
 }
 
+/// A TLS client's handshake, bounded by `limit` (`client_header_timeout`: a client that
+/// opens a connection and says nothing is cut off as on plain HTTP). The connection is idle
+/// meanwhile, so at `max_connections` it is among the first closed; shutdown ends it too.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    conn: &Conn,
+    mut drain: watch::Receiver<bool>,
+    limit: Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    tokio::select! {
+        r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                None
+            }
+        },
+        _ = conn.asked_to_close() => None,
+        _ = drain.changed() => None,
+    }
+}
+
 fn gauges(gw: &Gateway) -> Vec<Gauge> {
     let behind = gw.replica.head().saturating_sub(gw.replica.seq());
     let f = |n: u64| n.to_string().parse::<f64>().unwrap_or(0.0);
@@ -251,8 +284,13 @@ fn shown(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn print_quickstart(addr: SocketAddr, token_path: Option<PathBuf>, routes: &[RouteConfig]) {
-    let base = format!("http://{}", shown(addr));
+fn print_quickstart(
+    scheme: &str,
+    addr: SocketAddr,
+    token_path: Option<PathBuf>,
+    routes: &[RouteConfig],
+) {
+    let base = format!("{scheme}://{}", shown(addr));
     let token = match &token_path {
         Some(p) => {
             println!("tollgate: service token in {}", p.display());
@@ -292,6 +330,7 @@ fn reload(
     metrics: &Metrics,
     g: &crate::config::GatewaySettings,
     embedded: Option<&Embedded>,
+    cert: Option<&crate::tls::ListenerCert>,
 ) {
     let refused = |errors: &[String]| {
         for e in errors {
@@ -317,6 +356,20 @@ fn reload(
     let table = RouteTable::build(&cfg.routes, metrics, g.unhealthy_cooldown, pool_settings(g));
     let n = table.len();
     gw.routes.store(Arc::new(table));
+    // The certificate files were read (and checked against each other) by `load`.
+    match (cert, &cfg.gateway.tls) {
+        (Some(cert), Some(new)) => {
+            cert.replace(new.config.clone());
+            tracing::info!(cert = %new.cert_file.display(), "listener certificate reloaded");
+        }
+        (Some(_), None) => tracing::warn!(
+            "gateway.tls_cert_file removed: the listener keeps TLS and its certificate until a restart"
+        ),
+        (None, Some(_)) => tracing::warn!(
+            "gateway.tls_cert_file added: the listener stays plain HTTP until a restart"
+        ),
+        (None, None) => {}
+    }
     tracing::info!(
         routes = n,
         plans = cfg.catalogue.all().len(),
@@ -349,13 +402,23 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         }
     }
 
-    let client = http_client(&cfg);
+    let client = http_client(&cfg, None);
     #[cfg_attr(not(feature = "embedded"), allow(unused_mut))]
     let mut embedded: Option<Embedded> = None;
     let (link, management): (Arc<dyn BackendLink>, Management) = match &cfg.backend {
-        BackendMode::Remote { url, feed_token } => {
-            let link = RemoteBackend::new(client.clone(), url.clone(), feed_token.expose())?;
-            let m = Management::remote(client.clone(), url)
+        BackendMode::Remote {
+            url,
+            feed_token,
+            tls,
+        } => {
+            // An https backend gets its own client (its CA); http shares the upstreams' one.
+            let backend_client = match tls {
+                Some(tls) => http_client(&cfg, Some(tls.clone())),
+                None => client.clone(),
+            };
+            let link =
+                RemoteBackend::new(backend_client.clone(), url.clone(), feed_token.expose())?;
+            let m = Management::remote(backend_client, url)
                 .ok_or_else(|| "backend.url: no host".to_string())?;
             (Arc::new(link), m)
         }
@@ -453,17 +516,27 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let maddr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
-    println!("tollgate: gateway listening on http://{addr}");
+    let cert = g
+        .tls
+        .as_ref()
+        .map(|t| Arc::new(crate::tls::ListenerCert::new(t.config.clone())));
+    let scheme = if cert.is_some() { "https" } else { "http" };
+    println!("tollgate: gateway listening on {scheme}://{addr}");
     println!("tollgate: metrics listening on http://{maddr}");
     #[cfg(feature = "embedded")]
     if let Some(b) = &embedded {
         // Links the embedded backend builds (portal hand-off, payment returns) point here,
         // never at a client-sent Host.
         b.advertise(addr);
-        print_quickstart(addr, crate::embedded::service_token_path(b), &cfg.routes);
+        print_quickstart(
+            scheme,
+            addr,
+            crate::embedded::service_token_path(b),
+            &cfg.routes,
+        );
     }
     #[cfg(not(feature = "embedded"))]
-    let _ = (&embedded, print_quickstart);
+    let _ = (&embedded, print_quickstart, scheme);
     tracing::info!(gateway_id = %id, routes = cfg.routes.len(), keys = replica.len(), "gateway started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -541,7 +614,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             r = metrics_listener.accept() => (r, true),
             _ = hup.recv() => {
                 match &config_path {
-                    Some(p) => reload(p, &gw, &metrics, &g, embedded.as_ref()),
+                    Some(p) => reload(p, &gw, &metrics, &g, embedded.as_ref(), cert.as_deref()),
                     None => tracing::warn!("SIGHUP ignored: no config file to re-read"),
                 }
                 continue;
@@ -582,6 +655,19 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         };
         let drain = drain_rx.clone();
         let (idle, grace, fast_lane) = (g.client_header_timeout, g.shutdown_timeout, g.fast_lane);
+        if let Some(cert) = &cert {
+            let acceptor = cert.acceptor();
+            tokio::spawn(async move {
+                let conn = &admitted.conn;
+                let Some(tls) = handshake(acceptor, stream, conn, drain.clone(), idle).await else {
+                    return;
+                };
+                if let Err(e) = serve_hyper(tls, &builder, gw, conn, drain, idle, grace).await {
+                    tracing::debug!(error = %e, "TLS connection ended with an error");
+                }
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let conn = &admitted.conn;
             let result = if fast_lane {

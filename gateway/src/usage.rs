@@ -903,7 +903,6 @@ mod tests {
     #[ignore = "timing harness; run with --release --ignored --nocapture"]
     fn flush_stall() {
         use crate::backend::RemoteBackend;
-        use hyper_util::client::legacy::{connect::HttpConnector, Client};
         const KEYS: u64 = 10_000;
         const ROUNDS: usize = 30;
         let addr = ack_server();
@@ -915,8 +914,7 @@ mod tests {
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
         let rows = rt.block_on(async {
-            let client =
-                Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new());
+            let client = crate::tls::plain_client();
             let base: http::Uri = format!("http://{addr}")
                 .parse()
                 .unwrap_or_else(|e| panic!("{e}"));

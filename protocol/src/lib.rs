@@ -11,6 +11,8 @@
 //! - [`process`]: `process_*` metrics from `/proc/self` and the build-info gauge.
 //! - [`usage_wire`]: the binary form of a usage batch (gateway to backend, and stored).
 //! - [`day`]: UTC day arithmetic on unix seconds (the daily quota resets at 00:00 UTC).
+//! - [`tls`] (feature `tls`): PEM certificates and keys, rustls server and client
+//!   configurations, for both binaries' listeners and outgoing HTTPS.
 
 pub mod config;
 pub mod day;
@@ -19,5 +21,7 @@ pub mod feed;
 pub mod keys;
 pub mod money;
 pub mod plans;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod process;
 pub mod usage_wire;

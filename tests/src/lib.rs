@@ -11,6 +11,7 @@ pub mod paypal_fake;
 pub mod raw;
 pub mod stripe;
 pub mod stripe_fake;
+pub mod tls;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -232,7 +233,10 @@ impl Drop for Proc {
 pub fn parse_listen_line(line: &str) -> Option<(String, String)> {
     let i = line.find("tollgate: ")?;
     let rest = &line[i + "tollgate: ".len()..];
-    let (what, rest) = rest.split_once(" listening on http://")?;
+    // A TLS listener says https://; its address is reported the same way.
+    let (what, rest) = rest
+        .split_once(" listening on http://")
+        .or_else(|| rest.split_once(" listening on https://"))?;
     let addr = rest.split_whitespace().next()?.trim_end_matches('/');
     Some((what.to_string(), addr.to_string()))
 }
@@ -275,6 +279,10 @@ mod tests {
                 "2026 INFO tollgate: gateway listening on http://127.0.0.1:80"
             ),
             Some(("gateway".to_string(), "127.0.0.1:80".to_string()))
+        );
+        assert_eq!(
+            super::parse_listen_line("tollgate: gateway listening on https://127.0.0.1:443"),
+            Some(("gateway".to_string(), "127.0.0.1:443".to_string()))
         );
         assert_eq!(super::parse_listen_line("nothing"), None);
     }

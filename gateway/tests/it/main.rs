@@ -32,6 +32,7 @@ plans = ["platinum"]
 [[routes]]
 prefix = "/b"
 upstreams = ["https://example.invalid"]
+tls_ca_file = "/nonexistent/tollgate/ca.pem"
 "#,
     )
     .expect("write");
@@ -47,7 +48,7 @@ upstreams = ["https://example.invalid"]
         "gateway.colour: unknown setting",
         "routes[0].upstreams: a route needs at least one upstream",
         "routes[0].plans: unknown plan \"platinum\"",
-        "routes[1].upstreams: \"https://example.invalid\": https upstreams are not supported",
+        "routes[1].tls_ca_file: cannot read /nonexistent/tollgate/ca.pem",
     ] {
         assert!(
             err.lines().any(|l| l.contains(want)),

@@ -21,7 +21,7 @@ pub mod feed;
 pub mod keys;
 pub mod money;
 pub mod plans;
+pub mod process;
 #[cfg(feature = "tls")]
 pub mod tls;
-pub mod process;
 pub mod usage_wire;

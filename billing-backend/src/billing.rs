@@ -208,17 +208,21 @@ pub async fn expiry_sweep(state: AppState, mut stop: watch::Receiver<bool>) {
 #[derive(Deserialize, Clone, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     pub user_id: String,
     /// A paid plan of the catalogue.
     pub plan: String,
     /// `monthly` (default) or `yearly`.
     #[serde(default)]
+    #[schema(pattern = "^(monthly|yearly)$")]
     pub cycle: Option<String>,
     /// Number of cycles granted (1-120).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 120)]
     pub periods: Option<u32>,
     /// At most 500 characters; kept as the provider reference.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
 

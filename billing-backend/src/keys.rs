@@ -96,6 +96,7 @@ fn map_key_err(e: StoreError, key_id: &str) -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     /// The operator's id for the user: 1-128 characters, no control characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     pub user_id: String,
     /// A plan of the catalogue; default `free`. A paid plan needs the user's active
     /// subscription to it (else 402).
@@ -103,12 +104,14 @@ pub struct GenerateRequest {
     pub plan: Option<String>,
     /// 1-100 characters; default `Default Key`.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// RFC 3339, in the future. Not together with `expires_in_days`.
     #[serde(default)]
     pub expires_at: Option<String>,
     /// 1-3650.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
     /// A JSON object of at most 4 KiB.
     #[serde(default)]
@@ -116,9 +119,11 @@ pub struct GenerateRequest {
     pub metadata: Option<Value>,
     /// Per-key override of the plan's limit (1 to 10^9).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub rate_limit_per_minute: Option<u64>,
     /// Per-key override of the plan's daily limit (1 to 10^9).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub daily_limit: Option<u64>,
 }
 
@@ -529,6 +534,7 @@ async fn revoke(
 pub struct RotateRequest {
     /// Seconds the old secret keeps working (0 to 86400).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 86400)]
     pub grace_seconds: Option<i64>,
 }
 

@@ -111,10 +111,19 @@ fn error_response(description: &str) -> Value {
     json!({"description": description, "content": error_content()})
 }
 
-/// Inserts `status` into `responses` unless the handler documented it itself.
+/// Inserts `status` into `responses`; when the handler documented it itself, the description
+/// is added to the handler's.
 fn add_response(responses: &mut Map<String, Value>, status: &str, description: &str) {
-    if !responses.contains_key(status) {
-        responses.insert(status.to_string(), error_response(description));
+    match responses.get_mut(status) {
+        None => {
+            responses.insert(status.to_string(), error_response(description));
+        }
+        Some(existing) => {
+            let own = existing["description"].as_str().unwrap_or_default();
+            if !own.contains(description) {
+                existing["description"] = Value::String(format!("{own}; {description}"));
+            }
+        }
     }
 }
 

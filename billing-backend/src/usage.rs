@@ -85,7 +85,7 @@ impl MinuteWindow {
 pub struct BatchIn<'a> {
     /// 1-128 characters.
     #[serde(borrow)]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 128)]
     pub gateway_id: Cow<'a, str>,
     /// The gateway's sequence number for the batch; a batch is applied once per
     /// `(gateway_id, batch_id)`. At most 2^63 - 1 (the databases store a signed 64-bit id).
@@ -101,11 +101,11 @@ pub struct BatchIn<'a> {
 pub struct EntryIn<'a> {
     /// 1-128 characters.
     #[serde(borrow)]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 128)]
     pub key_id: Cow<'a, str>,
     /// `YYYY-MM-DD` (UTC).
     #[serde(borrow)]
-    #[schema(value_type = String, example = "2026-12-04")]
+    #[schema(value_type = String, example = "2026-12-04", pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub day: Cow<'a, str>,
     /// Units admitted; at most 2^63 - 1.
     #[schema(maximum = 9223372036854775807_i64)]

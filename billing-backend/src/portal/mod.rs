@@ -240,9 +240,11 @@ impl FromRequestParts<AppState> for Operator {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HandoffRequest {
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     user_id: String,
     /// 1-3600 seconds, default 300.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     ttl_seconds: Option<i64>,
 }
 
@@ -251,6 +253,7 @@ struct HandoffRequest {
 struct OperatorHandoffRequest {
     /// 1-3600 seconds, default 300.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     ttl_seconds: Option<i64>,
 }
 

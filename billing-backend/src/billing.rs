@@ -11,19 +11,19 @@ use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::extract::ValidatedJson;
 use crate::keys::{rfc3339, valid_user_id};
+use crate::openapi::ErrorDoc;
 use crate::store::{Cause, PayStatus, PlanChange, Settled, StoreError, SubStatus, Subscription};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crate::openapi::ErrorDoc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use utoipa::{IntoParams, ToSchema};
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::day::add_months;
 use tollgate_protocol::plans::{Catalogue, FREE};
+use utoipa::{IntoParams, ToSchema};
 
 /// Whether a subscription grants its plan at `now`.
 pub fn counts(s: &Subscription, now: i64) -> bool {
@@ -208,7 +208,11 @@ pub async fn expiry_sweep(state: AppState, mut stop: watch::Receiver<bool>) {
 #[derive(Deserialize, Clone, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
-    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     pub user_id: String,
     /// A paid plan of the catalogue.
     pub plan: String,

@@ -8,10 +8,10 @@ use crate::app::AppState;
 use crate::auth::FeedAuth;
 use crate::error::ApiError;
 use crate::extract::parse_json;
+use crate::openapi::ErrorDoc;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crate::openapi::ErrorDoc;
 use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -19,9 +19,9 @@ use tollgate_protocol::feed::{
     FeedKey, FeedPage, GraceHash, KeyState, UsageAck, DEFAULT_PAGE, FEED_PATH, FEED_SEQ_HEADER,
     MAX_PAGE, MAX_WAIT_SECS, USAGE_PATH,
 };
-use utoipa::{IntoParams, ToSchema};
 use tollgate_protocol::plans::{Catalogue, Limits};
 use tollgate_protocol::usage_wire;
+use utoipa::{IntoParams, ToSchema};
 
 #[derive(Clone)]
 pub struct FeedHub {
@@ -379,9 +379,7 @@ mod tests {
     #[tokio::test]
     async fn batch_ids_and_counts_beyond_i64_are_refused_with_400() {
         let tb = TestBackend::start(|_| {}).await;
-        let entry = |count: u64| {
-            json!({"key_id": "key_0123456789abcdef", "day": "2026-12-04", "count": count, "last_used": 1_764_806_400})
-        };
+        let entry = |count: u64| json!({"key_id": "key_0123456789abcdef", "day": "2026-12-04", "count": count, "last_used": 1_764_806_400});
         let (status, body) = post_usage(
             &tb,
             &json!({"gateway_id": "gw1", "batch_id": 1u64 << 63, "entries": [entry(1)]}),
@@ -419,6 +417,10 @@ mod tests {
         assert_eq!(body["duplicate"], false, "{body}");
         assert_eq!(body["batch_id"], json!(i64::MAX), "{body}");
         let (status, body) = post_usage(&tb, &max).await;
-        assert_eq!((status, body["duplicate"].clone()), (200, json!(true)), "{body}");
+        assert_eq!(
+            (status, body["duplicate"].clone()),
+            (200, json!(true)),
+            "{body}"
+        );
     }
 }

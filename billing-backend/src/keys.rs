@@ -7,18 +7,18 @@ use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::extract::ValidatedJson;
+use crate::openapi::ErrorDoc;
 use crate::store::{Cause, KeyPatch, KeyRecord, NewKey, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crate::openapi::ErrorDoc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use utoipa::{IntoParams, ToSchema};
 use std::collections::BTreeMap;
 use tollgate_protocol::day::{day_index, format_day};
 use tollgate_protocol::keys::{format_key, key_start, valid_key_id, KeyHash};
 use tollgate_protocol::plans::{Limits, FREE};
+use utoipa::{IntoParams, ToSchema};
 
 /// Longest rotation overlap: 24 hours.
 pub const MAX_ROTATION_GRACE: i64 = 86_400;
@@ -96,7 +96,11 @@ fn map_key_err(e: StoreError, key_id: &str) -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     /// The operator's id for the user: 1-128 characters, no control characters.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     pub user_id: String,
     /// A plan of the catalogue; default `free`. A paid plan needs the user's active
     /// subscription to it (else 402).
@@ -781,7 +785,15 @@ async fn list_keys(
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(generate, list_keys, user_keys, get_key, patch_key, revoke, rotate_handler))]
+#[openapi(paths(
+    generate,
+    list_keys,
+    user_keys,
+    get_key,
+    patch_key,
+    revoke,
+    rotate_handler
+))]
 pub struct Api;
 
 pub fn router() -> Router<AppState> {

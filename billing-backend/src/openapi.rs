@@ -145,14 +145,26 @@ const PROVIDER_ANSWERS: &[(&str, &str, &str)] = &[
 /// JSON body when the router refuses the request before the handler (an oversized body).
 const PORTAL_ERRORS: &[(&str, &str)] = &[
     ("400", "The form or link is refused"),
-    ("401", "Not signed in (no session, or it ended), or the sign-in link is not accepted"),
+    (
+        "401",
+        "Not signed in (no session, or it ended), or the sign-in link is not accepted",
+    ),
     ("402", "A subscription is required"),
-    ("403", "The CSRF token is missing or wrong, or the session is of the other role"),
+    (
+        "403",
+        "The CSRF token is missing or wrong, or the session is of the other role",
+    ),
     ("404", "Not found (or not this customer's)"),
-    ("409", "Not possible right now (e.g. a payment already decided)"),
+    (
+        "409",
+        "Not possible right now (e.g. a payment already decided)",
+    ),
     ("413", "The form is larger than `[backend] max_body_bytes`"),
     ("502", "A payment provider failed"),
-    ("503", "A payment provider is not configured, or storage is unavailable"),
+    (
+        "503",
+        "A payment provider is not configured, or storage is unavailable",
+    ),
 ];
 
 fn tags_of(op: &Map<String, Value>) -> Vec<String> {
@@ -340,10 +352,15 @@ mod tests {
         for (path, item) in &paths {
             for (method, op) in item.as_object().cloned().unwrap_or_default() {
                 let id = op["operationId"].as_str().unwrap_or_default().to_string();
-                assert!(ids.insert(id.clone()), "{method} {path}: operationId {id} twice");
+                assert!(
+                    ids.insert(id.clone()),
+                    "{method} {path}: operationId {id} twice"
+                );
                 let responses = op["responses"].as_object().cloned().unwrap_or_default();
                 assert!(
-                    responses.keys().any(|s| s.starts_with('2') || s.starts_with('3')),
+                    responses
+                        .keys()
+                        .any(|s| s.starts_with('2') || s.starts_with('3')),
                     "{method} {path} documents no success"
                 );
             }

@@ -8,8 +8,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
 use tollgate_protocol::money::{Currency, Money};
-use utoipa::ToSchema;
 use tollgate_protocol::plans::{Cycle, Plan};
+use utoipa::ToSchema;
 
 /// The catalogue plan `id` (as in force now: a copy, the catalogue may be reloaded), or 400
 /// `unknown_plan` naming the plans there are.

@@ -3,10 +3,10 @@
 use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
+use crate::openapi::ErrorDoc;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use crate::openapi::ErrorDoc;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;

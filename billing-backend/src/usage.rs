@@ -6,15 +6,14 @@ use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::keys::{rfc3339, valid_key_id_or_404};
+use crate::openapi::ErrorDoc;
+use crate::store::DayCount;
 use crate::store::{pending, UsageRow};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use crate::openapi::ErrorDoc;
-use crate::store::DayCount;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -22,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::day::{day_index, format_day, parse_day};
 use tollgate_protocol::feed::{UsageAck, MAX_BATCH_ENTRIES};
+use utoipa::ToSchema;
 
 /// Units reported by gateways per key over the last 60 s, by the time of last use; this is
 /// what `current_minute_usage` shows (the gateways enforce the exact window themselves).

@@ -240,7 +240,11 @@ impl FromRequestParts<AppState> for Operator {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HandoffRequest {
-    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     user_id: String,
     /// 1-3600 seconds, default 300.
     #[serde(default)]
@@ -588,8 +592,8 @@ pub fn notice_text(code: Option<&str>) -> Option<&'static str> {
 mod tests {
     use super::*;
     use crate::app::testing::TestBackend;
-    use serde_json::{json, Value};
     use axum::body::Body;
+    use serde_json::{json, Value};
     use tower::ServiceExt;
 
     /// Mints a hand-off link through the router with a request that names an attacker's host

@@ -58,6 +58,7 @@ use crate::config::Secret;
 use crate::error::{json_error, ApiError};
 use crate::extract::IdempotencyKey;
 use crate::keys::{rfc3339, valid_user_id};
+use crate::openapi::ErrorDoc;
 use crate::providers::events::Begin;
 use crate::store::{Cause, PayStatus, Payment, Settled, StoreError};
 use axum::extract::{Path, Query, State};
@@ -66,15 +67,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use crate::openapi::ErrorDoc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use utoipa::{IntoParams, ToSchema};
 use sha2::{Digest, Sha256};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 use tollgate_protocol::money::{Currency, Money};
 use tollgate_protocol::plans::Cycle;
+use utoipa::{IntoParams, ToSchema};
 use wire::{Amount, Capture, CaptureOutcome, ErrorBody, Order};
 
 pub const SANDBOX_BASE: &str = "https://api-m.sandbox.paypal.com";
@@ -1451,7 +1451,13 @@ async fn handle_event(
 /// The PayPal endpoints; [`crate::openapi`] adds 503 (`provider_not_configured`,
 /// `provider_unavailable`, `provider_error`, `store_unavailable`) to those tagged `paypal`.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(create_order, capture_handler, webhook_handler, return_handler, cancel_handler))]
+#[openapi(paths(
+    create_order,
+    capture_handler,
+    webhook_handler,
+    return_handler,
+    cancel_handler
+))]
 pub struct Api;
 
 pub fn router() -> Router<AppState> {

@@ -14,19 +14,19 @@ use crate::auth::ServiceAuth;
 use crate::billing::settle;
 use crate::error::ApiError;
 use crate::keys::{rfc3339, valid_user_id};
+use crate::openapi::ErrorDoc;
 use crate::store::{Cause, PayStatus, Payment, Settled, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crate::openapi::ErrorDoc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use utoipa::{IntoParams, ToSchema};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use tollgate_protocol::money::{Currency, Money};
+use utoipa::{IntoParams, ToSchema};
 
 /// The receiving account, validated at start-up.
 #[derive(Clone, Debug)]

@@ -31,21 +31,21 @@ use crate::config::Secret;
 use crate::error::{json_error, ApiError};
 use crate::extract::IdempotencyKey;
 use crate::keys::{rfc3339, valid_user_id};
+use crate::openapi::ErrorDoc;
 use crate::store::{Cause, PayStatus, Payment, StoreError, SubStatus, Subscription};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use client::{StripeClient, StripeError};
-use crate::openapi::ErrorDoc;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_protocol::money::Currency;
 use tollgate_protocol::plans::{Cycle, Plan};
+use utoipa::ToSchema;
 
 /// How a new subscription's first payment is collected (`STRIPE_PAYMENT_BEHAVIOR`).
 ///
@@ -1056,7 +1056,15 @@ async fn products(_: ServiceAuth, State(state): State<AppState>) -> Reply<Produc
             .map(|p| {
                 pick(
                     p,
-                    &["id", "product", "unit_amount", "currency", "recurring", "lookup_key", "active"],
+                    &[
+                        "id",
+                        "product",
+                        "unit_amount",
+                        "currency",
+                        "recurring",
+                        "lookup_key",
+                        "active",
+                    ],
                 )
             })
             .collect(),

@@ -25,7 +25,7 @@ pub struct Cli {
     /// from TOLLGATE_CONFIG.
     #[arg(long, global = true, value_name = "PATH", env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Check the configuration (file, environment overrides and provider settings) and
+    /// Check the configuration (file, environment overrides, TLS and provider settings) and
     /// exit without starting: 0 and "configuration OK", or 2 and one line per problem. Nothing
     /// is created, bound or connected to (like `nginx -t`).
     #[arg(long, global = true)]

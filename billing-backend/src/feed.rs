@@ -178,8 +178,9 @@ pub async fn page(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct FeedParams {
-    /// Keys changed after this sequence number (0: from the start).
+    /// Keys changed after this sequence number (0: from the start); at most 2^63 - 1.
     #[serde(default)]
+    #[param(maximum = 9223372036854775807_i64)]
     since: u64,
     /// Keys per page, 1-50000 (default 5000).
     #[param(minimum = 1, maximum = 50000)]
@@ -272,6 +273,14 @@ async fn feed_handler(
     Query(q): Query<FeedParams>,
 ) -> Result<Json<FeedPage>, ApiError> {
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    // Sequence numbers are signed 64-bit in both databases; a larger one used to reach the
+    // store and answer 500.
+    if i64::try_from(q.since).is_err() {
+        return Err(ApiError::bad(
+            "invalid_query",
+            format!("since must be at most {}", i64::MAX),
+        ));
+    }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad(
@@ -422,5 +431,40 @@ mod tests {
             (200, json!(true)),
             "{body}"
         );
+    }
+
+    /// Found by schemathesis: `since` beyond i64 answered 500.
+    #[tokio::test]
+    async fn a_feed_position_beyond_i64_is_refused_with_400() {
+        let tb = TestBackend::start(|_| {}).await;
+        let get = |since: &str| {
+            Request::get(format!("{}?since={since}&wait=0", super::FEED_PATH))
+                .header("authorization", "Bearer test-feed-token-0123456789")
+                .body(Body::empty())
+                .unwrap_or_else(|e| panic!("request: {e}"))
+        };
+        let resp = tb
+            .backend
+            .router()
+            .oneshot(get("9223372036854775808"))
+            .await
+            .unwrap_or_else(|e| panic!("call: {e}"));
+        assert_eq!(resp.status().as_u16(), 400);
+        let raw = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+        assert_eq!(
+            body["detail"], "since must be at most 9223372036854775807",
+            "{body}"
+        );
+        let resp = tb
+            .backend
+            .router()
+            .oneshot(get("9223372036854775807"))
+            .await
+            .unwrap_or_else(|e| panic!("call: {e}"));
+        assert_eq!(resp.status().as_u16(), 200);
     }
 }

@@ -117,23 +117,37 @@ fn new_reference() -> Result<CreditorReference, ApiError> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
+    /// Required.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     user_id: Option<String>,
+    /// A paid plan of the catalogue.
     #[serde(default)]
     plan: Option<String>,
+    /// `monthly` (default) or `yearly`; only with a plan.
     #[serde(default)]
+    #[schema(pattern = "^(monthly|yearly)$")]
     cycle: Option<String>,
-    /// `sepa` (default).
+    /// `sepa` (default, any case).
     #[serde(default)]
+    #[schema(pattern = "^[sS][eE][pP][aA]$")]
     method: Option<String>,
-    /// Only without a plan: a decimal number or string, such as `28.57` or `"28.57"`.
+    /// Only without a plan: a decimal number or string, such as `28.57` or `"28.57"`, from 0.01
+    /// to 999999999.99.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]{1,9}(\\.[0-9]{1,2})?$")]
     amount: Option<Value>,
-    /// `EUR`.
+    /// `EUR` (SEPA credit transfers are in euros).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     currency: Option<String>,
+    /// At most 140 characters, no control characters (only without a plan).
     #[serde(default)]
+    #[schema(max_length = 140)]
     description: Option<String>,
 }
 
@@ -524,6 +538,7 @@ pub fn payment_view(p: &Payment) -> PaymentView {
 struct DecisionRequest {
     /// At most 500 characters; recorded in the ledger.
     #[serde(default)]
+    #[schema(max_length = 500)]
     note: Option<String>,
 }
 

@@ -147,6 +147,8 @@ async fn the_backend_keeps_its_openapi_contract() {
             "--report-junit-path",
             report.to_str().unwrap_or_default(),
         ])
+        // schemathesis keeps a cache directory in its working directory: the temporary one.
+        .current_dir(dir.path())
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_TELEMETRY", "false")
         .stdin(Stdio::null())

@@ -80,6 +80,9 @@ pub struct GatewaySettings {
     /// `tls_cert_file` + `tls_key_file`: the main listener speaks TLS (h2 and http/1.1 by
     /// ALPN, all through hyper: the fast lane is plain TCP only).
     pub tls: Option<ListenerTls>,
+    /// Peers (load balancers) whose `X-Forwarded-*` / `Forwarded` headers are believed and
+    /// appended to; from anyone else they are replaced (see `crate::forwarded`).
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 /// The main listener's certificate: the files, and the configuration read from them.
@@ -186,6 +189,18 @@ fn default_max_connections() -> usize {
     (soft.saturating_sub(256) / 2).clamp(64, 10_000)
 }
 
+/// `trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]`: addresses and CIDR blocks.
+fn trusted_proxies(f: &mut Fields<'_>) -> crate::forwarded::TrustedProxies {
+    let mut blocks = Vec::new();
+    for (i, text) in f.strings("trusted_proxies").unwrap_or_default().iter().enumerate() {
+        match crate::forwarded::Cidr::parse(text) {
+            Ok(c) => blocks.push(c),
+            Err(e) => f.err(&format!("trusted_proxies[{i}]"), e),
+        }
+    }
+    crate::forwarded::TrustedProxies::new(blocks)
+}
+
 fn gateway_settings(doc: &Document, errors: &mut Vec<String>) -> GatewaySettings {
     let mut f = doc.fields("gateway", errors);
     let default_workers = std::thread::available_parallelism()
@@ -242,6 +257,7 @@ fn gateway_settings(doc: &Document, errors: &mut Vec<String>) -> GatewaySettings
             .u64("max_connections", 1, 10_000_000)
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or_else(default_max_connections),
+        trusted_proxies: trusted_proxies(&mut f),
         tls: listener_tls(&mut f),
     };
     if let Some(id) = &s.gateway_id {

@@ -28,6 +28,7 @@
 
 use crate::body::Body;
 use crate::conns::Conn;
+use crate::forwarded::{self, Peer};
 use crate::keys::KeyEntry;
 use crate::metrics::Outcome;
 use crate::proxy::{
@@ -494,6 +495,7 @@ pub async fn serve(
     mut drain: watch::Receiver<bool>,
     settings: LaneSettings,
     conn: &Conn,
+    peer: &Peer,
 ) -> Exit {
     let mut b = Buffers {
         input: Vec::with_capacity(READ_CHUNK),
@@ -526,7 +528,7 @@ pub async fn serve(
         };
         let draining = *drain.borrow();
         conn.start();
-        let step = one(&gw, &mut client, &b.input, work, settings, draining).await;
+        let step = one(&gw, &mut client, &b.input, work, settings, draining, peer).await;
         conn.end();
         match step {
             Step::Next(used) => {
@@ -560,6 +562,7 @@ async fn one(
     w: Work<'_>,
     settings: LaneSettings,
     draining: bool,
+    peer: &Peer,
 ) -> Step {
     let start = Instant::now();
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -630,6 +633,8 @@ async fn one(
         headers: req.headers,
         body,
         close,
+        host: f.host,
+        peer,
     };
 
     if !route.needs_key() {
@@ -692,6 +697,9 @@ struct Request<'r, 'b> {
     headers: &'r [httparse::Header<'b>],
     body: &'b [u8],
     close: bool,
+    /// The `Host` the client sent.
+    host: Option<&'b str>,
+    peer: &'r Peer,
 }
 
 /// The buffers other than `input` (which the parsed request borrows), and the upstream timer.
@@ -804,6 +812,7 @@ fn upstream_request(
         let n = h.name;
         let drop = is_hop(n)
             || proxy::carries_key(n.as_bytes(), h.value, key_from)
+            || forwarded::is_forwarding(n.as_bytes())
             || (own_host.is_some() && is(n, HOST));
         if !drop {
             put_header(out, n.as_bytes(), h.value);
@@ -812,6 +821,18 @@ fn upstream_request(
     if let Some(host) = own_host {
         put_header(out, b"host", host.as_bytes());
     }
+    let sent = |name: &'static [u8]| {
+        req.headers
+            .iter()
+            .filter(move |h| is(h.name, name))
+            .map(|h| h.value)
+    };
+    forwarded::emit(
+        req.peer,
+        req.host.map(str::as_bytes),
+        sent,
+        &mut forwarded::Lines(out),
+    );
     if let Some((entry, _)) = key {
         put_header(
             out,

@@ -44,6 +44,7 @@ CONFIGURATION
   max_connections = <from ulimit>   client connections held at most (least recently active idle
                                       one closed at the cap), 1..=10000000
   tls_cert_file, tls_key_file       PEM certificate chain and key: the listener speaks TLS
+  trusted_proxies = []              addresses or CIDR blocks whose forwarding headers are trusted
 
 [backend]
   mode = \"embedded\"                 \"embedded\" (the backend runs in this process) or \"remote\"
@@ -109,7 +110,7 @@ mod tests {
             let head = head.split("  ").next().unwrap_or_default();
             keys.extend(head.split(", ").map(str::trim).filter(|k| !k.is_empty()));
         }
-        assert!(keys.len() >= 24, "{keys:?}");
+        assert!(keys.len() >= 25, "{keys:?}");
         for key in keys {
             let text = format!("[gateway]\n{key} = 12345678\n");
             let errors = crate::config::parse(&text).err().unwrap_or_default();

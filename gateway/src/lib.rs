@@ -10,6 +10,8 @@
 //! - [`h1`]: the HTTP/1.1 fast lane: every main-listener connection starts here; ordinary
 //!   keep-alive requests on HTTP routes run the same phases between two sockets, anything else is
 //!   handed (with the bytes read) to hyper and [`proxy::Gateway::handle`].
+//! - [`forwarded`]: `X-Forwarded-*` and `Forwarded` for the upstream; client-sent values
+//!   believed only from `trusted_proxies`.
 //! - [`path`]: the normalised request path both request paths route on and forward.
 //! - [`routes`]: the route table (host, path prefix), round-robin upstreams, passive health.
 //! - [`keys`]: the key replica (sharded, lock-light reads; snapshot in `data_dir`).
@@ -47,6 +49,7 @@ pub mod conns;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod feed;
+pub mod forwarded;
 pub mod h1;
 pub mod health;
 pub mod help;

@@ -15,6 +15,7 @@
 use crate::backend::{HttpClient, Management};
 use crate::body::{Body, BodyFault, ClientFault};
 use crate::config::{KeySource, MANAGEMENT_PREFIXES};
+use crate::forwarded::{self, Peer};
 use crate::health::Health;
 use crate::keys::{Found, KeyEntry, Replica};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
@@ -225,7 +226,7 @@ pub fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// `name` is `want` (lower case, `-` separated) in any case, with `_` for any `-`: CGI-style
 /// upstreams (PHP, WSGI, Rack) read `X_Tollgate_Plan` as `X-Tollgate-Plan`.
-fn same_name(name: &[u8], want: &[u8]) -> bool {
+pub(crate) fn same_name(name: &[u8], want: &[u8]) -> bool {
     name.len() == want.len()
         && name.iter().zip(want).all(|(&a, &b)| {
             let a = if a == b'_' {
@@ -1105,6 +1106,12 @@ fn upstream_request(
 ) -> Result<(Request<Body>, Option<Arc<BodyFault>>), http::Error> {
     let (mut parts, body) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    // The host the client asked for (`Host`, or h2's `:authority`), before it is replaced.
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .map(|v| v.as_bytes().to_vec())
+        .or_else(|| uri.authority.as_ref().map(|a| a.as_str().as_bytes().to_vec()));
     if route.cfg.strip_prefix {
         let pq = uri
             .path_and_query
@@ -1124,6 +1131,15 @@ fn upstream_request(
     let h = &mut parts.headers;
     strip_hop_headers(h, upgrade);
     strip_key_headers(h, key.map(|k| k.1));
+    let sent = forwarded::take_sent(h);
+    if let Some(peer) = parts.extensions.get::<Arc<Peer>>() {
+        let sent = |name: &'static [u8]| {
+            sent.iter()
+                .filter(move |(n, _)| *n == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        forwarded::emit(peer, client_host.as_deref(), sent, &mut forwarded::Map::new(h));
+    }
     if let Some((entry, _)) = key {
         h.insert(X_KEY_ID.clone(), entry.id_header.clone());
         h.insert(X_USER_ID.clone(), entry.user_header.clone());

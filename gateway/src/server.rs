@@ -20,6 +20,7 @@ use crate::config::RedisFailure;
 use crate::config::{BackendMode, Config, RouteConfig};
 use crate::conns::{Conn, Conns};
 use crate::feed::Feed;
+use crate::forwarded::Peer;
 use crate::h1::{Exit, LaneSettings, PoolSettings};
 use crate::health::Health;
 use crate::keys::Replica;
@@ -118,11 +119,13 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// handshake included) or when the table needs its place: nothing is lost, and an h2 peer that
 /// never acknowledges a GOAWAY's ping cannot keep it. At shutdown, in-flight requests get
 /// `shutdown_timeout` to finish.
+#[allow(clippy::too_many_arguments)]
 async fn serve_hyper<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
     gw: Arc<Gateway>,
     conn: &Arc<Conn>,
+    peer: Arc<Peer>,
     mut drain: watch::Receiver<bool>,
     idle: Duration,
     shutdown_timeout: Duration,
@@ -131,7 +134,9 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service_conn = conn.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        // Who the client is, for the forwarding headers (see crate::forwarded).
+        req.extensions_mut().insert(peer.clone());
         let busy = service_conn.begin();
         let gw = gw.clone();
         async move {
@@ -622,8 +627,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
-        let stream = match stream {
-            Ok((s, _)) => s,
+        let (stream, peer) = match stream {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -655,6 +660,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         };
         let drain = drain_rx.clone();
         let (idle, grace, fast_lane) = (g.client_header_timeout, g.shutdown_timeout, g.fast_lane);
+        let peer = Arc::new(Peer::new(peer, &g.trusted_proxies, cert.is_some()));
         if let Some(cert) = &cert {
             let acceptor = cert.acceptor();
             tokio::spawn(async move {
@@ -662,7 +668,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
                 let Some(tls) = handshake(acceptor, stream, conn, drain.clone(), idle).await else {
                     return;
                 };
-                if let Err(e) = serve_hyper(tls, &builder, gw, conn, drain, idle, grace).await {
+                if let Err(e) = serve_hyper(tls, &builder, gw, conn, peer, drain, idle, grace).await
+                {
                     tracing::debug!(error = %e, "TLS connection ended with an error");
                 }
             });
@@ -671,14 +678,14 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         tokio::spawn(async move {
             let conn = &admitted.conn;
             let result = if fast_lane {
-                match crate::h1::serve(gw.clone(), stream, drain.clone(), lane, conn).await {
+                match crate::h1::serve(gw.clone(), stream, drain.clone(), lane, conn, &peer).await {
                     Exit::Closed => return,
                     Exit::Handoff(io) => {
-                        serve_hyper(io, &builder, gw, conn, drain, idle, grace).await
+                        serve_hyper(io, &builder, gw, conn, peer, drain, idle, grace).await
                     }
                 }
             } else {
-                serve_hyper(stream, &builder, gw, conn, drain, idle, grace).await
+                serve_hyper(stream, &builder, gw, conn, peer, drain, idle, grace).await
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");

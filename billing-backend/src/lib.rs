@@ -40,8 +40,8 @@ pub mod plans;
 pub mod portal;
 pub mod providers;
 pub mod stats;
-pub mod tls;
 pub mod store;
+pub mod tls;
 pub mod usage;
 
 pub use app::{AppState, Backend};

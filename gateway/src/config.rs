@@ -192,7 +192,12 @@ fn default_max_connections() -> usize {
 /// `trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]`: addresses and CIDR blocks.
 fn trusted_proxies(f: &mut Fields<'_>) -> crate::forwarded::TrustedProxies {
     let mut blocks = Vec::new();
-    for (i, text) in f.strings("trusted_proxies").unwrap_or_default().iter().enumerate() {
+    for (i, text) in f
+        .strings("trusted_proxies")
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         match crate::forwarded::Cidr::parse(text) {
             Ok(c) => blocks.push(c),
             Err(e) => f.err(&format!("trusted_proxies[{i}]"), e),

@@ -162,8 +162,17 @@ pub fn emit<'v, I>(
 {
     let host = host.map(<[u8]>::trim_ascii).filter(|h| !h.is_empty());
     let trusted = |name| peer.trusted.then(|| sent(name));
-    let first = |name| trusted(name)?.map(<[u8]>::trim_ascii).find(|v| !v.is_empty());
-    list(sink, b"x-forwarded-for", trusted(b"x-forwarded-for"), &[peer.addr.as_bytes()]);
+    let first = |name| {
+        trusted(name)?
+            .map(<[u8]>::trim_ascii)
+            .find(|v| !v.is_empty())
+    };
+    list(
+        sink,
+        b"x-forwarded-for",
+        trusted(b"x-forwarded-for"),
+        &[peer.addr.as_bytes()],
+    );
     sink.start(b"x-forwarded-proto");
     sink.push(first(b"x-forwarded-proto").unwrap_or(peer.proto));
     sink.finish();
@@ -303,10 +312,23 @@ mod tests {
         }
     }
 
-    fn run(peer: &str, trusted: &[&str], https: bool, host: Option<&str>, sent: &[(&str, &str)]) -> String {
-        let blocks = trusted.iter().map(|t| Cidr::parse(t)).collect::<Result<Vec<_>, _>>();
+    fn run(
+        peer: &str,
+        trusted: &[&str],
+        https: bool,
+        host: Option<&str>,
+        sent: &[(&str, &str)],
+    ) -> String {
+        let blocks = trusted
+            .iter()
+            .map(|t| Cidr::parse(t))
+            .collect::<Result<Vec<_>, _>>();
         let t = TrustedProxies::new(blocks.unwrap_or_default());
-        let p = Peer::new(peer.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))), &t, https);
+        let p = Peer::new(
+            peer.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            &t,
+            https,
+        );
         let mut out = Text(String::new());
         emit(
             &p,
@@ -333,8 +355,17 @@ mod tests {
         let v6 = Cidr::parse("2001:db8::/33").expect("v6");
         assert!(v6.contains("2001:db8:7fff::1".parse().expect("ip")));
         assert!(!v6.contains("2001:db8:8000::1".parse().expect("ip")));
-        assert!(Cidr::parse("0.0.0.0/0").expect("all").contains("8.8.8.8".parse().expect("ip")));
-        for bad in ["10.0.0.0/33", "10.0.0/8", "x", "10.0.0.0/", "10.0.0.0/+8", "::/129"] {
+        assert!(Cidr::parse("0.0.0.0/0")
+            .expect("all")
+            .contains("8.8.8.8".parse().expect("ip")));
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "x",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "::/129",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
     }
@@ -390,7 +421,13 @@ mod tests {
             got,
             "x-forwarded-for: 2001:db8::1\nx-forwarded-proto: http\nforwarded: for=\"[2001:db8::1]\";proto=http\n"
         );
-        let mapped = run("[::ffff:192.0.2.1]:1", &["192.0.2.0/24"], false, Some("h\"x"), &[]);
+        let mapped = run(
+            "[::ffff:192.0.2.1]:1",
+            &["192.0.2.0/24"],
+            false,
+            Some("h\"x"),
+            &[],
+        );
         assert_eq!(
             mapped,
             "x-forwarded-for: 192.0.2.1\nx-forwarded-proto: http\nx-forwarded-host: h\"x\nforwarded: for=192.0.2.1;proto=http\n"

@@ -1111,7 +1111,11 @@ fn upstream_request(
         .headers
         .get(header::HOST)
         .map(|v| v.as_bytes().to_vec())
-        .or_else(|| uri.authority.as_ref().map(|a| a.as_str().as_bytes().to_vec()));
+        .or_else(|| {
+            uri.authority
+                .as_ref()
+                .map(|a| a.as_str().as_bytes().to_vec())
+        });
     if route.cfg.strip_prefix {
         let pq = uri
             .path_and_query
@@ -1138,7 +1142,12 @@ fn upstream_request(
                 .filter(move |(n, _)| *n == name)
                 .map(|(_, v)| v.as_slice())
         };
-        forwarded::emit(peer, client_host.as_deref(), sent, &mut forwarded::Map::new(h));
+        forwarded::emit(
+            peer,
+            client_host.as_deref(),
+            sent,
+            &mut forwarded::Map::new(h),
+        );
     }
     if let Some((entry, _)) = key {
         h.insert(X_KEY_ID.clone(), entry.id_header.clone());

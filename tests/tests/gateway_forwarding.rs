@@ -64,11 +64,20 @@ async fn sent_upstream(
         .unwrap_or_else(|e| panic!("{l}: {target}: {e}"));
     assert_eq!(r.status, 200, "{l}: {target}: {}", r.summary());
     let recs = up.requests();
-    assert_eq!(recs.len(), before + 1, "{l}: {target}: one request upstream");
+    assert_eq!(
+        recs.len(),
+        before + 1,
+        "{l}: {target}: one request upstream"
+    );
     let rec = &recs[before];
     rec.headers
         .iter()
-        .map(|(n, v)| (n.to_ascii_lowercase(), String::from_utf8_lossy(v).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.to_ascii_lowercase(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -83,7 +92,11 @@ fn values(headers: &[(String, String)], name: &str) -> Vec<String> {
 fn assert_replaced(h: &[(String, String)], what: &str) {
     assert_eq!(values(h, "x-forwarded-for"), ["127.0.0.1"], "{what}");
     assert_eq!(values(h, "x-forwarded-proto"), ["http"], "{what}");
-    assert_eq!(values(h, "x-forwarded-host"), ["api.example:8080"], "{what}");
+    assert_eq!(
+        values(h, "x-forwarded-host"),
+        ["api.example:8080"],
+        "{what}"
+    );
     assert_eq!(
         values(h, "forwarded"),
         ["for=127.0.0.1;proto=http;host=\"api.example:8080\""],
@@ -103,7 +116,11 @@ async fn the_upstream_learns_the_client_and_forged_values_are_replaced() {
         let l = lane_name(lane);
         let up = RawUpstream::start();
         // A trusted list that does not hold the client: still replaced.
-        let gw = gateway(&up, lane, "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]");
+        let gw = gateway(
+            &up,
+            lane,
+            "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]",
+        );
         let k = key(&gw, &format!("fwd-{l}")).await;
 
         let plain = sent_upstream(&gw, &up, "/v1/plain", Some(&k), &[], l).await;
@@ -138,7 +155,11 @@ async fn a_trusted_proxy_is_appended_to() {
             ["for=203.0.113.7;proto=https, for=127.0.0.1;proto=http;host=\"api.example:8080\""],
             "{l}"
         );
-        assert_eq!(values(&h, "x-real-ip"), ["203.0.113.7"], "{l}: kept from a trusted peer");
+        assert_eq!(
+            values(&h, "x-real-ip"),
+            ["203.0.113.7"],
+            "{l}: kept from a trusted peer"
+        );
         assert!(
             !h.iter().any(|(n, _)| n.contains('_')),
             "{l}: underscore spellings are never believed: {h:?}"
@@ -170,8 +191,14 @@ async fn h2_clients_get_the_authority_as_forwarded_host() {
     assert_eq!(resp.status(), 200);
     let rec = up.requests().pop().expect("reached the upstream");
     let authority = gw.url.trim_start_matches("http://");
-    assert_eq!(rec.header_str("x-forwarded-for").as_deref(), Some("127.0.0.1"));
-    assert_eq!(rec.header_str("x-forwarded-host").as_deref(), Some(authority));
+    assert_eq!(
+        rec.header_str("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        rec.header_str("x-forwarded-host").as_deref(),
+        Some(authority)
+    );
     assert_eq!(
         rec.header_str("forwarded"),
         Some(format!("for=127.0.0.1;proto=http;host=\"{authority}\""))

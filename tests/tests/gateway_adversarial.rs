@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use tollgate_e2e::eventually;
 use tollgate_e2e::gw::{route, Gateway, Key};
 use tollgate_e2e::raw::{
-    chunked_so_far, echo, echo_response, lane_gateway, lane_name, parse_response_head, response,
-    Action, RawClient, RawResponse, RawUpstream, ReadError,
+    chunked_so_far, echo, echo_response, keys, lane_gateway, lane_name, parse_response_head,
+    response, v1_and_open, Action, RawClient, RawResponse, RawUpstream, ReadError,
 };
 
 /// Both request paths: the fast lane, then hyper only.
@@ -32,35 +32,9 @@ const LANES: [bool; 2] = [true, false];
 /// Longest wait for any one response.
 const T: Duration = Duration::from_secs(5);
 
-/// `/v1` (keyed) and `/open` (no key) on `up`, plus `extra` routes.
-fn routes(up: &RawUpstream, extra: &str) -> String {
-    [
-        route("/v1", &up.url(), "name = \"v1\""),
-        route("/open", &up.url(), "name = \"open\"\nauth = \"none\""),
-        extra.to_string(),
-    ]
-    .concat()
-}
-
 /// A gateway on `lane` in front of `up`.
 fn gateway(up: &RawUpstream, lane: bool, extra_routes: &str) -> Gateway {
-    lane_gateway(&routes(up, extra_routes), lane, "")
-}
-
-/// One key per user on `plan` (granted first when paid), usable once this returns.
-async fn keys(gw: &Gateway, plan: &str, users: &[&str]) -> Vec<Key> {
-    let api = gw.api();
-    let before = tollgate_e2e::raw::keys_loaded(gw).await;
-    let mut out = Vec::new();
-    for user in users {
-        if plan != "free" {
-            api.grant(user, plan).await;
-        }
-        out.push(api.mint(user, plan).await);
-    }
-    let n = u64::try_from(out.len()).unwrap_or(u64::MAX);
-    tollgate_e2e::raw::wait_keys_loaded(gw, before + n).await;
-    out
+    lane_gateway(&v1_and_open(up, extra_routes), lane, "")
 }
 
 /// Request bytes: `Host: gw`, then `headers`, then `Content-Length` when there is a body.

@@ -4,26 +4,18 @@
 //! else they are replaced, in any spelling. The clients here connect from 127.0.0.1.
 
 use std::time::Duration;
-use tollgate_e2e::gw::{route, Gateway, Key};
-use tollgate_e2e::raw::{lane_gateway, lane_name, RawClient, RawUpstream};
+use tollgate_e2e::gw::{Gateway, Key};
+use tollgate_e2e::raw::{keys, lane_gateway, lane_name, v1_and_open, RawClient, RawUpstream};
 
 const LANES: [bool; 2] = [true, false];
 const T: Duration = Duration::from_secs(5);
 
 fn gateway(up: &RawUpstream, lane: bool, gateway_extra: &str) -> Gateway {
-    let routes = [
-        route("/v1", &up.url(), "name = \"v1\""),
-        route("/open", &up.url(), "name = \"open\"\nauth = \"none\""),
-    ]
-    .concat();
-    lane_gateway(&routes, lane, gateway_extra)
+    lane_gateway(&v1_and_open(up, ""), lane, gateway_extra)
 }
 
 async fn key(gw: &Gateway, user: &str) -> Key {
-    let before = tollgate_e2e::raw::keys_loaded(gw).await;
-    let k = gw.api().mint(user, "free").await;
-    tollgate_e2e::raw::wait_keys_loaded(gw, before + 1).await;
-    k
+    keys(gw, "free", &[user]).await.remove(0)
 }
 
 /// What a client that lies about where it comes from sends.

@@ -269,29 +269,6 @@ fn unreachable_serve() -> Result<(), String> {
     Err("serve is handled by main".to_string())
 }
 
-/// Sets up logging: `RUST_LOG` (e.g. `info,tollgate_backend=debug`), JSON when asked.
-pub fn init_tracing(json: bool) {
-    use tracing_subscriber::prelude::*;
-    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| "info".parse().unwrap_or_default());
-    use std::io::IsTerminal;
-    // Colours only for a person at a terminal, never in files, pipes or journald.
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if json {
-        let _ = tracing_subscriber::registry()
-            .with(fmt.json().with_filter(filter))
-            .try_init();
-    } else {
-        let _ = tracing_subscriber::registry()
-            .with(fmt.with_filter(filter))
-            .try_init();
-    }
-}
-
 /// Waits for SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

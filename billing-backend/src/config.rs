@@ -8,24 +8,7 @@ use std::time::Duration;
 use tollgate_protocol::config::Document;
 use tollgate_protocol::plans::Catalogue;
 
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Secret {
-        Secret(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use tollgate_protocol::config::Secret;
 
 #[derive(Debug, Clone)]
 pub struct BackendConfig {

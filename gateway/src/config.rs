@@ -21,21 +21,7 @@ use tollgate_protocol::plans::Catalogue;
 use tollgate_protocol::tls::rustls::{ClientConfig, ServerConfig};
 use tollgate_protocol::tls::{self as tls, ClientError, ServerError};
 
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use tollgate_protocol::config::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RedisFailure {
@@ -405,7 +391,7 @@ fn backend_mode(doc: &Document, errors: &mut Vec<String>) -> BackendMode {
             match (url, token) {
                 (Some(url), Some(t)) => BackendMode::Remote {
                     url,
-                    feed_token: Secret(t),
+                    feed_token: Secret::new(t),
                     tls,
                 },
                 _ => BackendMode::Embedded,

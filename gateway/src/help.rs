@@ -84,7 +84,7 @@ SIGNALS
 ENVIRONMENT
   TOLLGATE_CONFIG          the configuration file (as --config)
   TOLLGATE_SERVICE_TOKEN   management token (embedded); else generated into data_dir
-  RUST_LOG                 log level: error, warn, info (default), debug, trace
+  RUST_LOG                 log filter, e.g. info (default), debug or warn,tollgate_gateway=debug
   STRIPE_*, PAYPAL_*, SEPA_*   payment providers of the embedded backend
 ";
 

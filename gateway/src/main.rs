@@ -3,7 +3,7 @@
 //! problem is one line on stderr (`tollgate-gateway: error: <setting>: <why>`) and the exit
 //! status is 2 for configuration and command-line errors, 1 for failures after start-up.
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,70 +37,12 @@ struct Args {
     check: bool,
 }
 
-/// The version, with the commit when the build set `TOLLGATE_GIT_COMMIT`.
-fn version() -> &'static str {
-    match option_env!("TOLLGATE_GIT_COMMIT") {
-        Some(c) if !c.is_empty() => {
-            Box::leak(format!("{} ({c})", env!("CARGO_PKG_VERSION")).into_boxed_str())
-        }
-        _ => env!("CARGO_PKG_VERSION"),
-    }
-}
-
 fn fail(code: u8, lines: &[String]) -> ExitCode {
-    for line in lines {
-        eprintln!("{NAME}: error: {line}");
-    }
-    ExitCode::from(code)
-}
-
-/// Parses the command line; `--help`/`--version` print and exit 0, a mistake is one line.
-fn args() -> Result<Args, ExitCode> {
-    let matches = Args::command().version(version()).try_get_matches();
-    let parsed = matches.and_then(|m| Args::from_arg_matches(&m));
-    match parsed {
-        Ok(a) => Ok(a),
-        Err(e) => match e.kind() {
-            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                let _ = e.print();
-                Err(ExitCode::SUCCESS)
-            }
-            _ => Err(fail(
-                2,
-                &[tollgate_protocol::config::clap_error_line(&e.to_string())],
-            )),
-        },
-    }
-}
-
-fn init_logs(json: bool) {
-    let level = match std::env::var("RUST_LOG")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "trace" => tracing::Level::TRACE,
-        "debug" => tracing::Level::DEBUG,
-        "warn" => tracing::Level::WARN,
-        "error" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    };
-    use std::io::IsTerminal;
-    // Colours only for a person at a terminal, never in files or journald.
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    tollgate_protocol::cli::fail(NAME, code, lines)
 }
 
 fn main() -> ExitCode {
-    let args = match args() {
+    let args: Args = match tollgate_protocol::cli::parse_args(NAME) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -112,7 +54,7 @@ fn main() -> ExitCode {
         println!("{NAME}: configuration OK");
         return ExitCode::SUCCESS;
     }
-    init_logs(cfg.gateway.json_logs);
+    tollgate_protocol::cli::init_logs(cfg.gateway.json_logs);
     let runtime = if cfg.gateway.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

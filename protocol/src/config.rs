@@ -27,6 +27,26 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
+/// A secret setting (a token, a provider key): it never shows in `Debug` output or logs; read
+/// it with [`Secret::expose`] where it is used.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// The configuration document: the file's tables with the environment overrides applied.
 #[derive(Clone, Debug, Default)]
 pub struct Document {

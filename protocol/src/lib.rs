@@ -11,9 +11,12 @@
 //! - [`process`]: `process_*` metrics from `/proc/self` and the build-info gauge.
 //! - [`usage_wire`]: the binary form of a usage batch (gateway to backend, and stored).
 //! - [`day`]: UTC day arithmetic on unix seconds (the daily quota resets at 00:00 UTC).
+//! - [`cli`] (feature `cli`): both binaries' command line, version, error lines and logs.
 //! - [`tls`] (feature `tls`): PEM certificates and keys, rustls server and client
 //!   configurations, for both binaries' listeners and outgoing HTTPS.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 pub mod day;
 pub mod error;

@@ -10,17 +10,18 @@ use crate::error::ApiError;
 use crate::extract::parse_json;
 use crate::openapi::ErrorDoc;
 use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::feed::{
-    FeedKey, FeedPage, GraceHash, KeyState, UsageAck, DEFAULT_PAGE, FEED_PATH, FEED_SEQ_HEADER,
+    FeedKey, FeedPage, GraceHash, KeyState, DEFAULT_PAGE, FEED_PATH, FEED_SEQ_HEADER,
     MAX_PAGE, MAX_WAIT_SECS, USAGE_PATH,
 };
 use tollgate_protocol::plans::{Catalogue, Limits};
-use tollgate_protocol::usage_wire;
+use tollgate_protocol::usage_codec::Media;
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Clone)]
@@ -296,20 +297,23 @@ async fn feed_handler(
 /// Usage batches can be far larger than a management request, so this route has its own limit.
 const USAGE_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
-/// Takes a batch as JSON (`UsageBatch`) or in the binary form gateways send
-/// ([`usage_wire::CONTENT_TYPE`]).
+/// Takes a batch in the encoding gateways send
+/// ([`tollgate_protocol::usage_codec::CONTENT_TYPE`]) or as JSON
+/// (also without a content type); anything else is 415 with `Accept-Post` listing both.
 #[utoipa::path(
     post,
     path = "/internal/usage",
     tag = "gateways",
     security(("feedToken" = []), ("serviceToken" = [])),
     request_body(
-        content = crate::usage::BatchIn<'static>,
-        description = "A usage batch as JSON; gateways send the same batch in the binary form \
-                       `application/vnd.tollgate.usage-batch`"
+        content = crate::usage::UsageBatchDoc,
+        description = "A usage batch as JSON; gateways send the same batch in its binary \
+                       encoding, `application/vnd.tollgate.usage-batch; v=1`"
     ),
     responses(
         (status = 200, description = "Accepted (or a duplicate, acknowledged and not applied again)", body = UsageAckDoc),
+        (status = 400, description = "`invalid_body` or `invalid_json`: the batch cannot be read or breaks a bound", body = ErrorDoc),
+        (status = 415, description = "`unsupported_media_type`: neither JSON nor a version of the binary encoding this backend reads; `Accept-Post` lists what it takes", body = ErrorDoc),
         (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
     )
 )]
@@ -318,31 +322,23 @@ async fn usage_handler(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<UsageAck>, ApiError> {
-    let binary = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == usage_wire::CONTENT_TYPE);
-    if binary {
-        let bad = |e: String| ApiError::bad("invalid_body", e);
-        let (gateway_id, batch_id, entries) = usage_wire::read_header(&body).map_err(bad)?;
-        let mut rows = Vec::with_capacity(entries.len() / 48);
-        usage_wire::read_entries(entries, |r| rows.push(r)).map_err(bad)?;
-        let encoded = body.slice_ref(entries);
-        return crate::usage::ingest(&state, gateway_id, batch_id, &rows, Some(encoded))
+) -> Response {
+    let media = match headers.get(axum::http::header::CONTENT_TYPE) {
+        None => Some(Media::Json),
+        Some(v) => v.to_str().ok().and_then(Media::parse),
+    };
+    let encoded = match media {
+        Some(Media::Binary) => Ok(body),
+        Some(Media::Json) => parse_json(&body).and_then(|b| crate::usage::encode(&b)),
+        None => return crate::usage::unsupported_media(),
+    };
+    match encoded {
+        Ok(encoded) => crate::usage::ingest(&state, encoded)
             .await
-            .map(Json);
+            .map(Json)
+            .into_response(),
+        Err(e) => e.into_response(),
     }
-    let batch: crate::usage::BatchIn<'_> = parse_json(&body)?;
-    crate::usage::ingest(
-        &state,
-        &batch.gateway_id,
-        batch.batch_id,
-        &batch.rows(),
-        None,
-    )
-    .await
-    .map(Json)
 }
 
 #[derive(utoipa::OpenApi)]

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::feed::{
-    FeedKey, FeedPage, GraceHash, KeyState, DEFAULT_PAGE, FEED_PATH, FEED_SEQ_HEADER,
-    MAX_PAGE, MAX_WAIT_SECS, USAGE_PATH,
+    FeedKey, FeedPage, GraceHash, KeyState, DEFAULT_PAGE, FEED_PATH, FEED_SEQ_HEADER, MAX_PAGE,
+    MAX_WAIT_SECS, USAGE_PATH,
 };
 use tollgate_protocol::plans::{Catalogue, Limits};
 use tollgate_protocol::usage_codec::Media;
@@ -427,6 +427,68 @@ mod tests {
             (200, json!(true)),
             "{body}"
         );
+    }
+
+    /// A representation the backend does not read is 415 with `Accept-Post` naming what it
+    /// reads (gateways choose from it); the bare binary type is version 1, as gateways of the
+    /// previous version send it.
+    #[tokio::test]
+    async fn usage_in_another_media_type_or_version_is_415_with_accept_post() {
+        use tollgate_protocol::feed::{UsageBatch, UsageEntry};
+        use tollgate_protocol::usage_codec;
+        let tb = TestBackend::start(|_| {}).await;
+        let post = |content_type: &str, body: Vec<u8>| {
+            Request::post(super::USAGE_PATH)
+                .header("content-type", content_type)
+                .header("authorization", "Bearer test-feed-token-0123456789")
+                .body(Body::from(body))
+                .unwrap_or_else(|e| panic!("request: {e}"))
+        };
+        let batch = |batch_id: u64| -> Vec<u8> {
+            usage_codec::encode(&UsageBatch {
+                gateway_id: "gw1".to_string(),
+                batch_id,
+                entries: vec![UsageEntry {
+                    key_id: "key_0123456789abcdef".to_string(),
+                    day: "2026-12-04".to_string(),
+                    count: 1,
+                    last_used: 1_764_806_400,
+                }],
+            })
+            .unwrap_or_default()
+        };
+        for content_type in ["text/plain", "application/vnd.tollgate.usage-batch; v=2"] {
+            let resp = tb
+                .backend
+                .router()
+                .oneshot(post(content_type, batch(1)))
+                .await
+                .unwrap_or_else(|e| panic!("call: {e}"));
+            assert_eq!(resp.status().as_u16(), 415, "{content_type}");
+            assert_eq!(
+                resp.headers()
+                    .get(usage_codec::ACCEPT_POST)
+                    .and_then(|v| v.to_str().ok()),
+                Some(usage_codec::ACCEPTED),
+                "{content_type}"
+            );
+            let raw = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+            assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
+        }
+        for (batch_id, content_type) in
+            [(1, usage_codec::CONTENT_TYPE), (2, usage_codec::MEDIA_TYPE)]
+        {
+            let resp = tb
+                .backend
+                .router()
+                .oneshot(post(content_type, batch(batch_id)))
+                .await
+                .unwrap_or_else(|e| panic!("call: {e}"));
+            assert_eq!(resp.status().as_u16(), 200, "{content_type}");
+        }
     }
 
     /// Found by schemathesis: `since` beyond i64 answered 500.

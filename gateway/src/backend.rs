@@ -352,7 +352,11 @@ mod tests {
         let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
         assert_eq!(
             seen,
-            [usage_codec::CONTENT_TYPE, usage_codec::JSON, usage_codec::JSON]
+            [
+                usage_codec::CONTENT_TYPE,
+                usage_codec::JSON,
+                usage_codec::JSON
+            ]
         );
     }
 

@@ -496,8 +496,14 @@ mod tests {
             Media::parse("Application/Vnd.Tollgate.Usage-Batch ; v=\"1\""),
             Some(Media::Binary)
         );
-        assert_eq!(Media::parse("application/vnd.tollgate.usage-batch; v=2"), None);
-        assert_eq!(Media::parse("application/vnd.tollgate.usage-batch; v=x"), None);
+        assert_eq!(
+            Media::parse("application/vnd.tollgate.usage-batch; v=2"),
+            None
+        );
+        assert_eq!(
+            Media::parse("application/vnd.tollgate.usage-batch; v=x"),
+            None
+        );
         assert_eq!(
             Media::parse("application/json; charset=utf-8"),
             Some(Media::Json)

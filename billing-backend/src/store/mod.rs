@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tollgate_protocol::feed::UsageBatch;
-use tollgate_protocol::usage_codec;
 use tollgate_protocol::keys::KeyHash;
+use tollgate_protocol::usage_codec;
 
 #[derive(Debug)]
 pub enum StoreError {

@@ -143,7 +143,6 @@ pub struct Replayed {
 }
 
 /// Replay state: batches by id, in journal order.
-#[derive(Default)]
 struct Replay {
     pending: Vec<(u64, Bytes)>,
     next_id: u64,

@@ -6,7 +6,7 @@
 Mints --keys keys with `seed_keys` into a fresh SQLite data directory, starts
 `tollgate-backend serve` pinned to core --cpu, and posts to `POST /internal/usage`, once a second,
 a batch naming every key (what a gateway sends when all keys are busy: 10 k entries) in the
-binary form gateways send (`protocol/src/usage_wire.rs`, ~0.5 MB) or, with --json, as JSON
+binary encoding gateways send (`protocol/src/usage_codec.rs`, ~0.5 MB) or, with --json, as JSON
 (~0.9 MB). After three warm-up batches it reports the backend's utime+stime per second over --seconds
 (which includes the backend applying pending usage every 10 s) and the ingest requests' latency.
 The batches are built before the clock starts, so this script's own work is not in the window.
@@ -40,7 +40,7 @@ def cpu_ticks(pid: int) -> int:
     return total
 
 
-BINARY = "application/vnd.tollgate.usage-batch"
+BINARY = "application/vnd.tollgate.usage-batch; v=1"
 
 
 def binary_batch(gateway: str, batch_id: int, entries: list) -> bytes:

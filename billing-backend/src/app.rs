@@ -7,7 +7,7 @@ use crate::config::BackendConfig;
 use crate::feed::FeedHub;
 use crate::metrics::Metrics;
 use crate::store::sql::SqlStore;
-use crate::store::{Store, UsageRow};
+use crate::store::Store;
 use crate::usage::MinuteWindow;
 use arc_swap::ArcSwap;
 use axum::extract::DefaultBodyLimit;
@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch};
+use tollgate_protocol::feed::{FeedPage, UsageAck};
 use tollgate_protocol::plans::Catalogue;
 
 #[derive(Clone)]
@@ -244,9 +244,9 @@ impl Backend {
             .map_err(|e| e.to_string())
     }
 
-    pub async fn ingest_usage(&self, batch: UsageBatch) -> Result<UsageAck, String> {
-        let rows: Vec<UsageRow<'_>> = batch.entries.iter().map(UsageRow::from).collect();
-        crate::usage::ingest(&self.state, &batch.gateway_id, batch.batch_id, &rows, None)
+    /// A usage batch in its one encoding ([`tollgate_protocol::usage_codec`]), stored as it is.
+    pub async fn ingest_usage(&self, batch: axum::body::Bytes) -> Result<UsageAck, String> {
+        crate::usage::ingest(&self.state, batch)
             .await
             .map_err(|e| e.to_string())
     }

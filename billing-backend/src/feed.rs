@@ -10,17 +10,18 @@ use crate::error::ApiError;
 use crate::extract::parse_json;
 use crate::openapi::ErrorDoc;
 use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::feed::{
-    FeedKey, FeedPage, GraceHash, KeyState, UsageAck, DEFAULT_PAGE, FEED_PATH, FEED_SEQ_HEADER,
-    MAX_PAGE, MAX_WAIT_SECS, USAGE_PATH,
+    FeedKey, FeedPage, GraceHash, KeyState, DEFAULT_PAGE, FEED_PATH, FEED_SEQ_HEADER, MAX_PAGE,
+    MAX_WAIT_SECS, USAGE_PATH,
 };
 use tollgate_protocol::plans::{Catalogue, Limits};
-use tollgate_protocol::usage_wire;
+use tollgate_protocol::usage_codec::Media;
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Clone)]
@@ -296,20 +297,23 @@ async fn feed_handler(
 /// Usage batches can be far larger than a management request, so this route has its own limit.
 const USAGE_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
-/// Takes a batch as JSON (`UsageBatch`) or in the binary form gateways send
-/// ([`usage_wire::CONTENT_TYPE`]).
+/// Takes a batch in the encoding gateways send
+/// ([`tollgate_protocol::usage_codec::CONTENT_TYPE`]) or as JSON
+/// (also without a content type); anything else is 415 with `Accept-Post` listing both.
 #[utoipa::path(
     post,
     path = "/internal/usage",
     tag = "gateways",
     security(("feedToken" = []), ("serviceToken" = [])),
     request_body(
-        content = crate::usage::BatchIn<'static>,
-        description = "A usage batch as JSON; gateways send the same batch in the binary form \
-                       `application/vnd.tollgate.usage-batch`"
+        content = crate::usage::UsageBatchDoc,
+        description = "A usage batch as JSON; gateways send the same batch in its binary \
+                       encoding, `application/vnd.tollgate.usage-batch; v=1`"
     ),
     responses(
         (status = 200, description = "Accepted (or a duplicate, acknowledged and not applied again)", body = UsageAckDoc),
+        (status = 400, description = "`invalid_body` or `invalid_json`: the batch cannot be read or breaks a bound", body = ErrorDoc),
+        (status = 415, description = "`unsupported_media_type`: neither JSON nor a version of the binary encoding this backend reads; `Accept-Post` lists what it takes", body = ErrorDoc),
         (status = 503, description = "`store_unavailable`: the database cannot be reached", body = ErrorDoc),
     )
 )]
@@ -318,31 +322,23 @@ async fn usage_handler(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<UsageAck>, ApiError> {
-    let binary = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == usage_wire::CONTENT_TYPE);
-    if binary {
-        let bad = |e: String| ApiError::bad("invalid_body", e);
-        let (gateway_id, batch_id, entries) = usage_wire::read_header(&body).map_err(bad)?;
-        let mut rows = Vec::with_capacity(entries.len() / 48);
-        usage_wire::read_entries(entries, |r| rows.push(r)).map_err(bad)?;
-        let encoded = body.slice_ref(entries);
-        return crate::usage::ingest(&state, gateway_id, batch_id, &rows, Some(encoded))
+) -> Response {
+    let media = match headers.get(axum::http::header::CONTENT_TYPE) {
+        None => Some(Media::Json),
+        Some(v) => v.to_str().ok().and_then(Media::parse),
+    };
+    let encoded = match media {
+        Some(Media::Binary) => Ok(body),
+        Some(Media::Json) => parse_json(&body).and_then(|b| crate::usage::encode(&b)),
+        None => return crate::usage::unsupported_media(),
+    };
+    match encoded {
+        Ok(encoded) => crate::usage::ingest(&state, encoded)
             .await
-            .map(Json);
+            .map(Json)
+            .into_response(),
+        Err(e) => e.into_response(),
     }
-    let batch: crate::usage::BatchIn<'_> = parse_json(&body)?;
-    crate::usage::ingest(
-        &state,
-        &batch.gateway_id,
-        batch.batch_id,
-        &batch.rows(),
-        None,
-    )
-    .await
-    .map(Json)
 }
 
 #[derive(utoipa::OpenApi)]
@@ -431,6 +427,68 @@ mod tests {
             (200, json!(true)),
             "{body}"
         );
+    }
+
+    /// A representation the backend does not read is 415 with `Accept-Post` naming what it
+    /// reads (gateways choose from it); the bare binary type is version 1, as gateways of the
+    /// previous version send it.
+    #[tokio::test]
+    async fn usage_in_another_media_type_or_version_is_415_with_accept_post() {
+        use tollgate_protocol::feed::{UsageBatch, UsageEntry};
+        use tollgate_protocol::usage_codec;
+        let tb = TestBackend::start(|_| {}).await;
+        let post = |content_type: &str, body: Vec<u8>| {
+            Request::post(super::USAGE_PATH)
+                .header("content-type", content_type)
+                .header("authorization", "Bearer test-feed-token-0123456789")
+                .body(Body::from(body))
+                .unwrap_or_else(|e| panic!("request: {e}"))
+        };
+        let batch = |batch_id: u64| -> Vec<u8> {
+            usage_codec::encode(&UsageBatch {
+                gateway_id: "gw1".to_string(),
+                batch_id,
+                entries: vec![UsageEntry {
+                    key_id: "key_0123456789abcdef".to_string(),
+                    day: "2026-12-04".to_string(),
+                    count: 1,
+                    last_used: 1_764_806_400,
+                }],
+            })
+            .unwrap_or_default()
+        };
+        for content_type in ["text/plain", "application/vnd.tollgate.usage-batch; v=2"] {
+            let resp = tb
+                .backend
+                .router()
+                .oneshot(post(content_type, batch(1)))
+                .await
+                .unwrap_or_else(|e| panic!("call: {e}"));
+            assert_eq!(resp.status().as_u16(), 415, "{content_type}");
+            assert_eq!(
+                resp.headers()
+                    .get(usage_codec::ACCEPT_POST)
+                    .and_then(|v| v.to_str().ok()),
+                Some(usage_codec::ACCEPTED),
+                "{content_type}"
+            );
+            let raw = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+            assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
+        }
+        for (batch_id, content_type) in
+            [(1, usage_codec::CONTENT_TYPE), (2, usage_codec::MEDIA_TYPE)]
+        {
+            let resp = tb
+                .backend
+                .router()
+                .oneshot(post(content_type, batch(batch_id)))
+                .await
+                .unwrap_or_else(|e| panic!("call: {e}"));
+            assert_eq!(resp.status().as_u16(), 200, "{content_type}");
+        }
     }
 
     /// Found by schemathesis: `since` beyond i64 answered 500.

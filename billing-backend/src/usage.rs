@@ -4,29 +4,30 @@
 
 use crate::app::AppState;
 use crate::auth::ServiceAuth;
-use crate::error::ApiError;
+use crate::error::{json_error, ApiError};
 use crate::keys::{rfc3339, valid_key_id_or_404};
 use crate::openapi::ErrorDoc;
 use crate::store::DayCount;
-use crate::store::{pending, UsageRow};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
+use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::day::{day_index, format_day, parse_day};
-use tollgate_protocol::feed::{UsageAck, MAX_BATCH_ENTRIES};
+use tollgate_protocol::feed::{UsageAck, UsageBatch, MAX_BATCH_ENTRIES};
+use tollgate_protocol::usage_codec;
 use utoipa::ToSchema;
 
 /// Units reported by gateways per key over the last 60 s, by the time of last use; this is
 /// what `current_minute_usage` shows (the gateways enforce the exact window themselves).
 ///
-/// Kept as the last minute's batches in their compact stored form ([`pending`]), the same
+/// Kept as the last minute's batches in their one encoding ([`usage_codec`]), the same
 /// bytes the store keeps: recording a batch shares them, with no per-key work (a per-key map
 /// cost a hash lookup and two cache misses per entry, ~18 % of the ingest), and a read scans
 /// what arrived in the last minute (for 10 k active keys, 600 k entries: a few milliseconds).
@@ -71,78 +72,80 @@ impl MinuteWindow {
         };
         recent
             .iter()
-            .map(|p| pending::units_of(p, key_id, now - 60))
+            .map(|p| usage_codec::units_of(p, key_id, now - 60))
             .fold(0u64, u64::saturating_add)
     }
 }
 
-/// A usage batch as it arrives at `POST /internal/usage` (the wire form of
-/// [`tollgate_protocol::feed::UsageBatch`]), its text borrowed from the body: a busy gateway
-/// sends every active key once a second, and copying each id and day into a `String` was a
-/// large part of the ingest's cost.
-#[derive(Deserialize, ToSchema)]
+/// [`UsageBatch`] as the document shows it, JSON being its representation for clients of the
+/// HTTP API (the store's and the protocol's types stay free of documentation derives).
+#[derive(ToSchema)]
 #[schema(as = UsageBatch)]
-pub struct BatchIn<'a> {
+#[allow(dead_code)]
+pub struct UsageBatchDoc {
     /// 1-128 characters.
-    #[serde(borrow)]
-    #[schema(value_type = String, min_length = 1, max_length = 128)]
-    pub gateway_id: Cow<'a, str>,
+    #[schema(min_length = 1, max_length = 128)]
+    gateway_id: String,
     /// The gateway's sequence number for the batch; a batch is applied once per
     /// `(gateway_id, batch_id)`. At most 2^63 - 1 (the databases store a signed 64-bit id).
     #[schema(maximum = 9223372036854775807_i64)]
-    pub batch_id: u64,
-    #[serde(borrow)]
-    #[schema(value_type = Vec<EntryIn<'static>>)]
-    pub entries: Vec<EntryIn<'a>>,
+    batch_id: u64,
+    entries: Vec<UsageEntryDoc>,
 }
 
-#[derive(Deserialize, ToSchema)]
+/// [`UsageEntry`](tollgate_protocol::feed::UsageEntry) as the document shows it.
+#[derive(ToSchema)]
 #[schema(as = UsageEntry)]
-pub struct EntryIn<'a> {
+#[allow(dead_code)]
+pub struct UsageEntryDoc {
     /// 1-128 characters.
-    #[serde(borrow)]
-    #[schema(value_type = String, min_length = 1, max_length = 128)]
-    pub key_id: Cow<'a, str>,
+    #[schema(min_length = 1, max_length = 128)]
+    key_id: String,
     /// `YYYY-MM-DD` (UTC).
-    #[serde(borrow)]
-    #[schema(value_type = String, example = "2026-12-04", pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
-    pub day: Cow<'a, str>,
+    #[schema(example = "2026-12-04", pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    day: String,
     /// Units admitted; at most 2^63 - 1.
     #[schema(maximum = 9223372036854775807_i64)]
-    pub count: u64,
+    count: u64,
     /// Unix seconds.
-    pub last_used: i64,
-}
-
-impl BatchIn<'_> {
-    pub fn rows(&self) -> Vec<UsageRow<'_>> {
-        self.entries
-            .iter()
-            .map(|e| UsageRow {
-                key_id: &e.key_id,
-                day: &e.day,
-                count: e.count,
-                last_used: e.last_used,
-            })
-            .collect()
-    }
+    last_used: i64,
 }
 
 /// Longest key id a usage entry may name (ids the backend issues are 20 characters).
 const MAX_KEY_ID: usize = 128;
 
-/// Accepts a batch once. Duplicates (same gateway and batch id) are acknowledged, not applied.
-///
-/// `encoded` is the entries already in their stored form ([`pending`]), as a binary body
-/// carries them (the same bytes `rows` were read from); otherwise they are encoded here. The
-/// one encoding is what the store keeps and what the minute window scans.
-pub async fn ingest(
-    state: &AppState,
-    gateway_id: &str,
-    batch_id: u64,
-    rows: &[UsageRow<'_>],
-    encoded: Option<Bytes>,
-) -> Result<UsageAck, ApiError> {
+/// A batch that arrived as JSON, in the one encoding ([`usage_codec`]) it is stored in.
+pub fn encode(batch: &UsageBatch) -> Result<Bytes, ApiError> {
+    usage_codec::encode(batch)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::bad("invalid_body", format!("usage batch: {e}")))
+}
+
+/// The answer to a usage batch in a representation this backend does not take: 415, and
+/// `Accept-Post` listing those it takes (a gateway picks from that list).
+pub fn unsupported_media() -> Response {
+    let mut resp = json_error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("usage batches are taken as {}", usage_codec::ACCEPTED),
+    );
+    resp.headers_mut().insert(
+        usage_codec::ACCEPT_POST,
+        HeaderValue::from_static(usage_codec::ACCEPTED),
+    );
+    resp
+}
+
+/// Accepts an encoded batch ([`usage_codec`]) once. Duplicates (same gateway and batch id) are
+/// acknowledged, not applied. The bytes are read in place and stored as they are: the one
+/// encoding is what the store keeps and what the minute window scans.
+pub async fn ingest(state: &AppState, encoded: Bytes) -> Result<UsageAck, ApiError> {
+    let batch = usage_codec::decode(&encoded).map_err(|e| ApiError::bad("invalid_body", e))?;
+    let UsageBatch {
+        gateway_id,
+        batch_id,
+        entries,
+    } = batch;
     if gateway_id.is_empty() || gateway_id.len() > 128 {
         return Err(ApiError::bad(
             "invalid_body",
@@ -156,7 +159,7 @@ pub async fn ingest(
             format!("batch_id must be at most {}", i64::MAX),
         ));
     }
-    if rows.len() > MAX_BATCH_ENTRIES {
+    if entries.len() > MAX_BATCH_ENTRIES {
         return Err(ApiError::bad(
             "invalid_body",
             format!("a batch holds at most {MAX_BATCH_ENTRIES} entries"),
@@ -164,7 +167,7 @@ pub async fn ingest(
     }
     let mut units = 0u64;
     let mut newest = i64::MIN;
-    for (i, e) in rows.iter().enumerate() {
+    for (i, e) in entries.iter().enumerate() {
         if e.key_id.is_empty() || e.key_id.len() > MAX_KEY_ID {
             return Err(ApiError::bad(
                 "invalid_body",
@@ -192,17 +195,13 @@ pub async fn ingest(
             format!("the entries' counts add up to more than {}", i64::MAX),
         ));
     }
-    let payload = match encoded {
-        Some(bytes) => bytes,
-        None => Bytes::from(pending::encode(rows)?),
-    };
     let now = state.now();
     let duplicate = state
         .store
-        .ingest_payload(gateway_id, batch_id, &payload, rows.len(), units, now)
+        .ingest_payload(gateway_id, batch_id, &encoded, entries.len(), units, now)
         .await?;
     if !duplicate {
-        state.minute.record(payload, newest, now);
+        state.minute.record(encoded.clone(), newest, now);
         state.metrics.usage_units.inc_by(units);
     }
     state

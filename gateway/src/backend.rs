@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch, FEED_PATH, USAGE_PATH};
-use tollgate_protocol::usage_wire;
+use tollgate_protocol::feed::{FeedPage, UsageAck, FEED_PATH, USAGE_PATH};
+use tollgate_protocol::usage_codec::{self, Media};
 
 /// Every outgoing HTTP(S) client of the gateway: upstreams, the backend link.
 pub type HttpClient = Client<crate::tls::Connector, Body>;
@@ -33,23 +33,9 @@ pub trait BackendLink: Send + Sync {
         wait: Duration,
         known: &str,
     ) -> Result<FeedPage, String>;
-    /// Delivers a usage batch; the backend applies each `(gateway_id, batch_id)` once.
-    async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String>;
-    /// Delivers a usage batch already serialised, as `UsageBatch` JSON and (when it fits) in
-    /// the binary form: the shipper serialises a batch once, off the async workers, and
-    /// journals the JSON. This default (links that need the struct) parses the JSON back on the
-    /// background thread; the remote link sends the binary form.
-    async fn ingest_usage_sealed(
-        &self,
-        json: Bytes,
-        _binary: Option<Bytes>,
-    ) -> Result<UsageAck, String> {
-        let batch = crate::background::run(move || serde_json::from_slice::<UsageBatch>(&json))
-            .await
-            .map_err(|e| format!("reading usage batch: {e}"))?
-            .map_err(|e| format!("usage batch is not valid JSON: {e}"))?;
-        self.ingest_usage(&batch).await
-    }
+    /// Delivers a usage batch, encoded ([`usage_codec`]) once by the shipper, off the async
+    /// workers; the backend applies each `(gateway_id, batch_id)` once.
+    async fn ingest_usage(&self, batch: Bytes) -> Result<UsageAck, String>;
 }
 
 /// A backend reached over HTTP.
@@ -57,7 +43,8 @@ pub struct RemoteBackend {
     client: HttpClient,
     base: Uri,
     auth: HeaderValue,
-    /// Cleared when the backend refuses the binary usage form.
+    /// Cleared when the backend's `Accept-Post` leaves out the codec's version (it is then sent
+    /// JSON, the same batch).
     binary_usage: AtomicBool,
 }
 
@@ -85,20 +72,31 @@ impl RemoteBackend {
             .map_err(|e| format!("bad backend URI: {e}"))
     }
 
-    async fn call(&self, req: Request<Body>, timeout: Duration) -> Result<Bytes, String> {
+    /// The backend's answer, whatever its status.
+    async fn exchange(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<(http::response::Parts, Bytes), String> {
         let resp = tokio::time::timeout(timeout, self.client.request(req))
             .await
             .map_err(|_| "backend did not answer in time".to_string())?
             .map_err(|e| format!("backend unreachable: {e}"))?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_FEED_BODY)
+        let (parts, body) = resp.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_FEED_BODY)
             .collect()
             .await
             .map_err(|e| format!("reading backend answer: {e}"))?
             .to_bytes();
-        if !status.is_success() {
+        Ok((parts, body))
+    }
+
+    /// The backend's answer when it is a success; otherwise an error quoting it.
+    async fn call(&self, req: Request<Body>, timeout: Duration) -> Result<Bytes, String> {
+        let (parts, body) = self.exchange(req, timeout).await?;
+        if !parts.status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(300)]).to_string();
-            return Err(format!("backend answered {status}: {text}"));
+            return Err(format!("backend answered {}: {text}", parts.status));
         }
         Ok(body)
     }
@@ -134,45 +132,76 @@ impl BackendLink for RemoteBackend {
         serde_json::from_slice(&body).map_err(|e| format!("feed page is not valid JSON: {e}"))
     }
 
-    async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String> {
-        let json = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
-        self.post_usage(json.into(), "application/json").await
-    }
-
-    /// Posts the bytes as they are (no serialisation on the caller's async thread), binary when
-    /// there is a binary form and the backend has not refused one.
-    async fn ingest_usage_sealed(
-        &self,
-        json: Bytes,
-        binary: Option<Bytes>,
-    ) -> Result<UsageAck, String> {
-        if let Some(binary) = binary.filter(|_| self.binary_usage.load(Ordering::Relaxed)) {
-            match self.post_usage(binary, usage_wire::CONTENT_TYPE).await {
-                // A backend from before the binary form parses the body as JSON.
-                Err(e) if e.contains(" 415 ") || e.contains("invalid_json") => {
-                    tracing::warn!(error = %e, "backend does not take binary usage batches (older version?); sending JSON");
-                    self.binary_usage.store(false, Ordering::Relaxed);
-                }
-                done => return done,
-            }
+    /// Posts the encoded bytes as they are, unless the backend said (415 and `Accept-Post`) it
+    /// takes only JSON: then the batch is written as JSON, from then on.
+    async fn ingest_usage(&self, batch: Bytes) -> Result<UsageAck, String> {
+        let media = if self.binary_usage.load(Ordering::Relaxed) {
+            Media::Binary
+        } else {
+            Media::Json
+        };
+        let accept = match self.post_usage(&batch, media).await? {
+            Posted::Ack(ack) => return Ok(ack),
+            Posted::Unsupported(accept) => accept,
+        };
+        let chosen = usage_codec::choose(&accept).filter(|m| *m != media);
+        let Some(chosen) = chosen else {
+            return Err(format!(
+                "backend does not take usage batches as {}; it takes: {accept:?}",
+                media.content_type()
+            ));
+        };
+        tracing::warn!(sent = media.content_type(), accepted = %accept, using = chosen.content_type(), "backend takes another usage representation; switching");
+        self.binary_usage
+            .store(chosen == Media::Binary, Ordering::Relaxed);
+        match self.post_usage(&batch, chosen).await? {
+            Posted::Ack(ack) => Ok(ack),
+            Posted::Unsupported(accept) => Err(format!(
+                "backend does not take usage batches as {}; it takes: {accept:?}",
+                chosen.content_type()
+            )),
         }
-        self.post_usage(json, "application/json").await
     }
 }
 
+/// The backend's answer to a usage batch.
+enum Posted {
+    Ack(UsageAck),
+    /// 415: the representation is not one it takes; its `Accept-Post` list.
+    Unsupported(String),
+}
+
 impl RemoteBackend {
-    async fn post_usage(
-        &self,
-        body: Bytes,
-        content_type: &'static str,
-    ) -> Result<UsageAck, String> {
+    async fn post_usage(&self, batch: &Bytes, media: Media) -> Result<Posted, String> {
+        let body = match media {
+            Media::Binary => batch.clone(),
+            Media::Json => {
+                let view = usage_codec::decode(batch)?;
+                serde_json::to_vec(&view).map_err(|e| e.to_string())?.into()
+            }
+        };
         let req = Request::post(self.uri(USAGE_PATH)?)
             .header(AUTHORIZATION, self.auth.clone())
-            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_TYPE, media.content_type())
             .body(Body::full(body))
             .map_err(|e| e.to_string())?;
-        let body = self.call(req, Duration::from_secs(10)).await?;
-        serde_json::from_slice(&body).map_err(|e| format!("usage ack is not valid JSON: {e}"))
+        let (parts, body) = self.exchange(req, Duration::from_secs(10)).await?;
+        if parts.status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            let accept: Vec<&str> = parts
+                .headers
+                .get_all(usage_codec::ACCEPT_POST)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            return Ok(Posted::Unsupported(accept.join(", ")));
+        }
+        if !parts.status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).to_string();
+            return Err(format!("backend answered {}: {text}", parts.status));
+        }
+        serde_json::from_slice(&body)
+            .map(Posted::Ack)
+            .map_err(|e| format!("usage ack is not valid JSON: {e}"))
     }
 }
 
@@ -244,10 +273,10 @@ impl Management {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use tollgate_protocol::feed::UsageEntry;
+    use tollgate_protocol::feed::{UsageBatch, UsageEntry};
 
-    /// A backend from before the binary usage form: it parses every usage body as JSON and
-    /// answers a binary one with its `invalid_json` error. Records each body's content type.
+    /// A backend that takes usage batches only as JSON: any other content type gets 415 and
+    /// `Accept-Post: application/json`. Records each body's content type.
     async fn old_backend(seen: Arc<Mutex<Vec<String>>>) -> std::net::SocketAddr {
         let app = axum::Router::new().route(
             USAGE_PATH,
@@ -259,14 +288,23 @@ mod tests {
                     .to_string();
                 seen.lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(content_type);
+                    .push(content_type.clone());
+                if content_type != usage_codec::JSON {
+                    return (
+                        http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        [(usage_codec::ACCEPT_POST, usage_codec::JSON)],
+                        axum::Json(serde_json::json!({"error": {"code": "unsupported_media_type"}})),
+                    );
+                }
                 match serde_json::from_slice::<UsageBatch>(&body) {
                     Ok(b) => (
                         http::StatusCode::OK,
+                        [(usage_codec::ACCEPT_POST, usage_codec::JSON)],
                         axum::Json(serde_json::json!({"gateway_id": b.gateway_id, "batch_id": b.batch_id, "duplicate": false})),
                     ),
                     Err(e) => (
                         http::StatusCode::BAD_REQUEST,
+                        [(usage_codec::ACCEPT_POST, usage_codec::JSON)],
                         axum::Json(serde_json::json!({"error": {"code": "invalid_json", "message": e.to_string()}})),
                     ),
                 }
@@ -280,6 +318,20 @@ mod tests {
         addr
     }
 
+    fn batch(batch_id: u64) -> Bytes {
+        let batch: UsageBatch = UsageBatch {
+            gateway_id: "gw".into(),
+            batch_id,
+            entries: vec![UsageEntry {
+                key_id: "key_0123456789abcdef".into(),
+                day: "2026-11-26".into(),
+                count: 3,
+                last_used: 1_764_115_200,
+            }],
+        };
+        Bytes::from(usage_codec::encode(&batch).unwrap_or_default())
+    }
+
     #[tokio::test]
     async fn a_backend_refusing_binary_usage_gets_json_from_then_on() {
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -290,20 +342,8 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let link = RemoteBackend::new(client, base, "t").unwrap_or_else(|e| panic!("{e}"));
         for batch_id in 1..=2u64 {
-            let batch = UsageBatch {
-                gateway_id: "gw".into(),
-                batch_id,
-                entries: vec![UsageEntry {
-                    key_id: "key_0123456789abcdef".into(),
-                    day: "2026-11-26".into(),
-                    count: 3,
-                    last_used: 1_764_115_200,
-                }],
-            };
-            let json = Bytes::from(serde_json::to_vec(&batch).unwrap_or_default());
-            let binary = Bytes::from(usage_wire::encode_batch(&batch).unwrap_or_default());
             let ack = link
-                .ingest_usage_sealed(json, Some(binary))
+                .ingest_usage(batch(batch_id))
                 .await
                 .unwrap_or_else(|e| panic!("batch {batch_id}: {e}"));
             assert_eq!((ack.batch_id, ack.duplicate), (batch_id, false));
@@ -313,10 +353,42 @@ mod tests {
         assert_eq!(
             seen,
             [
-                usage_wire::CONTENT_TYPE,
-                "application/json",
-                "application/json"
+                usage_codec::CONTENT_TYPE,
+                usage_codec::JSON,
+                usage_codec::JSON
             ]
         );
+    }
+
+    /// A 415 that lists nothing this gateway writes is an error (the batch stays pending), not a
+    /// loop of retries in other forms.
+    #[tokio::test]
+    async fn a_backend_taking_nothing_we_write_is_an_error() {
+        let app = axum::Router::new().route(
+            USAGE_PATH,
+            axum::routing::post(|| async {
+                (
+                    http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    [(
+                        usage_codec::ACCEPT_POST,
+                        "application/vnd.tollgate.usage-batch; v=9",
+                    )],
+                    "",
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let base: Uri = format!("http://{addr}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let link = RemoteBackend::new(crate::tls::plain_client(), base, "t")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = link.ingest_usage(batch(1)).await.err().unwrap_or_default();
+        assert!(err.contains("v=9"), "{err}");
+        assert!(link.binary_usage.load(Ordering::Relaxed), "still binary");
     }
 }

@@ -1,14 +1,16 @@
 //! Embedded mode: the billing backend runs inside the gateway process (SQLite under `data_dir`),
-//! so the quick start is one command. Feed and usage are direct calls; management paths go to
+//! so the quick start is one command. Feed and usage are direct calls (a usage batch is handed
+//! over in its one encoding, which the backend stores as it is); management paths go to
 //! the backend's router as a tower service.
 
 use crate::backend::BackendLink;
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tollgate_backend::{Backend, BackendConfig};
 use tollgate_protocol::config::Document;
-use tollgate_protocol::feed::{FeedPage, UsageAck, UsageBatch};
+use tollgate_protocol::feed::{FeedPage, UsageAck};
 
 /// The backend's configuration from the gateway's document. `[backend] data_dir` defaults to
 /// the gateway's. The gateway's config check calls this too, so a bad `[backend]` setting
@@ -74,7 +76,8 @@ impl BackendLink for EmbeddedLink {
         self.0.feed_page(since, limit, wait, known).await
     }
 
-    async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, String> {
-        self.0.ingest_usage(batch.clone()).await
+    /// The encoded batch goes to the backend as it is: it stores those bytes.
+    async fn ingest_usage(&self, batch: Bytes) -> Result<UsageAck, String> {
+        self.0.ingest_usage(batch).await
     }
 }

@@ -11,6 +11,8 @@
 //! **Usage ingest.** A gateway counts admitted units per key and UTC day and sends batches
 //! (`POST /internal/usage`). A batch is identified by `(gateway_id, batch_id)`; the backend
 //! applies each batch at most once and acknowledges duplicates without applying them again.
+//! The body is the batch in [`crate::usage_codec`]'s encoding, its version named in the media
+//! type (JSON is accepted too).
 
 use crate::keys::KeyHash;
 use crate::plans::Limits;
@@ -86,21 +88,31 @@ pub struct FeedQuery {
     pub db_id: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct UsageEntry {
-    pub key_id: String,
+/// A key's admitted units on one UTC day. `K` and `D` hold the key id and the day: as text,
+/// `String` when owned or `&str` read in place from an encoded batch ([`crate::usage_codec`]);
+/// a gateway counts in the same type with its compact key id and day number.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UsageEntry<K = String, D = K> {
+    pub key_id: K,
     /// UTC day, `YYYY-MM-DD`.
-    pub day: String,
+    pub day: D,
     pub count: u64,
     /// Unix seconds of the last admitted request in this entry.
     pub last_used: i64,
 }
 
+/// The one usage batch: cut by a gateway, kept in its journal, sent to the backend and stored
+/// there, always in the form of [`crate::usage_codec`] (JSON is an input representation of the
+/// same type on the HTTP API).
+///
+/// `S` holds the text and `E` the entries: owned (`UsageBatch`), or a view of an encoded batch
+/// (`UsageBatch<&str, usage_codec::Entries>`, from [`crate::usage_codec::decode`]) that reads
+/// the entries in place instead of copying every key id and day.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct UsageBatch {
-    pub gateway_id: String,
+pub struct UsageBatch<S = String, E = Vec<UsageEntry<S>>> {
+    pub gateway_id: S,
     pub batch_id: u64,
-    pub entries: Vec<UsageEntry>,
+    pub entries: E,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -9,7 +9,8 @@
 //! - [`config`]: the configuration layer both binaries load through (TOML file, then
 //!   `TOLLGATE_<SECTION>_<KEY>` overrides) and its one-line errors naming the setting.
 //! - [`process`]: `process_*` metrics from `/proc/self` and the build-info gauge.
-//! - [`usage_wire`]: the binary form of a usage batch (gateway to backend, and stored).
+//! - [`usage_codec`]: the one versioned encoding of a usage batch (the gateway's journal, the
+//!   body sent to the backend, the backend's stored form) and its media-type negotiation.
 //! - [`day`]: UTC day arithmetic on unix seconds (the daily quota resets at 00:00 UTC).
 //! - [`cli`] (feature `cli`): both binaries' command line, version, error lines and logs.
 //! - [`tls`] (feature `tls`): PEM certificates and keys, rustls server and client
@@ -27,4 +28,4 @@ pub mod plans;
 pub mod process;
 #[cfg(feature = "tls")]
 pub mod tls;
-pub mod usage_wire;
+pub mod usage_codec;

@@ -426,7 +426,7 @@ async fn feed_long_poll_wakes_within_a_second_and_usage_counts_once() {
 
     // The binary form gateways send counts the same way; damaged binary is a precise 400.
     let key_id = k2["key_id"].as_str().unwrap_or_default();
-    let binary = tollgate_protocol::usage_wire::encode_batch(&UsageBatch {
+    let binary = tollgate_protocol::usage_codec::encode::<String>(&UsageBatch {
         gateway_id: "gw-b".into(),
         batch_id: 1,
         entries: vec![UsageEntry {
@@ -441,7 +441,7 @@ async fn feed_long_poll_wakes_within_a_second_and_usage_counts_once() {
         client()
             .post(format!("{u}/internal/usage"))
             .bearer_auth(TOKEN)
-            .header("content-type", tollgate_protocol::usage_wire::CONTENT_TYPE)
+            .header("content-type", tollgate_protocol::usage_codec::CONTENT_TYPE)
             .body(body)
             .send()
     };

@@ -94,6 +94,7 @@ conformance!(
     revoke_rotate_update_bump_seq,
     feed_pages_in_order_without_gaps,
     usage_is_applied_once,
+    payloads_stored_before_whole_batches_still_apply,
     concurrent_duplicate_batches_count_once,
     large_batches_span_statements,
     concurrent_batches_over_the_same_keys_all_count,
@@ -408,6 +409,40 @@ fn batch(gateway: &str, id: u64, entries: Vec<(&str, &str, u64, i64)>) -> UsageB
             })
             .collect(),
     }
+}
+
+/// A pending row written before stored payloads were whole encoded batches holds the entries
+/// alone; settling after an upgrade applies it like any other.
+async fn payloads_stored_before_whole_batches_still_apply(s: Arc<SqlStore>) {
+    let k = s
+        .create_key(new_key("ivy", "cli_free_i", 1000), &max_keys(), &cause())
+        .await
+        .expect("create");
+    let whole = tollgate_protocol::usage_codec::encode(&batch(
+        "gw-old",
+        1,
+        vec![(&k.key_id, "2026-11-25", 4, 1100)],
+    ))
+    .expect("encode");
+    // The header: magic and version (4), gateway id length and text (1 + 6), batch id (8).
+    let entries_only = &whole[4 + 1 + 6 + 8..];
+    assert!(!s
+        .ingest_payload("gw-old", 1, entries_only, 1, 4, 2000)
+        .await
+        .expect("ingest"));
+    assert!(!s
+        .ingest_usage(
+            &batch("gw-new", 1, vec![(&k.key_id, "2026-11-25", 3, 1200)]),
+            2001
+        )
+        .await
+        .expect("ingest"));
+    assert_eq!(s.settle_usage().await.expect("settle"), 2);
+    let u = s
+        .usage_of(&k.key_id, "2026-11-25", 30)
+        .await
+        .expect("usage");
+    assert_eq!((u.today, u.total, u.last_used), (7, 7, Some(1200)));
 }
 
 async fn usage_is_applied_once(s: Arc<SqlStore>) {

@@ -8,7 +8,6 @@
 //! touched, so a gateway sees either all of it or none of it.
 
 pub mod payments;
-pub mod pending;
 pub mod schema;
 pub mod sql;
 
@@ -19,6 +18,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use tollgate_protocol::feed::UsageBatch;
 use tollgate_protocol::keys::KeyHash;
+use tollgate_protocol::usage_codec;
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -274,16 +274,19 @@ pub trait KeyStore: Send + Sync {
     async fn key_stats(&self, now: i64) -> StoreResult<KeyStats>;
 }
 
-/// One usage entry as the store takes it: a key's units on a UTC day, borrowed from a request
-/// body or a stored batch.
-pub use tollgate_protocol::usage_wire::EntryRef as UsageRow;
-
+/// Usage batches from gateways.
+///
+/// Applying a batch means updating one row per key in two tables. A busy gateway's batch names
+/// every active key each second, so the store coalesces: a batch is stored as one row on
+/// arrival (`usage_pending`, its payload the batch in its one encoding,
+/// [`tollgate_protocol::usage_codec`]), and pending rows are summed per key and applied together
+/// every few seconds (or before anything reads usage).
 #[async_trait]
 pub trait UsageStore: Send + Sync {
     /// Accepts a batch once per (gateway_id, batch_id), durably; returns true when it was a
-    /// duplicate. `payload` is the batch's entries in their stored form ([`pending::encode`]),
-    /// `entries` and `units` their number and the sum of their counts. Accepted batches are
-    /// applied by [`UsageStore::settle_usage`], which every read of usage (here and in key
+    /// duplicate. `payload` is the encoded batch ([`usage_codec::encode`], or the body a gateway
+    /// sent), `entries` and `units` their number and the sum of their counts. Accepted batches
+    /// are applied by [`UsageStore::settle_usage`], which every read of usage (here and in key
     /// records) runs first.
     async fn ingest_payload(
         &self,
@@ -296,14 +299,18 @@ pub trait UsageStore: Send + Sync {
     ) -> StoreResult<bool>;
     /// [`UsageStore::ingest_payload`] for an owned batch.
     async fn ingest_usage(&self, batch: &UsageBatch, now: i64) -> StoreResult<bool> {
-        let rows: Vec<UsageRow<'_>> = batch.entries.iter().map(UsageRow::from).collect();
-        let payload = pending::encode(&rows)?;
-        let units = rows.iter().map(|e| e.count).fold(0u64, u64::saturating_add);
+        let payload =
+            usage_codec::encode(batch).map_err(|e| StoreError::Conflict(format!("usage {e}")))?;
+        let units = batch
+            .entries
+            .iter()
+            .map(|e| e.count)
+            .fold(0u64, u64::saturating_add);
         self.ingest_payload(
             &batch.gateway_id,
             batch.batch_id,
             &payload,
-            rows.len(),
+            batch.entries.len(),
             units,
             now,
         )

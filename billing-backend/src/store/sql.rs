@@ -7,13 +7,13 @@
 //! every transaction that bumps a key's sequence, so sequences commit in order and a gateway
 //! reading `seq > since` never skips a change that commits later with a lower number.
 
-use super::pending;
 use super::*;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
+use tollgate_protocol::feed::UsageEntry;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -856,7 +856,7 @@ impl SqlStore {
     async fn apply_usage<'a>(
         &self,
         tx: &mut Tx,
-        entries: impl Iterator<Item = UsageRow<'a>>,
+        entries: impl Iterator<Item = UsageEntry<&'a str>>,
     ) -> StoreResult<()> {
         let mut daily: HashMap<(&str, &str), i64> = HashMap::new();
         let mut totals: HashMap<&str, (i64, i64)> = HashMap::new();
@@ -1000,12 +1000,13 @@ impl UsageStore for SqlStore {
         }
         let mut entries = Vec::new();
         for (gateway, batch_id, payload) in &payloads {
-            let before = entries.len();
-            if let Err(e) = pending::decode(payload, |e| entries.push(e)) {
+            match usage_codec::stored_entries(payload) {
+                Ok(read) => entries.extend(read.iter()),
                 // Only a damaged database gets here; keeping the row would stop every later
                 // batch from being applied.
-                entries.truncate(before);
-                tracing::error!(gateway = %gateway, batch_id, error = %e, "a pending usage batch could not be read and is left out");
+                Err(e) => {
+                    tracing::error!(gateway = %gateway, batch_id, error = %e, "a pending usage batch could not be read and is left out")
+                }
             }
         }
         self.apply_usage(&mut tx, entries.into_iter()).await?;

@@ -32,7 +32,7 @@ use crate::conns::Conn;
 use crate::forwarded::{self, Peer};
 use crate::headers::{self, HeaderSink, Headers, KeyHeader, X_KEY_ID, X_PLAN, X_USER_ID};
 use crate::keys::KeyEntry;
-use crate::limits::UpstreamLimits;
+use crate::limits::{UpstreamLimits, MAX_HEADERS};
 use crate::metrics::Outcome;
 use crate::phases::{self, Admission, Answered, Exchange, Gateway, Unanswered};
 use crate::phases::{UpstreamError, CLIMBS_OUT};
@@ -49,9 +49,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Headers parsed per message: hyper's limit (100) on both sides, so both request paths take
-/// the same heads. A request with more goes to hyper (431); a response with more is a 502.
-const MAX_HEADERS: usize = 100;
 /// A response is written in one piece when head and body fit in this much.
 const ONE_WRITE: usize = 64 * 1024;
 /// Read size for a connection's buffers.

@@ -5,6 +5,12 @@
 use crate::config::GatewaySettings;
 use std::time::Duration;
 
+/// Headers parsed per message: hyper's built-in limit, which the lane applies on both sides so
+/// both request paths take the same heads (a request with more goes to hyper, which answers
+/// 431; a response with more is a 502). Hyper is left at its default: setting it there moves
+/// its header slots from the stack to the heap, an allocation per request.
+pub const MAX_HEADERS: usize = 100;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Largest request head (`max_header_bytes`): the lane hands a longer one to hyper, whose

@@ -14,9 +14,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use tollgate_benches::{Rng, NEVER_REJECT};
 use tollgate_gateway::config::KeySource;
+use tollgate_gateway::headers::{error_response, extract_key, strip_hop_headers};
 use tollgate_gateway::keys::{Found, KeyId, Replica, Tables};
 use tollgate_gateway::metrics::Outcome;
-use tollgate_gateway::proxy::{error_response, extract_key, strip_hop_headers};
 use tollgate_gateway::quota::local::LocalQuota;
 use tollgate_gateway::quota::{Decision, SystemClock};
 use tollgate_protocol::feed::{FeedKey, KeyState};
@@ -80,7 +80,7 @@ fn key_lookup(c: &mut Criterion) {
             b.iter(|| {
                 let h = &headers[rng.below(headers.len())];
                 let (key, _) = extract_key(h, KeySource::Either)
-                    .unwrap_or(("", tollgate_gateway::proxy::KeyHeader::ApiKey));
+                    .unwrap_or(("", tollgate_gateway::headers::KeyHeader::ApiKey));
                 if !plausible_key(key) {
                     return false;
                 }

@@ -5,7 +5,7 @@
 //! `[backend] url` with the feed token.
 
 use crate::body::Body;
-use crate::proxy::strip_hop_headers;
+use crate::headers::strip_hop_headers;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};

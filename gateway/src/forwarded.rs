@@ -28,7 +28,7 @@ const NAMES: [&[u8]; 5] = [
 /// Whether `name` is a forwarding header the gateway sets or drops, in any case and with `_`
 /// for `-` (CGI-style upstreams read `X_Forwarded_For` as `X-Forwarded-For`).
 pub fn is_forwarding(name: &[u8]) -> bool {
-    NAMES.iter().any(|n| crate::proxy::same_name(name, n))
+    NAMES.iter().any(|n| crate::headers::same_name(name, n))
 }
 
 /// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address.

@@ -1,11 +1,12 @@
 //! The HTTP/1.1 fast lane: keyed requests proxied straight between two sockets.
 //!
 //! Every connection on the main listener starts here. The lane reads a request head into the
-//! connection's buffer, parses it in place (`httparse`), runs the same phases as
-//! [`crate::proxy`] (key, replica, route/plan, quota, settle, usage, metrics — the very same
-//! functions), writes the rewritten head and the body upstream in one write on a pooled
-//! keep-alive connection, and copies the response back with the gateway's headers added. No
-//! buffer is allocated per request: the buffers belong to the connection and are reused.
+//! connection's buffer, parses it in place (`httparse`), and hands it to the request phases
+//! ([`crate::phases`]: key, replica, route/plan, quota, settle, usage, metrics — the ones hyper's
+//! requests go through) as a [`Lane`], whose forward writes the rewritten head and the body
+//! upstream in one write on a pooled keep-alive connection and copies the response back with the
+//! gateway's headers added. No buffer is allocated per request: the buffers belong to the
+//! connection and are reused.
 //!
 //! The lane takes only the common case: an HTTP/1.1 request with a complete head and a body
 //! that is already buffered (`Content-Length`, no chunked upload), on a configured route whose
@@ -13,7 +14,7 @@
 //! HTTP/1.0 and h2, the gateway's own paths (`/health`, validate, management), `builtin:echo`,
 //! large or streamed uploads, a head that does not arrive in one read, WebSockets, malformed
 //! input — hands the connection, with the bytes already read, to hyper and
-//! [`crate::proxy::Gateway::handle`] for the rest of its life. Both paths give the same answers;
+//! [`Gateway::handle`] for the rest of its life. Both paths give the same answers;
 //! the lane exists because hyper's generality costs ~3× nginx's user-space CPU per proxied
 //! request (benches/PROFILE.md).
 //!
@@ -29,13 +30,12 @@
 use crate::body::Body;
 use crate::conns::Conn;
 use crate::forwarded::{self, Peer};
+use crate::headers::{self, HeaderSink, Headers, KeyHeader, X_KEY_ID, X_PLAN, X_USER_ID};
 use crate::keys::KeyEntry;
+use crate::limits::{UpstreamLimits, MAX_HEADERS};
 use crate::metrics::Outcome;
-use crate::proxy::{
-    self, check_body_size, check_route, extract_key, Gateway, HeaderSink, Headers, KeyHeader,
-    UpstreamError, X_KEY_ID, X_PLAN, X_USER_ID,
-};
-use crate::quota::{Reservation, Usage};
+use crate::phases::{self, Admission, Answered, Exchange, Gateway, Unanswered};
+use crate::phases::{UpstreamError, CLIMBS_OUT};
 use crate::routes::{Route, Target};
 use http::header::{HeaderName, HeaderValue};
 use http::Response;
@@ -49,20 +49,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Headers parsed per message: hyper's limit (100) on both sides, so both request paths take
-/// the same heads. A request with more goes to hyper (431); a response with more is a 502.
-const MAX_HEADERS: usize = 100;
 /// A response is written in one piece when head and body fit in this much.
 const ONE_WRITE: usize = 64 * 1024;
 /// Read size for a connection's buffers.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// What the lane needs from `[gateway]`.
-#[derive(Clone, Copy)]
-pub struct LaneSettings {
-    pub max_header_bytes: usize,
-    pub header_timeout: Duration,
-}
 
 /// A connection's reusable timer. Arming a fresh `tokio::time::timeout` for every read costs a
 /// timer-wheel insert and removal each time (~3 % of the lane's CPU under load); this one is
@@ -95,32 +85,14 @@ impl Deadline {
     }
 }
 
-/// Upstream keep-alive settings (`upstream_*` in `[gateway]`).
-#[derive(Clone, Copy, Debug)]
-pub struct PoolSettings {
-    pub max_idle: usize,
-    pub idle_timeout: Duration,
-    pub connect_timeout: Duration,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        PoolSettings {
-            max_idle: 1024,
-            idle_timeout: Duration::from_secs(90),
-            connect_timeout: Duration::from_secs(2),
-        }
-    }
-}
-
 /// Idle keep-alive connections to one upstream, most recently used last.
 pub struct Pool {
     idle: Mutex<Vec<(TcpStream, Instant)>>,
-    settings: PoolSettings,
+    settings: UpstreamLimits,
 }
 
 impl Pool {
-    pub fn new(settings: PoolSettings) -> Pool {
+    pub fn new(settings: UpstreamLimits) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
             settings,
@@ -243,13 +215,10 @@ impl AsyncWrite for Prefixed {
 }
 
 /// A parsed request head's headers, looked up by name.
-struct Parsed<'h, 'b>(&'h [httparse::Header<'b>]);
-
-impl Headers for Parsed<'_, '_> {
+impl Headers for [httparse::Header<'_>] {
     fn first(&self, name: &HeaderName) -> Option<&[u8]> {
         let name = name.as_str().as_bytes();
-        self.0
-            .iter()
+        self.iter()
             .find(|h| h.name.as_bytes().eq_ignore_ascii_case(name))
             .map(|h| h.value)
     }
@@ -282,7 +251,7 @@ fn is(name: &str, h: &[u8]) -> bool {
 }
 
 fn is_hop(name: &str) -> bool {
-    proxy::is_hop_name(name.as_bytes())
+    headers::is_hop_name(name.as_bytes())
 }
 
 const HOST: &[u8] = b"host";
@@ -313,7 +282,7 @@ fn facts<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
             if length_seen {
                 return None;
             }
-            f.content_length = proxy::parse_length(h.value)?;
+            f.content_length = headers::parse_length(h.value)?;
             length_seen = true;
         } else if is(n, CONNECTION) {
             for token in std::str::from_utf8(h.value).ok()?.split(',') {
@@ -480,20 +449,11 @@ struct Buffers {
     out: Vec<u8>,
 }
 
-/// The keyed part of a request once admitted.
-struct Admitted<'e> {
-    entry: &'e KeyEntry,
-    from: KeyHeader,
-    reservation: Reservation,
-    usage: Usage,
-}
-
 /// Serves one client connection until it closes, or hands it to hyper.
 pub async fn serve(
     gw: Arc<Gateway>,
     mut client: TcpStream,
     mut drain: watch::Receiver<bool>,
-    settings: LaneSettings,
     conn: &Conn,
     peer: &Peer,
 ) -> Exit {
@@ -507,7 +467,7 @@ pub async fn serve(
     loop {
         if b.input.is_empty() {
             b.input.reserve(READ_CHUNK);
-            let timer = idle.arm(tokio::time::Instant::now(), settings.header_timeout);
+            let timer = idle.arm(tokio::time::Instant::now(), gw.limits.header_timeout);
             let read = tokio::select! {
                 biased;
                 r = client.read_buf(&mut b.input) => r,
@@ -528,7 +488,7 @@ pub async fn serve(
         };
         let draining = *drain.borrow();
         conn.start();
-        let step = one(&gw, &mut client, &b.input, work, settings, draining, peer).await;
+        let step = one(&gw, &mut client, &b.input, work, draining, peer).await;
         conn.end();
         match step {
             Step::Next(used) => {
@@ -559,8 +519,7 @@ async fn one(
     gw: &Gateway,
     client: &mut TcpStream,
     input: &[u8],
-    w: Work<'_>,
-    settings: LaneSettings,
+    mut w: Work<'_>,
     draining: bool,
     peer: &Peer,
 ) -> Step {
@@ -568,7 +527,7 @@ async fn one(
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     let head_len = match req.parse(input) {
-        Ok(httparse::Status::Complete(n)) if n <= settings.max_header_bytes => n,
+        Ok(httparse::Status::Complete(n)) if n <= gw.limits.max_header_bytes => n,
         _ => return Step::Handoff,
     };
     if req.version != Some(1) {
@@ -600,93 +559,45 @@ async fn one(
         Ok(n) => n,
         Err(message) => {
             gw.own.unmatched.count(Outcome::BadRequest, 400);
-            let resp = proxy::error_response(Outcome::BadRequest, message);
+            let resp = headers::error_response(Outcome::BadRequest, message);
             return reply(client, w.out, resp, close, head_only, used).await;
         }
     };
     let path = &*normal.path;
-    if proxy::is_own_path(path) {
+    if phases::is_own_path(path) {
         return Step::Handoff;
     }
-    let route = {
-        let table = gw.routes.load();
-        table.find(f.host, path).cloned()
-    };
-    let Some(route) = route else {
-        gw.own.unmatched.count(Outcome::RouteNotFound, 404);
-        let resp = proxy::error_response(Outcome::RouteNotFound, "no route for this path");
-        return reply(client, w.out, resp, close, head_only, used).await;
+    let route = match gw.route(f.host, path) {
+        Ok(route) => route,
+        Err(not_found) => return reply(client, w.out, not_found, close, head_only, used).await,
     };
     if !route.fast {
         return Step::Handoff;
     }
     if normal.climbs_out_of(route.depth) {
-        let resp = gw.refused(&route, proxy::CLIMBS_OUT, None, start);
+        let resp = gw.refused(&route, CLIMBS_OUT, None, start);
         return reply(client, w.out, resp, close, head_only, used).await;
     }
-    let headers = Parsed(req.headers);
-    let body = &input[head_len..used];
     let request = Request {
         method,
         path,
         query,
         headers: req.headers,
-        body,
+        body: &input[head_len..used],
         close,
         host: f.host,
         peer,
     };
-
-    if !route.needs_key() {
-        if let Err(r) = check_body_size(&route, &headers) {
-            let resp = gw.refused(&route, r, None, start);
-            return reply(client, w.out, resp, close, head_only, used).await;
-        }
-        return forward(gw, client, w, &route, &request, None, start, used).await;
+    let lane = Lane {
+        client: &mut *client,
+        w: w.reborrow(),
+        req: &request,
+        used,
+    };
+    match gw.serve_route(&route, lane, start).await {
+        phases::Reply::Forwarded(step) => step,
+        phases::Reply::Gateway(resp) => reply(client, w.out, resp, close, head_only, used).await,
     }
-    // 1. key
-    let Some((key, from)) = extract_key(&headers, route.key_source()) else {
-        let r = proxy::Refusal {
-            outcome: Outcome::MissingKey,
-            message: "an API key is required (X-API-Key or Authorization: Bearer)",
-        };
-        let resp = gw.refused(&route, r, None, start);
-        return reply(client, w.out, resp, close, head_only, used).await;
-    };
-    // 2. replica
-    let now_ms = gw.clock.now_ms();
-    let entry = match gw.lookup(key, now_ms.div_euclid(1000)) {
-        Ok(e) => e,
-        Err(r) => {
-            let resp = gw.refused(&route, r, None, start);
-            return reply(client, w.out, resp, close, head_only, used).await;
-        }
-    };
-    // 3. route / plan
-    if let Err(r) = check_route(&route, &entry, &headers) {
-        let resp = gw.refused(&route, r, Some(&entry), start);
-        return reply(client, w.out, resp, close, head_only, used).await;
-    }
-    // 4. quota
-    let (reservation, usage) = match gw.reserve(&entry, route.cfg.cost).await {
-        Ok(r) => r,
-        Err(Err(r)) => {
-            let resp = gw.refused(&route, r, Some(&entry), start);
-            return reply(client, w.out, resp, close, head_only, used).await;
-        }
-        Err(Ok(limited)) => {
-            let resp = gw.limited(&route, &entry, limited, start);
-            return reply(client, w.out, resp, close, head_only, used).await;
-        }
-    };
-    let admitted = Admitted {
-        entry: &entry,
-        from,
-        reservation,
-        usage,
-    };
-    // 5.–7.
-    forward(gw, client, w, &route, &request, Some(admitted), start, used).await
 }
 
 /// The request as parsed, borrowed from the input buffer (the path normalised).
@@ -708,6 +619,17 @@ struct Work<'a> {
     reply: &'a mut Vec<u8>,
     out: &'a mut Vec<u8>,
     deadline: &'a mut Deadline,
+}
+
+impl Work<'_> {
+    fn reborrow(&mut self) -> Work<'_> {
+        Work {
+            upstream: self.upstream,
+            reply: self.reply,
+            out: self.out,
+            deadline: self.deadline,
+        }
+    }
 }
 
 /// Writes a response the gateway made (refusals, errors) and goes on (or closes).
@@ -749,7 +671,7 @@ fn render(out: &mut Vec<u8>, resp: Response<Body>, close: bool, head_only: bool)
     put_header(
         out,
         b"content-length",
-        proxy::render_int(&mut n, u64::try_from(bytes.len()).unwrap_or(u64::MAX)),
+        headers::render_int(&mut n, u64::try_from(bytes.len()).unwrap_or(u64::MAX)),
     );
     if close {
         put_header(out, b"connection", b"close");
@@ -796,7 +718,7 @@ fn upstream_request(
     out.clear();
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(proxy::upstream_target(route, req.path).as_bytes());
+    out.extend_from_slice(phases::upstream_target(route, req.path).as_bytes());
     if let Some(q) = req.query {
         out.push(b'?');
         out.extend_from_slice(q.as_bytes());
@@ -811,7 +733,7 @@ fn upstream_request(
     for h in req.headers {
         let n = h.name;
         let drop = is_hop(n)
-            || proxy::carries_key(n.as_bytes(), h.value, key_from)
+            || headers::carries_key(n.as_bytes(), h.value, key_from)
             || forwarded::is_forwarding(n.as_bytes())
             || (own_host.is_some() && is(n, HOST));
         if !drop {
@@ -854,25 +776,53 @@ fn upstream_request(
     out.extend_from_slice(req.body);
 }
 
-/// Phases 5–7: send upstream, copy the answer back with the gateway's headers, settle, record.
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    gw: &Gateway,
-    client: &mut TcpStream,
-    w: Work<'_>,
-    route: &Arc<Route>,
-    req: &Request<'_, '_>,
-    admitted: Option<Admitted<'_>>,
-    start: Instant,
+/// A request on the lane, with the connection and buffers phase 5 uses.
+struct Lane<'a> {
+    client: &'a mut TcpStream,
+    w: Work<'a>,
+    req: &'a Request<'a, 'a>,
+    /// Bytes of the input the request takes.
     used: usize,
-) -> Step {
+}
+
+impl<'a> Exchange for Lane<'a> {
+    type Headers = [httparse::Header<'a>];
+    type Output = Step;
+
+    fn headers(&self) -> &Self::Headers {
+        self.req.headers
+    }
+
+    fn forward(
+        self,
+        gw: &Gateway,
+        route: &Route,
+        key: Option<&mut Admission<'_>>,
+    ) -> impl std::future::Future<Output = Result<Answered<Step>, Unanswered>> {
+        forward(self, gw, route, key)
+    }
+}
+
+/// Phase 5: send upstream, copy the answer back with the gateway's headers.
+async fn forward(
+    lane: Lane<'_>,
+    gw: &Gateway,
+    route: &Route,
+    key: Option<&mut Admission<'_>>,
+) -> Result<Answered<Step>, Unanswered> {
+    let Lane {
+        client,
+        w,
+        req,
+        used,
+    } = lane;
     let target = route.pick();
     upstream_request(
         w.upstream,
         route,
         target,
         req,
-        admitted.as_ref().map(|a| (a.entry, a.from)),
+        key.as_deref().map(Admission::key),
     );
     let head_only = req.method == "HEAD";
     let sent = Instant::now();
@@ -888,7 +838,7 @@ async fn forward(
         w.out,
         req.close,
         head_only,
-        admitted.as_ref(),
+        key,
     );
     let result = tokio::select! {
         biased;
@@ -910,9 +860,10 @@ async fn forward(
             if !matches!(err, UpstreamError::Timeout) {
                 tracing::warn!(route = %route.cfg.name, "upstream request failed");
             }
-            let keyed = admitted.map(|a| (a.entry, (a.reservation, a.usage)));
-            let resp = gw.finish(route, keyed, Err(err), took, start).await;
-            return reply(client, w.out, resp, req.close, head_only, used).await;
+            return Err(Unanswered {
+                error: err,
+                upstream: took,
+            });
         }
     };
     let Answer {
@@ -975,12 +926,16 @@ async fn forward(
     if ok && reusable {
         target.pool.put(upstream);
     }
-    gw.record(route, Outcome::Ok, status, start, took);
-    if ok && !close {
+    let step = if ok && !close {
         Step::Next(used)
     } else {
         Step::Close
-    }
+    };
+    Ok(Answered {
+        output: step,
+        status,
+        upstream: took,
+    })
 }
 
 /// Writes `buf` to the client: at once when the socket takes it all (the usual case: no timer,
@@ -1022,7 +977,7 @@ async fn exchange(
     out: &mut Vec<u8>,
     client_close: bool,
     head_only: bool,
-    admitted: Option<&Admitted<'_>>,
+    mut key: Option<&mut Admission<'_>>,
 ) -> Result<(TcpStream, usize, Answer), Failed> {
     let (mut up, mut reused) = match target.pool.take() {
         Some(s) => (s, true),
@@ -1057,7 +1012,7 @@ async fn exchange(
                 }
                 // A 1xx may be followed by the final head in the same read.
                 loop {
-                    match head(gw, reply, out, client_close, head_only, admitted).await {
+                    match head(gw, reply, out, client_close, head_only, key.as_deref_mut()) {
                         Ok(Reply::Final(n, answer)) => return Ok((up, n, answer)),
                         Ok(Reply::Informational) => {}
                         Ok(Reply::Partial) => break,
@@ -1070,7 +1025,7 @@ async fn exchange(
         // fresh connection, but only when that cannot make it happen twice (nothing of it was
         // written, or its method is idempotent): a POST the upstream read before closing may
         // have been processed.
-        if !reused || got_any || (wrote_any && !proxy::idempotent(method)) {
+        if !reused || got_any || (wrote_any && !headers::idempotent(method)) {
             return Err(Failed::Io);
         }
         reused = false;
@@ -1092,14 +1047,15 @@ enum Reply {
     Final(usize, Answer),
 }
 
-/// Parses a response head in `reply`. On a final head, writes the client's head into `out`.
-async fn head(
+/// Parses a response head in `reply`. On a final head, writes the client's head into `out`
+/// and settles an admitted key's units as used (the `RateLimit` headers go in the head).
+fn head(
     gw: &Gateway,
     reply: &mut Vec<u8>,
     out: &mut Vec<u8>,
     client_close: bool,
     head_only: bool,
-    admitted: Option<&Admitted<'_>>,
+    key: Option<&mut Admission<'_>>,
 ) -> Result<Reply, ()> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
@@ -1128,7 +1084,7 @@ async fn head(
     let mut named_len = 0;
     for h in resp.headers.iter() {
         if is(h.name, CONTENT_LENGTH) {
-            let v = proxy::parse_length(h.value).ok_or(())?;
+            let v = headers::parse_length(h.value).ok_or(())?;
             if length.is_some_and(|l| l != v) {
                 return Err(());
             }
@@ -1186,7 +1142,7 @@ async fn head(
             || named[..named_len]
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name))
-            || (admitted.is_some() && proxy::is_gateway_header(name, legacy));
+            || (key.is_some() && headers::is_gateway_header(name, legacy));
         if !skip {
             has_date |= is(h.name, b"date");
             put_header(out, name, h.value);
@@ -1195,15 +1151,8 @@ async fn head(
     if !has_date {
         put_date(out);
     }
-    if let Some(a) = admitted {
-        let usage = gw.account(a.entry, a.reservation, a.usage, true).await;
-        proxy::rate_limit_headers(
-            &mut Head(out),
-            a.entry,
-            &usage,
-            legacy,
-            a.reservation.at_ms.div_euclid(1000),
-        );
+    if let Some(a) = key {
+        a.answered(&mut Head(out));
     }
     if matches!(framing, Framing::Chunked(_)) {
         put_header(out, b"transfer-encoding", b"chunked");

@@ -1,15 +1,20 @@
-//! tollgate gateway: the key-checking, quota-enforcing reverse proxy (SPEC §5).
+//! tollgate gateway: the key-checking, quota-enforcing reverse proxy.
 //!
 //! # Layout
 //! - [`config`]: `[gateway]`, `[[routes]]`, the gateway's part of `[backend]`, `[[plans]]`;
 //!   validated at start, one error line per bad setting.
 //! - [`conns`]: the main listener's connections: `max_connections`, idle ones closed first.
 //! - [`server`]: start-up, the main and metrics listeners, SIGHUP reload, graceful shutdown.
-//! - [`proxy`]: **the request path, in one file**: extract key → replica lookup → route/plan
-//!   check → reserve quota → forward → settle (refund on 502/504) → record usage and metrics.
+//! - [`phases`]: **the request path, in one file**: extract key → replica lookup → route/plan
+//!   check → reserve quota → forward (the transport's part) → settle (refund on 502/504) →
+//!   record usage and metrics; both transports below run it.
 //! - [`h1`]: the HTTP/1.1 fast lane: every main-listener connection starts here; ordinary
-//!   keep-alive requests on HTTP routes run the same phases between two sockets, anything else is
-//!   handed (with the bytes read) to hyper and [`proxy::Gateway::handle`].
+//!   keep-alive requests on HTTP routes run the phases between two sockets, anything else is
+//!   handed (with the bytes read) to hyper and [`phases::Gateway::handle`].
+//! - [`proxy`]: the hyper transport: own paths, management, and the phases with hyper's client.
+//! - [`headers`]: the headers both transports read and write alike (key, identity, hop-by-hop,
+//!   `RateLimit`, the JSON error answer).
+//! - [`limits`]: header size and time and upstream connection limits, read once for both.
 //! - [`forwarded`]: `X-Forwarded-*` and `Forwarded` for the upstream; client-sent values
 //!   believed only from `trusted_proxies`.
 //! - [`path`]: the normalised request path both request paths route on and forward.
@@ -30,7 +35,7 @@
 //!
 //! A request: the fast lane ([`h1::serve`]: parse in place → phases above → pooled upstream
 //! connection → response copied back with `RateLimit` headers), or, for what the lane does not
-//! take, hyper (HTTP/1.0, HTTP/1.1, h2) → [`proxy::Gateway::handle`] → own paths (`/health`,
+//! take, hyper (HTTP/1.0, HTTP/1.1, h2) → [`phases::Gateway::handle`] → own paths (`/health`,
 //! `/ready`, validate) or management (to the backend) or a route → the same phases → upstream
 //! via hyper-util's pooled client.
 //!
@@ -51,11 +56,14 @@ pub mod embedded;
 pub mod feed;
 pub mod forwarded;
 pub mod h1;
+pub mod headers;
 pub mod health;
 pub mod help;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod path;
+pub mod phases;
 pub mod proxy;
 pub mod quota;
 pub mod routes;

@@ -11,7 +11,8 @@
 
 use crate::backend::HttpClient;
 use crate::config::{Auth, KeySource, RouteConfig, Upstream};
-use crate::h1::{Pool, PoolSettings};
+use crate::h1::Pool;
+use crate::limits::UpstreamLimits;
 use crate::metrics::{Metrics, RouteMetrics};
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
@@ -112,7 +113,7 @@ impl RouteTable {
         cfgs: &[RouteConfig],
         metrics: &Metrics,
         cooldown: Duration,
-        pool: PoolSettings,
+        pool: UpstreamLimits,
     ) -> RouteTable {
         let epoch = Instant::now();
         let mut routes: Vec<Arc<Route>> = cfgs
@@ -141,14 +142,7 @@ impl RouteTable {
                 let fast = targets
                     .iter()
                     .all(|t| matches!(t.kind, Upstream::Http { .. }));
-                let client = c.tls.clone().map(|tls| {
-                    let settings = crate::tls::ClientSettings {
-                        connect_timeout: pool.connect_timeout,
-                        idle_timeout: pool.idle_timeout,
-                        max_idle: pool.max_idle,
-                    };
-                    crate::tls::client(settings, Some(tls))
-                });
+                let client = c.tls.clone().map(|tls| crate::tls::client(pool, Some(tls)));
                 Arc::new(Route {
                     cfg: c.clone(),
                     targets,
@@ -210,7 +204,7 @@ mod tests {
             &cfg.routes,
             &Metrics::new(),
             Duration::from_secs(5),
-            PoolSettings::default(),
+            UpstreamLimits::default(),
         )
     }
 

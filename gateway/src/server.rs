@@ -21,11 +21,12 @@ use crate::config::{BackendMode, Config, RouteConfig};
 use crate::conns::{Conn, Conns};
 use crate::feed::Feed;
 use crate::forwarded::Peer;
-use crate::h1::{Exit, LaneSettings, PoolSettings};
+use crate::h1::Exit;
 use crate::health::Health;
 use crate::keys::Replica;
+use crate::limits::Limits;
 use crate::metrics::{Gauge, Metrics};
-use crate::proxy::{Gateway, OwnMetrics};
+use crate::phases::{Gateway, OwnMetrics};
 use crate::quota::redis::RedisQuota;
 use crate::quota::{local::LocalQuota, persist, Clock, Fleet, OnRedisFailure, Quota, SystemClock};
 use crate::routes::RouteTable;
@@ -78,32 +79,25 @@ fn gateway_id(configured: Option<&str>, data_dir: &Path) -> Result<String, Strin
 /// A pooled client with the upstream connect and pool settings; `tls` for https URIs (an
 /// https backend), `None` for the shared client of plain-HTTP upstreams.
 fn http_client(
-    cfg: &Config,
+    limits: &Limits,
     tls: Option<Arc<tollgate_protocol::tls::rustls::ClientConfig>>,
 ) -> HttpClient {
-    let g = &cfg.gateway;
-    let settings = crate::tls::ClientSettings {
-        connect_timeout: g.upstream_connect_timeout,
-        idle_timeout: g.upstream_idle_timeout,
-        max_idle: g.upstream_pool_max_idle,
-    };
-    crate::tls::client(settings, tls)
+    crate::tls::client(limits.upstream, tls)
 }
 
-fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
-    let g = &cfg.gateway;
+fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(g.client_header_timeout)
-        .max_buf_size(g.max_header_bytes.max(8192))
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     // The h2 limits beside hyper's defaults: streams per connection, and the HEADERS size as
     // HTTP/1's head limit. Handshake and idle time are bounded per connection by `serve_hyper`.
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(u32::try_from(g.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     b
 }
 
@@ -271,8 +265,8 @@ async fn metrics_endpoint(
             );
             r
         }
-        "/health" => crate::proxy::json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
-        _ => crate::proxy::error_response(
+        "/health" => crate::headers::json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
+        _ => crate::headers::error_response(
             crate::metrics::Outcome::RouteNotFound,
             "only /metrics and /health here",
         ),
@@ -318,14 +312,6 @@ fn print_quickstart(
     }
 }
 
-fn pool_settings(g: &crate::config::GatewaySettings) -> PoolSettings {
-    PoolSettings {
-        max_idle: g.upstream_pool_max_idle,
-        idle_timeout: g.upstream_idle_timeout,
-        connect_timeout: g.upstream_connect_timeout,
-    }
-}
-
 /// Re-reads `path` and swaps in its routes and plans (in embedded mode the backend's catalogue
 /// too, so existing keys get edited limits); any error keeps the running ones. In remote mode
 /// the separate backend owns the catalogue: reload it there (`kill -HUP` the backend).
@@ -358,7 +344,12 @@ fn reload(
     }
     #[cfg(not(feature = "embedded"))]
     let _ = embedded;
-    let table = RouteTable::build(&cfg.routes, metrics, g.unhealthy_cooldown, pool_settings(g));
+    let table = RouteTable::build(
+        &cfg.routes,
+        metrics,
+        g.unhealthy_cooldown,
+        gw.limits.upstream,
+    );
     let n = table.len();
     gw.routes.store(Arc::new(table));
     // The certificate files were read (and checked against each other) by `load`.
@@ -407,7 +398,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         }
     }
 
-    let client = http_client(&cfg, None);
+    // The limits of both transports, read once.
+    let limits = Limits::new(&g);
+    let client = http_client(&limits, None);
     #[cfg_attr(not(feature = "embedded"), allow(unused_mut))]
     let mut embedded: Option<Embedded> = None;
     let (link, management): (Arc<dyn BackendLink>, Management) = match &cfg.backend {
@@ -418,7 +411,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         } => {
             // An https backend gets its own client (its CA); http shares the upstreams' one.
             let backend_client = match tls {
-                Some(tls) => http_client(&cfg, Some(tls.clone())),
+                Some(tls) => http_client(&limits, Some(tls.clone())),
                 None => client.clone(),
             };
             let link =
@@ -496,7 +489,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             &cfg.routes,
             &metrics,
             g.unhealthy_cooldown,
-            pool_settings(&g),
+            limits.upstream,
         )),
         replica: replica.clone(),
         quota,
@@ -507,6 +500,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         management: Some(management),
         clock,
         legacy_headers: g.legacy_ratelimit_headers,
+        limits,
         own: OwnMetrics::new(&metrics),
     });
 
@@ -603,16 +597,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
 
-    let builder = Arc::new(server_builder(&cfg));
+    let builder = Arc::new(server_builder(&limits));
     // The metrics listener's connections; the main listener's are in `conns`.
     let graceful = GracefulShutdown::new();
     let conns = Conns::new(g.max_connections, metrics.clone());
     // Tells every main-listener connection to finish what it is doing and close.
     let (drain_tx, drain_rx) = watch::channel(false);
-    let lane = LaneSettings {
-        max_header_bytes: g.max_header_bytes,
-        header_timeout: g.client_header_timeout,
-    };
     loop {
         let (stream, is_metrics) = tokio::select! {
             r = listener.accept() => (r, false),
@@ -659,7 +649,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             continue;
         };
         let drain = drain_rx.clone();
-        let (idle, grace, fast_lane) = (g.client_header_timeout, g.shutdown_timeout, g.fast_lane);
+        let (idle, grace, fast_lane) = (limits.header_timeout, g.shutdown_timeout, g.fast_lane);
         let peer = Arc::new(Peer::new(peer, &g.trusted_proxies, cert.is_some()));
         if let Some(cert) = &cert {
             let acceptor = cert.acceptor();
@@ -678,7 +668,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         tokio::spawn(async move {
             let conn = &admitted.conn;
             let result = if fast_lane {
-                match crate::h1::serve(gw.clone(), stream, drain.clone(), lane, conn, &peer).await {
+                match crate::h1::serve(gw.clone(), stream, drain.clone(), conn, &peer).await {
                     Exit::Closed => return,
                     Exit::Handoff(io) => {
                         serve_hyper(io, &builder, gw, conn, peer, drain, idle, grace).await

@@ -195,17 +195,9 @@ impl tower::Service<Uri> for Connector {
     }
 }
 
-/// Pool and connect settings of a client.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientSettings {
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_idle: usize,
-}
-
 /// A pooled HTTP/1.1 client: plain TCP for http, TLS with `tls` for https.
 pub fn client(
-    settings: ClientSettings,
+    settings: crate::limits::UpstreamLimits,
     tls: Option<Arc<ClientConfig>>,
 ) -> crate::backend::HttpClient {
     Client::builder(TokioExecutor::new())

@@ -6,8 +6,9 @@
 
 use crate::body::Body;
 use crate::config::KeySource;
+use crate::headers::{error_response, extract_key, json_response};
 use crate::metrics::Outcome;
-use crate::proxy::{error_response, extract_key, json_response, Gateway, Refusal};
+use crate::phases::{Gateway, Refusal};
 use crate::quota::Exceeded;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;

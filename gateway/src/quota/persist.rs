@@ -431,7 +431,7 @@ impl Saver {
 /// then once more. `stop` must turn true only after the connections are drained, so the last
 /// save holds every admission.
 pub async fn run(
-    gw: Arc<crate::proxy::Gateway>,
+    gw: Arc<crate::phases::Gateway>,
     path: PathBuf,
     every: Duration,
     mut stop: watch::Receiver<bool>,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_protocol::day::{day_index, format_day, parse_day, SECONDS_PER_DAY};
 
-use super::store::MeterExport;
+use crate::store::stripe::MeterExport;
 
 /// Stripe accepts meter event timestamps up to 35 days in the past; keep a day's margin.
 const MAX_AGE_DAYS: i64 = 34;

@@ -20,7 +20,6 @@
 pub mod client;
 pub mod meter;
 pub mod signature;
-pub mod store;
 pub mod sync;
 pub mod webhook;
 pub mod wire;
@@ -934,7 +933,7 @@ async fn create_subscription(
     let link = state
         .store
         .stripe_link_sub(
-            &store::SubLink {
+            &crate::store::stripe::SubLink {
                 stripe_sub_id: created.id.clone(),
                 sub_id: our_id.clone(),
                 customer_id: customer.clone(),

@@ -19,10 +19,11 @@
 
 use super::client::StripeError;
 use super::wire::{self, Mapped};
-use super::{configured, plan_for_price, signature, store::SubLink, Stripe};
+use super::{configured, plan_for_price, signature, Stripe};
 use crate::app::AppState;
 use crate::error::{json_error, ApiError};
 use crate::providers::events::{self, Begin};
+use crate::store::stripe::SubLink;
 use crate::store::{Cause, PayStatus, Settled, StoreError, SubStatus, Subscription};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

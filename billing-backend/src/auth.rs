@@ -3,9 +3,9 @@
 //! `TOLLGATE_SERVICE_TOKEN` a token is generated on first start into `data_dir/service_token`
 //! (mode 0600) and reused afterwards.
 
-use crate::app::AppState;
 use crate::config::Secret;
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};

@@ -7,8 +7,8 @@
 //! that is not already JSON (a path or query rejection, an unknown route, a 405 from the
 //! router) into the SPEC §9 body, so no client ever sees a plain-text error.
 
-use crate::app::AppState;
 use crate::error::{json_error, ApiError};
+use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{FromRequest, OptionalFromRequestParts, Request};
 use axum::http::request::Parts;

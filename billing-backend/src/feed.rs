@@ -4,11 +4,11 @@
 //! [`watch_head`] also polls the database head every 250 ms, so changes committed by another
 //! backend on the same PostgreSQL reach this backend's waiting gateways too.
 
-use crate::app::AppState;
 use crate::auth::FeedAuth;
 use crate::error::ApiError;
+use crate::error::ErrorDoc;
 use crate::extract::parse_json;
-use crate::openapi::ErrorDoc;
+use crate::state::AppState;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};

@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //! - [`config`]: `[backend]` + `[[plans]]` from TOML with `TOLLGATE_BACKEND_*` overrides.
-//! - [`app`]: [`AppState`], the router, and [`Backend`] (start / router / feed / usage / shutdown),
-//!   used by `main.rs` and by the gateway in embedded mode.
+//! - [`app`]: the router and [`Backend`] (start / router / feed / usage / shutdown), used by
+//!   `main.rs` and by the gateway in embedded mode; [`state`]: [`AppState`], what the handlers
+//!   share, below the routers.
 //! - [`store`]: storage traits and the SQL implementation (SQLite default, PostgreSQL).
 //! - [`plans`], [`keys`], [`usage`], [`billing`], [`stats`]: one module per domain, each with its
 //!   DTOs, handlers and `router()`.
@@ -14,6 +15,7 @@
 //!   extractor and the JSON-error backstop; [`idempotency`]: the layer that replays retried
 //!   POSTs which create money or entitlement objects;
 //!   [`error`]: the one client-facing error type; [`ops`], [`metrics`], [`openapi`]: operations.
+//! - [`test_clock`] (`test-clock` feature only): the end-to-end tests' hook that moves time.
 //! - [`tls`]: the standalone binary's optional TLS listener (`tls_cert_file`/`tls_key_file`).
 //!
 //! A request flows: router → `metrics::track` → `extract::json_errors` → `idempotency::guard`
@@ -39,10 +41,14 @@ pub mod ops;
 pub mod plans;
 pub mod portal;
 pub mod providers;
+pub mod state;
 pub mod stats;
 pub mod store;
+#[cfg(feature = "test-clock")]
+pub mod test_clock;
 pub mod tls;
 pub mod usage;
 
-pub use app::{AppState, Backend};
+pub use app::Backend;
 pub use config::BackendConfig;
+pub use state::AppState;

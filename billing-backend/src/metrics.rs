@@ -3,7 +3,7 @@
 //! build-info and `process_*` gauges ([`Metrics::render_standalone`]); an embedding gateway
 //! renders those itself and appends [`Metrics::render`].
 
-use crate::app::AppState;
+use crate::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;

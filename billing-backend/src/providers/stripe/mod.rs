@@ -24,13 +24,13 @@ pub mod sync;
 pub mod webhook;
 pub mod wire;
 
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::config::Secret;
+use crate::error::ErrorDoc;
 use crate::error::{json_error, ApiError};
 use crate::extract::IdempotencyKey;
 use crate::keys::{rfc3339, valid_user_id};
-use crate::openapi::ErrorDoc;
+use crate::state::AppState;
 use crate::store::{Cause, PayStatus, Payment, StoreError, SubStatus, Subscription};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -1278,7 +1278,7 @@ async fn checkout_status(
 }
 
 /// The Stripe endpoints. Every one needs Stripe configured (else 503 `provider_not_configured`)
-/// and may pass on a mapped Stripe failure; [`crate::openapi`] adds those answers to every
+/// and may pass on a mapped Stripe failure; the OpenAPI document (`openapi.rs`) adds those answers to every
 /// operation tagged `stripe` (see `PROVIDER_ANSWERS` there).
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(

@@ -47,7 +47,7 @@ pub fn router(state: AppState) -> Router {
             crate::feed::stamp_seq,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.metrics.clone(),
             crate::metrics::track,
         ))
         .layer(axum::middleware::from_fn(crate::extract::json_errors))

@@ -100,7 +100,10 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
     responses((status = 200, description = "The metrics", body = String, content_type = "text/plain"))
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state.metrics.render_standalone(&state).await;
+    let text = state
+        .metrics
+        .render_standalone(state.store.as_ref(), state.now())
+        .await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

@@ -2,7 +2,7 @@
 //! tokens' digests, feed hub, metrics and providers), built by `Backend` (`app.rs`). It sits
 //! below the routers: the modules that serve HTTP import it; it imports none of them.
 
-use crate::auth::TokenDigest;
+use crate::auth::{TokenDigest, Tokens};
 #[cfg(feature = "test-clock")]
 use crate::clock::OffsetClock;
 use crate::clock::SharedClock;
@@ -61,6 +61,16 @@ impl AppState {
     /// replaced at its first contact.
     pub fn feed_epoch(&self) -> String {
         format!("{}.{}", self.store.db_id(), self.plans.0.load().fingerprint)
+    }
+}
+
+impl Tokens for AppState {
+    fn service_token(&self) -> &TokenDigest {
+        &self.service_token
+    }
+
+    fn feed_token(&self) -> Option<&TokenDigest> {
+        self.feed_token.as_ref()
     }
 }
 

@@ -6,7 +6,7 @@ use crate::auth::TokenDigest;
 use crate::clock::OffsetClock;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::BackendConfig;
-use crate::feed::FeedHub;
+use crate::hub::FeedHub;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Plans};
 use crate::store::sql::SqlStore;

@@ -10,7 +10,8 @@
 //!   DTOs, handlers and `router()`.
 //! - [`portal`]: the customer portal and pricing page (server-rendered HTML under `/portal/`)
 //!   and the operator view; sessions by a signed hand-off from the operator's backend.
-//! - [`feed`]: the key feed and usage ingest that gateways use (`/internal/*`).
+//! - [`feed`]: the key feed and usage ingest that gateways use (`/internal/*`); [`hub`]: the
+//!   feed head in memory, which wakes waiting gateways.
 //! - [`auth`]: service and feed tokens; [`extract`]: JSON parsing, the `Idempotency-Key`
 //!   extractor and the JSON-error backstop; [`idempotency`]: the layer that replays retried
 //!   POSTs which create money or entitlement objects;
@@ -20,7 +21,7 @@
 //!
 //! A request flows: router → `metrics::track` → `extract::json_errors` → `idempotency::guard`
 //! (listed POSTs with a key only) → handler (extractors do auth and parsing) → domain function
-//! → `store` (one transaction per change, ledger included) → `feed::FeedHub::notify` wakes
+//! → `store` (one transaction per change, ledger included) → `hub::FeedHub::notify` wakes
 //! gateways waiting on the feed.
 
 pub mod app;
@@ -32,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod hub;
 pub mod idempotency;
 pub mod ids;
 pub mod keys;

@@ -7,7 +7,8 @@ use crate::auth::{TokenDigest, Tokens};
 use crate::clock::OffsetClock;
 use crate::clock::SharedClock;
 use crate::config::BackendConfig;
-use crate::feed::FeedHub;
+use crate::extract::BodyLimit;
+use crate::hub::FeedHub;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::usage::MinuteWindow;
@@ -71,6 +72,12 @@ impl Tokens for AppState {
 
     fn feed_token(&self) -> Option<&TokenDigest> {
         self.feed_token.as_ref()
+    }
+}
+
+impl BodyLimit for AppState {
+    fn max_body_bytes(&self) -> usize {
+        self.cfg.max_body_bytes
     }
 }
 

@@ -1,15 +1,17 @@
-//! Application state, the router, and [`Backend`]: the handle the binary and the embedding
-//! gateway use to start, serve and stop the backend.
+//! The router and [`Backend`]: the handle the binary and the embedding gateway use to start,
+//! serve and stop the backend. The state the handlers share is [`crate::state`].
 
 use crate::auth::TokenDigest;
-use crate::clock::{OffsetClock, SharedClock, SystemClock};
+#[cfg(feature = "test-clock")]
+use crate::clock::OffsetClock;
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::BackendConfig;
-use crate::feed::FeedHub;
+use crate::hub::FeedHub;
 use crate::metrics::Metrics;
+use crate::state::{AppState, Plans};
 use crate::store::sql::SqlStore;
 use crate::store::Store;
 use crate::usage::MinuteWindow;
-use arc_swap::ArcSwap;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use std::net::SocketAddr;
@@ -20,91 +22,9 @@ use tokio::sync::watch;
 use tollgate_protocol::feed::{FeedPage, UsageAck};
 use tollgate_protocol::plans::Catalogue;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Arc<dyn Store>,
-    pub cfg: Arc<BackendConfig>,
-    /// The plan catalogue: read it with [`AppState::catalogue`]; SIGHUP swaps it
-    /// ([`Backend::reload_plans`]).
-    pub plans: Plans,
-    pub clock: SharedClock,
-    /// Present when `TOLLGATE_TEST_CLOCK=1`: lets end-to-end tests move time.
-    pub test_clock: Option<Arc<OffsetClock>>,
-    pub service_token: TokenDigest,
-    pub feed_token: Option<TokenDigest>,
-    pub hub: FeedHub,
-    pub metrics: Metrics,
-    pub minute: Arc<MinuteWindow>,
-    pub providers: Arc<crate::providers::Providers>,
-    /// Customer portal: sessions and hand-off signing (see [`crate::portal`]).
-    pub portal: Arc<crate::portal::Portal>,
-    /// The origin (`http://host:port`) of the listener that actually serves this backend, set
-    /// once by [`Backend::advertise`] after the bind; links fall back to it when
-    /// `[backend] public_url` is unset (see [`crate::portal::origin`]). Shared, so routers
-    /// built before the bind see it too.
-    pub advertised: Arc<OnceLock<String>>,
-    pub started: Instant,
-}
-
-impl AppState {
-    pub fn now(&self) -> i64 {
-        self.clock.now()
-    }
-
-    /// The plan catalogue in force now.
-    pub fn catalogue(&self) -> Arc<Catalogue> {
-        self.plans.0.load().catalogue.clone()
-    }
-
-    /// The key feed's `db_id`: the database's id and a fingerprint of the plans' limits. Keys'
-    /// limits come from their plan, so when a plan's limits change (a restart with an edited
-    /// `[[plans]]`, or a reload) the epoch changes and every gateway re-reads the whole feed:
-    /// existing keys get the new limits, and a gateway's saved snapshot with the old ones is
-    /// replaced at its first contact.
-    pub fn feed_epoch(&self) -> String {
-        format!("{}.{}", self.store.db_id(), self.plans.0.load().fingerprint)
-    }
-}
-
-/// The plan catalogue, swapped whole on reload, with its limits' fingerprint.
-#[derive(Clone)]
-pub struct Plans(Arc<ArcSwap<CurrentPlans>>);
-
-struct CurrentPlans {
-    catalogue: Arc<Catalogue>,
-    fingerprint: String,
-}
-
-impl Plans {
-    fn new(catalogue: Catalogue) -> Plans {
-        Plans(Arc::new(ArcSwap::from_pointee(CurrentPlans::of(catalogue))))
-    }
-}
-
-impl CurrentPlans {
-    fn of(catalogue: Catalogue) -> CurrentPlans {
-        use sha2::{Digest, Sha256};
-        let mut plans: Vec<_> = catalogue
-            .all()
-            .iter()
-            .map(|p| (p.id.clone(), p.limits()))
-            .collect();
-        plans.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut h = Sha256::new();
-        for (id, l) in &plans {
-            h.update(format!("{id}:{}:{};", l.per_minute, l.per_day).as_bytes());
-        }
-        let fingerprint = hex::encode(&h.finalize()[..6]);
-        CurrentPlans {
-            catalogue: Arc::new(catalogue),
-            fingerprint,
-        }
-    }
-}
-
 pub fn router(state: AppState) -> Router {
     let limit = state.cfg.max_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .merge(crate::plans::router())
         .merge(crate::keys::router())
         .merge(crate::usage::router())
@@ -113,6 +33,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::portal::router())
         .merge(crate::feed::router())
         .merge(crate::ops::router())
+        .merge(crate::openapi::router());
+    #[cfg(feature = "test-clock")]
+    let routes = routes.merge(crate::test_clock::router());
+    routes
         .fallback(crate::extract::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -123,7 +47,7 @@ pub fn router(state: AppState) -> Router {
             crate::feed::stamp_seq,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.metrics.clone(),
             crate::metrics::track,
         ))
         .layer(axum::middleware::from_fn(crate::extract::json_errors))
@@ -153,12 +77,16 @@ impl Backend {
         let (token, token_path) =
             crate::auth::service_token(cfg.service_token.as_ref(), &cfg.data_dir)
                 .map_err(|e| format!("service token under {}: {e}", cfg.data_dir.display()))?;
+        #[cfg(feature = "test-clock")]
         let test_clock = (std::env::var("TOLLGATE_TEST_CLOCK").as_deref() == Ok("1"))
             .then(|| Arc::new(OffsetClock::default()));
+        #[cfg(feature = "test-clock")]
         let clock: SharedClock = match &test_clock {
             Some(c) => c.clone(),
             None => Arc::new(SystemClock),
         };
+        #[cfg(not(feature = "test-clock"))]
+        let clock: SharedClock = Arc::new(SystemClock);
         let head = store
             .feed_head()
             .await
@@ -171,6 +99,7 @@ impl Backend {
             cfg: Arc::new(cfg),
             store,
             clock,
+            #[cfg(feature = "test-clock")]
             test_clock,
             hub: FeedHub::new(head),
             metrics: Metrics::new(),
@@ -217,12 +146,9 @@ impl Backend {
     /// so their replicas re-read every key with the new limits within a moment. Returns
     /// whether the limits changed.
     pub fn reload_plans(&self, catalogue: Catalogue) -> bool {
-        let new = CurrentPlans::of(catalogue);
-        let old = self.state.plans.0.swap(Arc::new(new));
-        let now = self.state.plans.0.load();
-        let changed = old.fingerprint != now.fingerprint;
+        let changed = self.state.plans.replace(catalogue);
         tracing::info!(
-            plans = now.catalogue.all().len(),
+            plans = self.state.catalogue().all().len(),
             limits_changed = changed,
             "plan catalogue reloaded"
         );

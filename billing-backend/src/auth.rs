@@ -3,7 +3,6 @@
 //! `TOLLGATE_SERVICE_TOKEN` a token is generated on first start into `data_dir/service_token`
 //! (mode 0600) and reused afterwards.
 
-use crate::app::AppState;
 use crate::config::Secret;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
@@ -76,21 +75,26 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// What the token extractors check a bearer token against; the application state holds the
+/// digests and implements it.
+pub trait Tokens {
+    fn service_token(&self) -> &TokenDigest;
+    /// The feed token's digest, when `[backend] feed_token` is set.
+    fn feed_token(&self) -> Option<&TokenDigest>;
+}
+
 /// Extractor: the request carries the service token. 401 without one, 403 with a wrong one.
 pub struct ServiceAuth;
 
-impl FromRequestParts<AppState> for ServiceAuth {
+impl<S: Tokens + Sync> FromRequestParts<S> for ServiceAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match bearer(parts) {
             None => Err(ApiError::Unauthorized(
                 "missing service token: send Authorization: Bearer <token>".into(),
             )),
-            Some(t) if state.service_token.matches(t) => Ok(ServiceAuth),
+            Some(t) if state.service_token().matches(t) => Ok(ServiceAuth),
             Some(_) => Err(ApiError::Forbidden("invalid service token".into())),
         }
     }
@@ -99,20 +103,17 @@ impl FromRequestParts<AppState> for ServiceAuth {
 /// Extractor for the gateway-facing endpoints: the feed token or the service token.
 pub struct FeedAuth;
 
-impl FromRequestParts<AppState> for FeedAuth {
+impl<S: Tokens + Sync> FromRequestParts<S> for FeedAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match bearer(parts) {
             None => Err(ApiError::Unauthorized(
                 "missing feed token: send Authorization: Bearer <token>".into(),
             )),
             Some(t)
-                if state.service_token.matches(t)
-                    || state.feed_token.as_ref().is_some_and(|f| f.matches(t)) =>
+                if state.service_token().matches(t)
+                    || state.feed_token().is_some_and(|f| f.matches(t)) =>
             {
                 Ok(FeedAuth)
             }

@@ -6,19 +6,19 @@
 //! This module holds the `manual` provider: an operator grants or ends a plan with the service
 //! token. Stripe, PayPal and SEPA write subscriptions through the same path.
 
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
+use crate::error::ErrorDoc;
 use crate::extract::ValidatedJson;
 use crate::keys::{rfc3339, valid_user_id};
-use crate::openapi::ErrorDoc;
+use crate::state::AppState;
 use crate::store::{Cause, PayStatus, PlanChange, Settled, StoreError, SubStatus, Subscription};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::day::add_months;
@@ -620,36 +620,9 @@ async fn status(State(state): State<AppState>) -> Json<BillingStatus> {
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClockRequest {
-    advance_seconds: i64,
-}
-
-/// Test hook, present only with `TOLLGATE_TEST_CLOCK=1`: moves the backend's clock forward.
-async fn advance_clock(
-    _: ServiceAuth,
-    State(state): State<AppState>,
-    ValidatedJson(req): ValidatedJson<ClockRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let Some(clock) = &state.test_clock else {
-        return Err(ApiError::not_found(
-            "not_found",
-            "no endpoint POST /internal/test/clock",
-        ));
-    };
-    if !(0..=400 * 86_400).contains(&req.advance_seconds) {
-        return Err(ApiError::bad(
-            "invalid_body",
-            "advance_seconds must be between 0 and 34560000",
-        ));
-    }
-    clock.advance(req.advance_seconds);
-    Ok(Json(json!({"now": rfc3339(state.now())})))
-}
-
-/// The test clock hook (`/internal/test/clock`) is left out on purpose: it answers 404
-/// unless `TOLLGATE_TEST_CLOCK=1`, which no deployment sets.
+/// The test clock hook (`/internal/test/clock`, `test_clock.rs`) is left out on purpose:
+/// it exists only in builds with the `test-clock` feature, and answers 404 there unless
+/// `TOLLGATE_TEST_CLOCK=1`.
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(status, list_subs, grant_handler, end_handler, ledger))]
 pub struct Api;
@@ -664,7 +637,6 @@ pub fn router() -> Router<AppState> {
             post(end_handler),
         )
         .route("/api/v1/billing/ledger", get(ledger))
-        .route("/internal/test/clock", post(advance_clock))
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use tollgate_protocol::error::ErrorBody;
+use utoipa::ToSchema;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -142,4 +144,23 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::Internal(ctx) => ApiError::Internal(ctx),
         }
     }
+}
+
+/// The SPEC §9 error body, as [`tollgate_protocol::error::ErrorBody`] puts it on the wire (the
+/// protocol crate stays free of documentation dependencies; a test in `openapi.rs` checks
+/// the two agree). The schema of every error answer in `/openapi.json`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorDoc {
+    /// The human message again, for the original module's clients.
+    pub detail: String,
+    pub error: ErrorDetailDoc,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = ErrorDetail)]
+pub struct ErrorDetailDoc {
+    /// Stable snake_case code, e.g. `key_not_found`.
+    pub code: String,
+    pub message: String,
 }

@@ -2,12 +2,11 @@
 //!
 //! [`ValidatedJson`] parses a body of at most `max_body_bytes` with field-precise messages
 //! ("plan: invalid type: integer `5`, expected a string"). [`IdempotencyKey`] is the one parser
-//! of the `Idempotency-Key` header (the [`crate::idempotency`] layer and the handlers that
+//! of the `Idempotency-Key` header (the idempotency layer and the handlers that
 //! derive provider-side keys from it both use it). [`json_errors`] turns any error response
 //! that is not already JSON (a path or query rejection, an unknown route, a 405 from the
 //! router) into the SPEC §9 body, so no client ever sees a plain-text error.
 
-use crate::app::AppState;
 use crate::error::{json_error, ApiError};
 use axum::body::Body;
 use axum::extract::{FromRequest, OptionalFromRequestParts, Request};
@@ -18,13 +17,18 @@ use axum::response::Response;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+/// What [`ValidatedJson`] needs from the application state: `[backend] max_body_bytes`.
+pub trait BodyLimit {
+    fn max_body_bytes(&self) -> usize;
+}
+
 pub struct ValidatedJson<T>(pub T);
 
-impl<T: DeserializeOwned + Send> FromRequest<AppState> for ValidatedJson<T> {
+impl<T: DeserializeOwned + Send, S: BodyLimit + Sync> FromRequest<S> for ValidatedJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let limit = state.cfg.max_body_bytes;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = state.max_body_bytes();
         let body = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge(limit))?;
@@ -36,7 +40,7 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for ValidatedJson<T> {
 ///
 /// Handlers take it as `Option<IdempotencyKey>` (absent header: `None`; a malformed one: 400
 /// `invalid_idempotency_key`). Its `Debug` hides the value: the key is what unseals a stored
-/// answer (see [`crate::idempotency`]), so it stays out of logs.
+/// answer (see the idempotency layer), so it stays out of logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 

@@ -1,14 +1,14 @@
 //! The key feed for gateways (see `tollgate_protocol::feed` for the protocol).
 //!
-//! Writers call [`FeedHub::notify`] after committing a change; waiting long-polls wake at once.
+//! Writers call [`FeedHub::notify`](crate::hub::FeedHub::notify) after committing a change; waiting long-polls wake at once.
 //! [`watch_head`] also polls the database head every 250 ms, so changes committed by another
 //! backend on the same PostgreSQL reach this backend's waiting gateways too.
 
-use crate::app::AppState;
 use crate::auth::FeedAuth;
 use crate::error::ApiError;
+use crate::error::ErrorDoc;
 use crate::extract::parse_json;
-use crate::openapi::ErrorDoc;
+use crate::state::AppState;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,40 +23,6 @@ use tollgate_protocol::feed::{
 use tollgate_protocol::plans::{Catalogue, Limits};
 use tollgate_protocol::usage_codec::Media;
 use utoipa::{IntoParams, ToSchema};
-
-#[derive(Clone)]
-pub struct FeedHub {
-    head: watch::Sender<u64>,
-}
-
-impl FeedHub {
-    pub fn new(head: u64) -> FeedHub {
-        FeedHub {
-            head: watch::channel(head).0,
-        }
-    }
-
-    /// Records that the database head is at least `head` and wakes waiting readers.
-    pub fn notify(&self, head: u64) {
-        self.head.send_if_modified(|h| {
-            if head > *h {
-                *h = head;
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Wakes every waiting reader without a new head (the feed epoch changed).
-    pub fn wake(&self) {
-        self.head.send_modify(|_| {});
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.head.subscribe()
-    }
-}
 
 /// Background: follows the database head (other backends may write to the same database).
 pub async fn watch_head(state: AppState, mut stop: watch::Receiver<bool>) {

@@ -30,10 +30,10 @@
 //!   so the database must not hold it readable. Only a caller presenting the same key again
 //!   (the one that made the request) can open it.
 
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::extract::IdempotencyKey;
+use crate::state::AppState;
 use crate::store::IdemState;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};

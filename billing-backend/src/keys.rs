@@ -3,11 +3,11 @@
 //! Minting a paid-plan key needs an active subscription to that plan (402), and a user holds
 //! at most `max_keys_per_user` active keys of their plan (409).
 
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
+use crate::error::ErrorDoc;
 use crate::extract::ValidatedJson;
-use crate::openapi::ErrorDoc;
+use crate::state::AppState;
 use crate::store::{Cause, KeyPatch, KeyRecord, NewKey, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};

@@ -2,23 +2,26 @@
 //!
 //! # Layout
 //! - [`config`]: `[backend]` + `[[plans]]` from TOML with `TOLLGATE_BACKEND_*` overrides.
-//! - [`app`]: [`AppState`], the router, and [`Backend`] (start / router / feed / usage / shutdown),
-//!   used by `main.rs` and by the gateway in embedded mode.
+//! - [`app`]: the router and [`Backend`] (start / router / feed / usage / shutdown), used by
+//!   `main.rs` and by the gateway in embedded mode; [`state`]: [`AppState`], what the handlers
+//!   share, below the routers.
 //! - [`store`]: storage traits and the SQL implementation (SQLite default, PostgreSQL).
 //! - [`plans`], [`keys`], [`usage`], [`billing`], [`stats`]: one module per domain, each with its
 //!   DTOs, handlers and `router()`.
 //! - [`portal`]: the customer portal and pricing page (server-rendered HTML under `/portal/`)
 //!   and the operator view; sessions by a signed hand-off from the operator's backend.
-//! - [`feed`]: the key feed and usage ingest that gateways use (`/internal/*`).
+//! - [`feed`]: the key feed and usage ingest that gateways use (`/internal/*`); [`hub`]: the
+//!   feed head in memory, which wakes waiting gateways.
 //! - [`auth`]: service and feed tokens; [`extract`]: JSON parsing, the `Idempotency-Key`
 //!   extractor and the JSON-error backstop; [`idempotency`]: the layer that replays retried
 //!   POSTs which create money or entitlement objects;
 //!   [`error`]: the one client-facing error type; [`ops`], [`metrics`], [`openapi`]: operations.
+//! - [`test_clock`] (`test-clock` feature only): the end-to-end tests' hook that moves time.
 //! - [`tls`]: the standalone binary's optional TLS listener (`tls_cert_file`/`tls_key_file`).
 //!
 //! A request flows: router → `metrics::track` → `extract::json_errors` → `idempotency::guard`
 //! (listed POSTs with a key only) → handler (extractors do auth and parsing) → domain function
-//! → `store` (one transaction per change, ledger included) → `feed::FeedHub::notify` wakes
+//! → `store` (one transaction per change, ledger included) → `hub::FeedHub::notify` wakes
 //! gateways waiting on the feed.
 
 pub mod app;
@@ -30,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod hub;
 pub mod idempotency;
 pub mod ids;
 pub mod keys;
@@ -39,10 +43,14 @@ pub mod ops;
 pub mod plans;
 pub mod portal;
 pub mod providers;
+pub mod state;
 pub mod stats;
 pub mod store;
+#[cfg(feature = "test-clock")]
+pub mod test_clock;
 pub mod tls;
 pub mod usage;
 
-pub use app::{AppState, Backend};
+pub use app::Backend;
 pub use config::BackendConfig;
+pub use state::AppState;

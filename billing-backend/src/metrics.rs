@@ -3,7 +3,7 @@
 //! build-info and `process_*` gauges ([`Metrics::render_standalone`]); an embedding gateway
 //! renders those itself and appends [`Metrics::render`].
 
-use crate::app::AppState;
+use crate::store::Store;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -79,15 +79,15 @@ impl Metrics {
     }
 
     /// Text exposition, after refreshing the gauges measured from the database.
-    pub async fn render(&self, state: &AppState) -> String {
-        if let Ok(stats) = state.store.key_stats(state.now()).await {
+    pub async fn render(&self, store: &dyn Store, now: i64) -> String {
+        if let Ok(stats) = store.key_stats(now).await {
             for (label, n) in key_states(&stats) {
                 self.keys
                     .with_label_values(&[label])
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
-        if let Ok(head) = state.store.feed_head().await {
+        if let Ok(head) = store.feed_head().await {
             self.feed_head.set(i64::try_from(head).unwrap_or(i64::MAX));
         }
         let mut buf = Vec::new();
@@ -99,8 +99,8 @@ impl Metrics {
 impl Metrics {
     /// [`Metrics::render`] plus `tollgate_backend_build_info` and the `process_*` gauges: what
     /// the standalone backend's `/metrics` serves.
-    pub async fn render_standalone(&self, state: &AppState) -> String {
-        let mut out = self.render(state).await;
+    pub async fn render_standalone(&self, store: &dyn Store, now: i64) -> String {
+        let mut out = self.render(store, now).await;
         tollgate_protocol::process::render_build_info(
             &mut out,
             "tollgate_backend_build_info",
@@ -134,7 +134,7 @@ impl Default for Metrics {
 
 /// Middleware counting every answered request by its route template (never the raw path, so
 /// ids do not explode the label set).
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -142,8 +142,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .unwrap_or_else(|| "unmatched".to_string());
     let method = method_label(req.method());
     let resp = next.run(req).await;
-    state
-        .metrics
+    metrics
         .http_requests
         .with_label_values(&[route.as_str(), method, resp.status().as_str()])
         .inc();
@@ -203,7 +202,7 @@ mod tests {
                 .get(),
             2
         );
-        let text = m.render(tb.state()).await;
+        let text = m.render(tb.state().store.as_ref(), tb.state().now()).await;
         assert!(text.contains(r#"method="OTHER""#), "{text}");
         assert!(text.contains(r#"method="GET""#), "{text}");
         assert!(

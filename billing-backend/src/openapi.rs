@@ -23,28 +23,12 @@
 //! method of every documented path, so nothing routed is left out); the workspace test
 //! `openapi_contract` runs schemathesis against the real binary.
 
-use serde::Serialize;
+use crate::error::{ErrorDetailDoc, ErrorDoc};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use std::sync::OnceLock;
-use utoipa::{OpenApi, ToSchema};
-
-/// The SPEC §9 error body, as [`tollgate_protocol::error::ErrorBody`] puts it on the wire (the
-/// protocol crate stays free of documentation dependencies; a test below checks the two agree).
-#[derive(Serialize, ToSchema)]
-#[schema(as = Error)]
-pub struct ErrorDoc {
-    /// The human message again, for the original module's clients.
-    pub detail: String,
-    pub error: ErrorDetailDoc,
-}
-
-#[derive(Serialize, ToSchema)]
-#[schema(as = ErrorDetail)]
-pub struct ErrorDetailDoc {
-    /// Stable snake_case code, e.g. `key_not_found`.
-    pub code: String,
-    pub message: String,
-}
+use utoipa::OpenApi;
 
 /// The root of the document: metadata and the shared schemas.
 #[derive(OpenApi)]
@@ -54,6 +38,7 @@ pub struct ErrorDetailDoc {
         description = "API keys, plans, quotas and billing in front of an existing API: the \
                        billing backend's HTTP contract (SPEC §11 plus its own endpoints)."
     ),
+    paths(openapi),
     components(schemas(ErrorDoc, ErrorDetailDoc)),
     tags(
         (name = "plans", description = "The plan catalogue"),
@@ -70,6 +55,17 @@ pub struct ErrorDetailDoc {
     )
 )]
 struct Root;
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+async fn openapi() -> Json<&'static Value> {
+    Json(document())
+}
 
 /// The whole document, built once.
 pub fn document() -> &'static Value {
@@ -317,6 +313,11 @@ fn contract(doc: &mut Value) {
             }
         }
     }
+}
+
+/// `GET /openapi.json`.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/openapi.json", get(openapi))
 }
 
 #[cfg(test)]

@@ -1,14 +1,13 @@
-//! Operations endpoints: `/health` (the process answers), `/ready` (the database answers),
-//! `/metrics` (Prometheus text) and `/openapi.json` (the whole HTTP contract).
+//! Operations endpoints: `/health` (the process answers), `/ready` (the database answers) and
+//! `/metrics` (Prometheus text); `/openapi.json` is served by `openapi.rs`.
 
-use crate::app::AppState;
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 /// `GET /health` (fields in alphabetical order, as the `json!` map this replaced).
@@ -49,7 +48,7 @@ pub struct Ready {
 #[derive(Serialize, ToSchema)]
 pub struct NotReady {
     pub detail: &'static str,
-    pub error: crate::openapi::ErrorDetailDoc,
+    pub error: crate::error::ErrorDetailDoc,
     /// `unavailable`.
     pub status: &'static str,
 }
@@ -81,7 +80,7 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(NotReady {
                     detail: message,
-                    error: crate::openapi::ErrorDetailDoc {
+                    error: crate::error::ErrorDetailDoc {
                         code: "store_unavailable".into(),
                         message: message.into(),
                     },
@@ -101,23 +100,15 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
     responses((status = 200, description = "The metrics", body = String, content_type = "text/plain"))
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state.metrics.render_standalone(&state).await;
+    let text = state
+        .metrics
+        .render_standalone(state.store.as_ref(), state.now())
+        .await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-/// This document.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
-)]
-async fn openapi() -> Json<&'static Value> {
-    Json(crate::openapi::document())
-}
-
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(health, ready, metrics, openapi))]
+#[openapi(paths(health, ready, metrics))]
 pub struct Api;
 
 pub fn router() -> Router<AppState> {
@@ -125,6 +116,5 @@ pub fn router() -> Router<AppState> {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
         .merge(crate::stats::router())
 }

@@ -1,7 +1,7 @@
 //! The plan catalogue as the original module served it, plus exact minor-unit fields.
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -157,7 +157,7 @@ async fn list(State(state): State<AppState>) -> Json<PlanList> {
     params(("plan_id" = String, Path, description = "A plan id of the catalogue, e.g. `pro`")),
     responses(
         (status = 200, description = "The plan", body = PlanView),
-        (status = 404, description = "`plan_not_found`", body = crate::openapi::ErrorDoc),
+        (status = 404, description = "`plan_not_found`", body = crate::error::ErrorDoc),
     )
 )]
 async fn one(

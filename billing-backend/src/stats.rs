@@ -1,9 +1,9 @@
 //! `GET /api/marketplace/stats`: every figure is measured (the original faked them).
 
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
-use crate::openapi::ErrorDoc;
+use crate::error::ErrorDoc;
+use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};

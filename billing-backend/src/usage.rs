@@ -2,11 +2,10 @@
 //! `usage_total`, `last_used` and the daily history; `GET /api/marketplace/keys/{id}/usage`
 //! reports them.
 
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
-use crate::error::{json_error, ApiError};
+use crate::error::{json_error, ApiError, ErrorDoc};
 use crate::keys::{rfc3339, valid_key_id_or_404};
-use crate::openapi::ErrorDoc;
+use crate::state::AppState;
 use crate::store::DayCount;
 use axum::body::Bytes;
 use axum::extract::{Path, State};

@@ -47,7 +47,10 @@ pub fn reload_plans(b: &Backend, doc: &Document, data_dir: &Path) -> Result<(), 
 /// listener.
 pub async fn render_metrics(b: &Backend) -> String {
     let state = b.state();
-    state.metrics.render(state).await
+    state
+        .metrics
+        .render(state.store.as_ref(), state.now())
+        .await
 }
 
 pub fn router(b: &Backend) -> axum::Router {

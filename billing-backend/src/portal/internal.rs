@@ -4,8 +4,8 @@
 //! backend would over HTTP, so the providers' validation, pricing and idempotency rules apply
 //! unchanged and the portal needs no knowledge of their internals.
 
-use crate::app::AppState;
 use crate::config::Secret;
+use crate::state::AppState;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use serde_json::Value;

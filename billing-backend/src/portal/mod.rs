@@ -34,10 +34,10 @@ pub mod operator;
 pub mod pricing;
 pub mod session;
 
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::config::Secret;
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -341,7 +341,7 @@ fn handoff_answer(state: &AppState, role: &Role, ttl: i64) -> Json<Handoff> {
     request_body = HandoffRequest,
     responses(
         (status = 200, description = "The link", body = Handoff),
-        (status = 400, description = "`invalid_json`, `invalid_body` (ttl_seconds out of range), `invalid_user_id`", body = crate::openapi::ErrorDoc),
+        (status = 400, description = "`invalid_json`, `invalid_body` (ttl_seconds out of range), `invalid_user_id`", body = crate::error::ErrorDoc),
     )
 )]
 async fn handoff(
@@ -363,7 +363,7 @@ async fn handoff(
     request_body(content = Option<OperatorHandoffRequest>, description = "Optional"),
     responses(
         (status = 200, description = "The link", body = Handoff),
-        (status = 400, description = "`invalid_json`, `invalid_body` (ttl_seconds out of range)", body = crate::openapi::ErrorDoc),
+        (status = 400, description = "`invalid_json`, `invalid_body` (ttl_seconds out of range)", body = crate::error::ErrorDoc),
     )
 )]
 async fn operator_handoff(
@@ -505,7 +505,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 /// The portal's documented operations. Its pages answer errors as HTML pages for people (or
-/// the JSON body when the router refuses a request first); [`crate::openapi`] adds those
+/// the JSON body when the router refuses a request first); the OpenAPI document (`openapi.rs`) adds those
 /// answers to every operation tagged `portal`. Left out: `/portal` and `/portal/` (redirects to
 /// the pricing page) and the static assets under `/portal/assets/`.
 #[derive(utoipa::OpenApi)]

@@ -6,7 +6,7 @@ use super::csrf::checked_form;
 use super::html::{count, esc, html, page as layout, when, Header, PortalError};
 use super::internal;
 use super::{notice_text, see_other, Operator};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::{PayStatus, Payment};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

@@ -2,7 +2,7 @@
 //! yearly toggle), limits, features and the price by SEPA transfer with its discount.
 
 use super::html::{count, esc, html, page as layout, Header};
-use crate::app::AppState;
+use crate::state::AppState;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;

@@ -29,13 +29,13 @@
 //! work is bounded by [`APPLY_BUDGET`], well under the lease, and a holder that runs out of it
 //! releases the claim and answers 503 (the provider delivers again).
 //!
-//! Test hook: with `TOLLGATE_TEST_CLOCK=1` (the end-to-end tests' switch) and
-//! `TOLLGATE_TEST_HANG_AFTER_CLAIM=1`, a delivery stops for good right after its claim
-//! committed, so a test can SIGKILL the process exactly between claim and effect. Without the
-//! test clock the variable is ignored.
+//! Test hook (builds with the `test-clock` feature only): with `TOLLGATE_TEST_CLOCK=1` (the
+//! end-to-end tests' switch) and `TOLLGATE_TEST_HANG_AFTER_CLAIM=1`, a delivery stops for good
+//! right after its claim committed, so a test can SIGKILL the process exactly between claim and
+//! effect. Without the test clock the variable is ignored.
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::EventClaim;
 use std::time::Duration;
 
@@ -87,6 +87,7 @@ pub async fn begin(
             if claims > 1 {
                 tracing::info!(provider, event = %event_id, claims, "event claimed again: an earlier delivery failed or its process stopped before finishing it");
             }
+            #[cfg(feature = "test-clock")]
             hang_after_claim_for_tests(state, provider, event_id).await;
             Begin::Apply(Lease {
                 provider,
@@ -145,6 +146,7 @@ pub fn busy() -> ApiError {
 }
 
 /// The end-to-end tests' failpoint (see the module doc): never returns when armed.
+#[cfg(feature = "test-clock")]
 async fn hang_after_claim_for_tests(state: &AppState, provider: &str, event_id: &str) {
     if state.test_clock.is_none()
         || std::env::var("TOLLGATE_TEST_HANG_AFTER_CLAIM").as_deref() != Ok("1")

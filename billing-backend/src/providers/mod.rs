@@ -12,8 +12,8 @@ pub mod paypal;
 pub mod sepa;
 pub mod stripe;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::Router;
 
 /// The configured providers, built once at start.

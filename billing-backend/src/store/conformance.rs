@@ -1374,7 +1374,7 @@ async fn provider_events_claimed_before_leases_are_taken_again(s: Arc<SqlStore>)
 // --- Stripe's tables (providers/stripe/store.rs) ---------------------------------------------
 
 async fn stripe_customer_once_per_user(s: Arc<SqlStore>) {
-    use crate::providers::stripe::store::StripeStore;
+    use crate::store::stripe::StripeStore;
     assert_eq!(s.stripe_customer_of("sue").await.expect("of"), None);
     let first = s
         .stripe_record_customer("sue", "cus_A", &cause(), 1000)
@@ -1438,7 +1438,7 @@ async fn stripe_customer_once_per_user(s: Arc<SqlStore>) {
 }
 
 async fn stripe_subscription_watermark_only_moves_forward(s: Arc<SqlStore>) {
-    use crate::providers::stripe::store::{StripeStore, SubLink};
+    use crate::store::stripe::{StripeStore, SubLink};
     assert_eq!(s.stripe_sub_link("sub_S1").await.expect("link"), None);
     let link = SubLink {
         stripe_sub_id: "sub_S1".into(),
@@ -1498,7 +1498,7 @@ async fn stripe_subscription_watermark_only_moves_forward(s: Arc<SqlStore>) {
 }
 
 async fn stripe_prices_recorded_by_sync(s: Arc<SqlStore>) {
-    use crate::providers::stripe::store::StripeStore;
+    use crate::store::stripe::StripeStore;
     assert!(s.stripe_prices().await.expect("prices").is_empty());
     assert!(s
         .stripe_record_price("pro", "monthly", "price_pm", 1000)
@@ -1538,7 +1538,7 @@ async fn stripe_prices_recorded_by_sync(s: Arc<SqlStore>) {
 }
 
 async fn stripe_meter_exports_and_usage_lines(s: Arc<SqlStore>) {
-    use crate::providers::stripe::store::{MeterExport, StripeStore};
+    use crate::store::stripe::{MeterExport, StripeStore};
     let k1 = s
         .create_key(new_key("vic", "cli_free_v1", 1000), &max_keys(), &cause())
         .await
@@ -1571,7 +1571,7 @@ async fn stripe_meter_exports_and_usage_lines(s: Arc<SqlStore>) {
         .expect("lines");
     assert_eq!(
         lines,
-        vec![crate::providers::stripe::store::UsageLine {
+        vec![crate::store::stripe::UsageLine {
             key_id: k1.key_id.clone(),
             user_id: "vic".into(),
             customer_id: "cus_V".into(),
@@ -1618,7 +1618,7 @@ async fn stripe_meter_exports_and_usage_lines(s: Arc<SqlStore>) {
         .stripe_add_export(&export("tg_2", 2, 3002))
         .await
         .expect("add"));
-    let line = |lines: Vec<crate::providers::stripe::store::UsageLine>| {
+    let line = |lines: Vec<crate::store::stripe::UsageLine>| {
         lines
             .into_iter()
             .map(|l| (l.metered, l.recorded, l.sent))

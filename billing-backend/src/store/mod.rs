@@ -9,7 +9,9 @@
 
 pub mod payments;
 pub mod schema;
+pub mod sepa;
 pub mod sql;
+pub mod stripe;
 
 pub use payments::{EventClaim, PayStatus, Payment, PaymentStore, Settled};
 
@@ -361,7 +363,7 @@ pub trait BillingStore: Send + Sync {
     async fn due_subscriptions(&self, now: i64) -> StoreResult<Vec<Subscription>>;
     async fn ledger(&self, user_id: Option<&str>, limit: u32) -> StoreResult<Vec<LedgerEntry>>;
     /// Claims `key` in `scope` for a request identified by `request_hash` (see
-    /// [`crate::idempotency`]). A claim left unfinished for over a minute belongs to a process
+    /// the idempotency layer). A claim left unfinished for over a minute belongs to a process
     /// that died and is taken over.
     async fn idempotency_claim(
         &self,
@@ -384,12 +386,7 @@ pub trait BillingStore: Send + Sync {
 
 #[async_trait]
 pub trait Store:
-    KeyStore
-    + UsageStore
-    + BillingStore
-    + PaymentStore
-    + crate::providers::sepa::store::SepaStore
-    + crate::providers::stripe::store::StripeStore
+    KeyStore + UsageStore + BillingStore + PaymentStore + sepa::SepaStore + stripe::StripeStore
 {
     /// A random id fixed when the database was created (the feed's `db_id`).
     fn db_id(&self) -> &str;

@@ -51,15 +51,15 @@
 pub mod webhook;
 pub mod wire;
 
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::billing;
 use crate::config::Secret;
+use crate::error::ErrorDoc;
 use crate::error::{json_error, ApiError};
 use crate::extract::IdempotencyKey;
 use crate::keys::{rfc3339, valid_user_id};
-use crate::openapi::ErrorDoc;
 use crate::providers::events::Begin;
+use crate::state::AppState;
 use crate::store::{Cause, PayStatus, Payment, Settled, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -1448,7 +1448,7 @@ async fn handle_event(
     }
 }
 
-/// The PayPal endpoints; [`crate::openapi`] adds 503 (`provider_not_configured`,
+/// The PayPal endpoints; the OpenAPI document (`openapi.rs`) adds 503 (`provider_not_configured`,
 /// `provider_unavailable`, `provider_error`, `store_unavailable`) to those tagged `paypal`.
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(

@@ -8,13 +8,13 @@ use super::epc_qr::{EpcTransfer, Remittance};
 use super::iban::Iban;
 use super::reconcile::{self, ExpectedPayment, Outcome, PaymentStatus};
 use super::rf::CreditorReference;
-use super::store::{ImportRecord, RecordedEntry};
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::billing::settle;
 use crate::error::ApiError;
+use crate::error::ErrorDoc;
 use crate::keys::{rfc3339, valid_user_id};
-use crate::openapi::ErrorDoc;
+use crate::state::AppState;
+use crate::store::sepa::{ImportRecord, RecordedEntry};
 use crate::store::{Cause, PayStatus, Payment, Settled, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
@@ -950,7 +950,7 @@ async fn get_payment(
     Ok(Json(payment_view(&p)))
 }
 
-/// The SEPA endpoints; [`crate::openapi`] adds 503 (`provider_not_configured`,
+/// The SEPA endpoints; the OpenAPI document (`openapi.rs`) adds 503 (`provider_not_configured`,
 /// `store_unavailable`) to those tagged `sepa` that need SEPA configured.
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(

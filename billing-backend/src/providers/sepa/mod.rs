@@ -31,4 +31,3 @@ pub mod epc_qr;
 pub mod iban;
 pub mod reconcile;
 pub mod rf;
-pub mod store;

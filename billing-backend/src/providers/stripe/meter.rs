@@ -14,10 +14,10 @@
 //! acknowledged.
 
 use super::{configured, Failure, Stripe};
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::keys::valid_user_id;
+use crate::state::AppState;
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_protocol::day::{day_index, format_day, parse_day, SECONDS_PER_DAY};
 
-use super::store::MeterExport;
+use crate::store::stripe::MeterExport;
 
 /// Stripe accepts meter event timestamps up to 35 days in the past; keep a day's margin.
 const MAX_AGE_DAYS: i64 = 34;
@@ -193,7 +193,7 @@ pub struct ExportAnswer {
     request_body(content = Option<ReportRequest>, description = "Optional"),
     responses(
         (status = 200, description = "What this run exported", body = ExportAnswer),
-        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_user_id`", body = crate::openapi::ErrorDoc),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_user_id`", body = crate::error::ErrorDoc),
     )
 )]
 pub async fn report_usage(
@@ -270,7 +270,7 @@ pub struct Drift {
     params(DriftQuery),
     responses(
         (status = 200, description = "The drift report", body = Drift),
-        (status = 400, description = "`invalid_user_id`, `invalid_query` (days), `bad_request` (a query that does not parse)", body = crate::openapi::ErrorDoc),
+        (status = 400, description = "`invalid_user_id`, `invalid_query` (days), `bad_request` (a query that does not parse)", body = crate::error::ErrorDoc),
     )
 )]
 pub async fn drift_report(

@@ -20,18 +20,17 @@
 pub mod client;
 pub mod meter;
 pub mod signature;
-pub mod store;
 pub mod sync;
 pub mod webhook;
 pub mod wire;
 
-use crate::app::AppState;
 use crate::auth::ServiceAuth;
 use crate::config::Secret;
+use crate::error::ErrorDoc;
 use crate::error::{json_error, ApiError};
 use crate::extract::IdempotencyKey;
 use crate::keys::{rfc3339, valid_user_id};
-use crate::openapi::ErrorDoc;
+use crate::state::AppState;
 use crate::store::{Cause, PayStatus, Payment, StoreError, SubStatus, Subscription};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -934,7 +933,7 @@ async fn create_subscription(
     let link = state
         .store
         .stripe_link_sub(
-            &store::SubLink {
+            &crate::store::stripe::SubLink {
                 stripe_sub_id: created.id.clone(),
                 sub_id: our_id.clone(),
                 customer_id: customer.clone(),
@@ -1279,7 +1278,7 @@ async fn checkout_status(
 }
 
 /// The Stripe endpoints. Every one needs Stripe configured (else 503 `provider_not_configured`)
-/// and may pass on a mapped Stripe failure; [`crate::openapi`] adds those answers to every
+/// and may pass on a mapped Stripe failure; the OpenAPI document (`openapi.rs`) adds those answers to every
 /// operation tagged `stripe` (see `PROVIDER_ANSWERS` there).
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(

@@ -12,7 +12,7 @@
 
 use super::client::StripeError;
 use super::{idem_key, Stripe};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::StoreError;
 use serde_json::{json, Value};
 use tollgate_protocol::plans::{Cycle, Plan};

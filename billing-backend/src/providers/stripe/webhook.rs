@@ -19,10 +19,11 @@
 
 use super::client::StripeError;
 use super::wire::{self, Mapped};
-use super::{configured, plan_for_price, signature, store::SubLink, Stripe};
-use crate::app::AppState;
+use super::{configured, plan_for_price, signature, Stripe};
 use crate::error::{json_error, ApiError};
 use crate::providers::events::{self, Begin};
+use crate::state::AppState;
+use crate::store::stripe::SubLink;
 use crate::store::{Cause, PayStatus, Settled, StoreError, SubStatus, Subscription};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -116,9 +117,9 @@ pub struct WebhookAck {
     request_body(content = Object, description = "A Stripe event, exactly as Stripe sent it"),
     responses(
         (status = 200, description = "Received (applied, not applicable, or a duplicate)", body = WebhookAck),
-        (status = 400, description = "`invalid_signature`, `invalid_json`, `invalid_event`", body = crate::openapi::ErrorDoc),
-        (status = 413, description = "`body_too_large`", body = crate::openapi::ErrorDoc),
-        (status = 503, description = "`provider_not_configured` (Stripe or its webhook secret), `event_in_progress`, `retry_later` or `store_unavailable`: Stripe delivers it again", body = crate::openapi::ErrorDoc),
+        (status = 400, description = "`invalid_signature`, `invalid_json`, `invalid_event`", body = crate::error::ErrorDoc),
+        (status = 413, description = "`body_too_large`", body = crate::error::ErrorDoc),
+        (status = 503, description = "`provider_not_configured` (Stripe or its webhook secret), `event_in_progress`, `retry_later` or `store_unavailable`: Stripe delivers it again", body = crate::error::ErrorDoc),
     )
 )]
 pub async fn handle(

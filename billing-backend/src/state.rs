@@ -1,0 +1,125 @@
+//! [`AppState`]: what the handlers share (the store, configuration, plan catalogue, clock,
+//! tokens' digests, feed hub, metrics and providers), built by `Backend` (`app.rs`). It sits
+//! below the routers: the modules that serve HTTP import it; it imports none of them.
+
+use crate::auth::{TokenDigest, Tokens};
+#[cfg(feature = "test-clock")]
+use crate::clock::OffsetClock;
+use crate::clock::SharedClock;
+use crate::config::BackendConfig;
+use crate::extract::BodyLimit;
+use crate::hub::FeedHub;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::usage::MinuteWindow;
+use arc_swap::ArcSwap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tollgate_protocol::plans::Catalogue;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub cfg: Arc<BackendConfig>,
+    /// The plan catalogue: read it with [`AppState::catalogue`]; SIGHUP swaps it
+    /// ([`Backend::reload_plans`]).
+    pub plans: Plans,
+    pub clock: SharedClock,
+    /// Present when `TOLLGATE_TEST_CLOCK=1` in a build with the `test-clock` feature: lets
+    /// end-to-end tests move time.
+    #[cfg(feature = "test-clock")]
+    pub test_clock: Option<Arc<OffsetClock>>,
+    pub service_token: TokenDigest,
+    pub feed_token: Option<TokenDigest>,
+    pub hub: FeedHub,
+    pub metrics: Metrics,
+    pub minute: Arc<MinuteWindow>,
+    pub providers: Arc<crate::providers::Providers>,
+    /// Customer portal: sessions and hand-off signing (see [`crate::portal`]).
+    pub portal: Arc<crate::portal::Portal>,
+    /// The origin (`http://host:port`) of the listener that actually serves this backend, set
+    /// once by [`Backend::advertise`] after the bind; links fall back to it when
+    /// `[backend] public_url` is unset (see [`crate::portal::origin`]). Shared, so routers
+    /// built before the bind see it too.
+    pub advertised: Arc<OnceLock<String>>,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// The plan catalogue in force now.
+    pub fn catalogue(&self) -> Arc<Catalogue> {
+        self.plans.0.load().catalogue.clone()
+    }
+
+    /// The key feed's `db_id`: the database's id and a fingerprint of the plans' limits. Keys'
+    /// limits come from their plan, so when a plan's limits change (a restart with an edited
+    /// `[[plans]]`, or a reload) the epoch changes and every gateway re-reads the whole feed:
+    /// existing keys get the new limits, and a gateway's saved snapshot with the old ones is
+    /// replaced at its first contact.
+    pub fn feed_epoch(&self) -> String {
+        format!("{}.{}", self.store.db_id(), self.plans.0.load().fingerprint)
+    }
+}
+
+impl Tokens for AppState {
+    fn service_token(&self) -> &TokenDigest {
+        &self.service_token
+    }
+
+    fn feed_token(&self) -> Option<&TokenDigest> {
+        self.feed_token.as_ref()
+    }
+}
+
+impl BodyLimit for AppState {
+    fn max_body_bytes(&self) -> usize {
+        self.cfg.max_body_bytes
+    }
+}
+
+/// The plan catalogue, swapped whole on reload, with its limits' fingerprint.
+#[derive(Clone)]
+pub struct Plans(Arc<ArcSwap<CurrentPlans>>);
+
+struct CurrentPlans {
+    catalogue: Arc<Catalogue>,
+    fingerprint: String,
+}
+
+impl Plans {
+    pub(crate) fn new(catalogue: Catalogue) -> Plans {
+        Plans(Arc::new(ArcSwap::from_pointee(CurrentPlans::of(catalogue))))
+    }
+
+    /// Puts `catalogue` in force; returns whether any plan's limits changed.
+    pub(crate) fn replace(&self, catalogue: Catalogue) -> bool {
+        let new = CurrentPlans::of(catalogue);
+        let old = self.0.swap(Arc::new(new));
+        old.fingerprint != self.0.load().fingerprint
+    }
+}
+
+impl CurrentPlans {
+    fn of(catalogue: Catalogue) -> CurrentPlans {
+        use sha2::{Digest, Sha256};
+        let mut plans: Vec<_> = catalogue
+            .all()
+            .iter()
+            .map(|p| (p.id.clone(), p.limits()))
+            .collect();
+        plans.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut h = Sha256::new();
+        for (id, l) in &plans {
+            h.update(format!("{id}:{}:{};", l.per_minute, l.per_day).as_bytes());
+        }
+        let fingerprint = hex::encode(&h.finalize()[..6]);
+        CurrentPlans {
+            catalogue: Arc::new(catalogue),
+            fingerprint,
+        }
+    }
+}

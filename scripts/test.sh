@@ -10,6 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Style and lints first: rustfmt's layout, and clippy with every warning an error (this is what
+# enforces the workspace lints such as `unwrap_used = "deny"`). A failure stops the run here.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
 if [ "${CI:-}" = "true" ]; then
   export TOLLGATE_TEST_POSTGRES_URL="${TOLLGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
   export TOLLGATE_TEST_REDIS_URL="${TOLLGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"

@@ -1,4 +1,4 @@
-//! The JSON error body of SPEC §9: `{"detail": msg, "error": {"code": code, "message": msg}}`.
+//! The JSON error body every client-visible error uses: `{"detail": msg, "error": {"code": code, "message": msg}}`.
 //! `detail` keeps the original module's clients working; `error.code` is the stable part.
 
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@
 //! - [`money`]: integer minor units plus an ISO 4217 code, parsed and printed exactly.
 //! - [`plans`]: the `[[plans]]` catalogue with the three default plans.
 //! - [`feed`]: the key feed (snapshot, then changes by sequence number) and usage batches.
-//! - [`error`]: the JSON error body every client-visible error uses (SPEC §9).
+//! - [`error`]: the JSON error body every client-visible error uses: a stable code and a message.
 //! - [`config`]: the configuration layer both binaries load through (TOML file, then
 //!   `TOLLGATE_<SECTION>_<KEY>` overrides) and its one-line errors naming the setting.
 //! - [`process`]: `process_*` metrics from `/proc/self` and the build-info gauge.

@@ -110,7 +110,9 @@ fn plan(
     }
 }
 
-/// The original module's three plans (SPEC §3).
+/// The three plans a catalogue starts with: free (10/min, 50/day, 2 keys), pro (EUR 29.00 a month or
+/// 290.00 a year, 100/min, 5,000/day, 10 keys) and enterprise (EUR 199.00 / 1,990.00, 1,000/min,
+/// 50,000/day, 50 keys).
 pub fn default_plans() -> Vec<Plan> {
     vec![
         plan(

@@ -1178,6 +1178,32 @@ pub async fn wait_keys_loaded(gw: &Gateway, n: u64) {
     .await;
 }
 
+/// `/v1` (keyed) and `/open` (no key) on `up`, plus `extra` routes.
+pub fn v1_and_open(up: &RawUpstream, extra: &str) -> String {
+    [
+        crate::gw::route("/v1", &up.url(), "name = \"v1\""),
+        crate::gw::route("/open", &up.url(), "name = \"open\"\nauth = \"none\""),
+        extra.to_string(),
+    ]
+    .concat()
+}
+
+/// One key per user on `plan` (granted first when paid), usable once this returns.
+pub async fn keys(gw: &Gateway, plan: &str, users: &[&str]) -> Vec<Key> {
+    let api = gw.api();
+    let before = keys_loaded(gw).await;
+    let mut out = Vec::new();
+    for user in users {
+        if plan != "free" {
+            api.grant(user, plan).await;
+        }
+        out.push(api.mint(user, plan).await);
+    }
+    let n = u64::try_from(out.len()).unwrap_or(u64::MAX);
+    wait_keys_loaded(gw, before + n).await;
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1330,30 +1356,4 @@ mod tests {
             Ok(Framing::Length(get.len() - parsed.len))
         );
     }
-}
-
-/// `/v1` (keyed) and `/open` (no key) on `up`, plus `extra` routes.
-pub fn v1_and_open(up: &RawUpstream, extra: &str) -> String {
-    [
-        crate::gw::route("/v1", &up.url(), "name = \"v1\""),
-        crate::gw::route("/open", &up.url(), "name = \"open\"\nauth = \"none\""),
-        extra.to_string(),
-    ]
-    .concat()
-}
-
-/// One key per user on `plan` (granted first when paid), usable once this returns.
-pub async fn keys(gw: &Gateway, plan: &str, users: &[&str]) -> Vec<Key> {
-    let api = gw.api();
-    let before = keys_loaded(gw).await;
-    let mut out = Vec::new();
-    for user in users {
-        if plan != "free" {
-            api.grant(user, plan).await;
-        }
-        out.push(api.mint(user, plan).await);
-    }
-    let n = u64::try_from(out.len()).unwrap_or(u64::MAX);
-    wait_keys_loaded(gw, before + n).await;
-    out
 }

@@ -15,6 +15,14 @@ cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+# The backend's test clock (an endpoint that moves time) is for the tests only: a plain
+# `cargo build` / `cargo run` (the workspace's default members) must not turn it on.
+backend_features="$(cargo tree -e normal,build,features -i tollgate-backend)"
+if grep -q 'feature "test-clock"' <<<"$backend_features"; then
+  echo 'error: a plain `cargo build` enables tollgate-backend'"'"'s test-clock feature (see default-members in Cargo.toml)' >&2
+  exit 1
+fi
+
 if [ "${CI:-}" = "true" ]; then
   export TOLLGATE_TEST_POSTGRES_URL="${TOLLGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
   export TOLLGATE_TEST_REDIS_URL="${TOLLGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"

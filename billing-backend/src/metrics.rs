@@ -8,91 +8,86 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+use tollgate_protocol::metrics::{self as prom, Counter, CounterVec, IntGauge};
 
+/// The backend's metrics; cloning shares them.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
-    pub http_requests: IntCounterVec,
-    pub feed_head: IntGauge,
-    pub usage_units: IntCounter,
-    pub usage_batches: IntCounterVec,
-    keys: prometheus::IntGaugeVec,
+    /// HTTP requests answered, by route template, method and status.
+    pub http_requests: Arc<CounterVec<3>>,
+    /// Highest key-feed sequence number, refreshed at scrape and when the feed moves.
+    pub feed_head: Arc<IntGauge>,
+    /// Quota units reported by gateways and applied.
+    pub usage_units: Arc<Counter>,
+    /// Usage batches received, by result (applied, duplicate).
+    pub usage_batches: Arc<CounterVec<1>>,
+    /// Keys by state ([`key_states`]' order), measured at scrape; the last measurement stays
+    /// when the store cannot answer.
+    keys: Arc<[IntGauge; 3]>,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "tollgate_backend_http_requests_total",
-                "HTTP requests answered, by route template, method and status",
-            ),
-            &["route", "method", "status"],
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        let feed_head = IntGauge::new(
-            "tollgate_backend_feed_head",
-            "Highest key-feed sequence number",
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        let usage_units = IntCounter::new(
-            "tollgate_backend_usage_units_ingested_total",
-            "Quota units reported by gateways and applied",
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        let usage_batches = IntCounterVec::new(
-            Opts::new(
-                "tollgate_backend_usage_batches_total",
-                "Usage batches received, by result (applied, duplicate)",
-            ),
-            &["result"],
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        let keys = prometheus::IntGaugeVec::new(
-            Opts::new(
-                "tollgate_backend_keys",
-                "API keys by state (active, expired, revoked; each key in exactly one, so sum() is the total), measured at scrape",
-            ),
-            &["state"],
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        for m in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(feed_head.clone()),
-            Box::new(usage_units.clone()),
-            Box::new(usage_batches.clone()),
-            Box::new(keys.clone()),
-        ] {
-            registry
-                .register(m)
-                .unwrap_or_else(|e| panic!("metric registration: {e}"));
-        }
         Metrics {
-            registry,
-            http_requests,
-            feed_head,
-            usage_units,
-            usage_batches,
-            keys,
+            http_requests: Arc::new(CounterVec::new(["route", "method", "status"])),
+            feed_head: Arc::default(),
+            usage_units: Arc::default(),
+            usage_batches: Arc::new(CounterVec::new(["result"])),
+            keys: Arc::default(),
         }
     }
 
     /// Text exposition, after refreshing the gauges measured from the database.
     pub async fn render(&self, store: &dyn Store, now: i64) -> String {
         if let Ok(stats) = store.key_stats(now).await {
-            for (label, n) in key_states(&stats) {
-                self.keys
-                    .with_label_values(&[label])
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            for ((_, n), gauge) in key_states(&stats).into_iter().zip(self.keys.iter()) {
+                gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
         if let Ok(head) = store.feed_head().await {
             self.feed_head.set(i64::try_from(head).unwrap_or(i64::MAX));
         }
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        let mut out = String::with_capacity(2048);
+        prom::single(
+            &mut out,
+            "tollgate_backend_feed_head",
+            "Highest key-feed sequence number",
+            "gauge",
+            self.feed_head.get(),
+        );
+        self.http_requests.render(
+            &mut out,
+            "tollgate_backend_http_requests_total",
+            "HTTP requests answered, by route template, method and status",
+        );
+        prom::family(
+            &mut out,
+            "tollgate_backend_keys",
+            "API keys by state (active, expired, revoked; each key in exactly one, so sum() is the total), measured at scrape",
+            "gauge",
+        );
+        for (state, gauge) in KEY_STATES.iter().zip(self.keys.iter()) {
+            prom::sample(
+                &mut out,
+                "tollgate_backend_keys",
+                &[("state", state)],
+                gauge.get(),
+            );
+        }
+        self.usage_batches.render(
+            &mut out,
+            "tollgate_backend_usage_batches_total",
+            "Usage batches received, by result (applied, duplicate)",
+        );
+        prom::single(
+            &mut out,
+            "tollgate_backend_usage_units_ingested_total",
+            "Quota units reported by gateways and applied",
+            "counter",
+            self.usage_units.get(),
+        );
+        out
     }
 }
 
@@ -112,6 +107,9 @@ impl Metrics {
     }
 }
 
+/// The `state` label values of `tollgate_backend_keys`, in [`key_states`]' order.
+const KEY_STATES: [&str; 3] = ["active", "expired", "revoked"];
+
 /// Each key in exactly one state: revoked (even if it had also expired), else expired, else
 /// active.
 fn key_states(stats: &crate::store::KeyStats) -> [(&'static str, u64); 3] {
@@ -119,10 +117,11 @@ fn key_states(stats: &crate::store::KeyStats) -> [(&'static str, u64); 3] {
         .total_keys
         .saturating_sub(stats.active_keys)
         .saturating_sub(stats.revoked_keys);
+    let [active, exp, revoked] = KEY_STATES;
     [
-        ("active", stats.active_keys),
-        ("expired", expired),
-        ("revoked", stats.revoked_keys),
+        (active, stats.active_keys),
+        (exp, expired),
+        (revoked, stats.revoked_keys),
     ]
 }
 

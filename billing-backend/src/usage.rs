@@ -201,7 +201,7 @@ pub async fn ingest(state: &AppState, encoded: Bytes) -> Result<UsageAck, ApiErr
         .await?;
     if !duplicate {
         state.minute.record(encoded.clone(), newest, now);
-        state.metrics.usage_units.inc_by(units);
+        state.metrics.usage_units.add(units);
     }
     state
         .metrics

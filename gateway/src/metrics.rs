@@ -6,9 +6,10 @@
 //! Route metrics are registered by route name and survive a SIGHUP reload.
 
 use parking_lot::Mutex;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tollgate_protocol::metrics::{self as prom, family, sample};
+pub use tollgate_protocol::metrics::{Counter, Histogram};
 
 /// What happened to a request: `ok` (forwarded or answered) or the error code the gateway sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,14 +102,6 @@ impl Outcome {
     }
 }
 
-/// A histogram with fixed bucket bounds (nanoseconds), one atomic per bucket.
-pub struct Histogram {
-    bounds_ns: &'static [u64],
-    buckets: Box<[AtomicU64]>,
-    sum_ns: AtomicU64,
-    count: AtomicU64,
-}
-
 /// 25 µs … 100 ms: what the gateway adds to a request.
 pub const OVERHEAD_BOUNDS_NS: &[u64] = &[
     25_000,
@@ -141,73 +134,6 @@ pub const UPSTREAM_BOUNDS_NS: &[u64] = &[
     10_000_000_000,
     30_000_000_000,
 ];
-
-impl Histogram {
-    pub fn new(bounds_ns: &'static [u64]) -> Histogram {
-        Histogram {
-            bounds_ns,
-            buckets: (0..=bounds_ns.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_ns: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: std::time::Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let i = self
-            .bounds_ns
-            .iter()
-            .position(|b| ns <= *b)
-            .unwrap_or(self.bounds_ns.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, b) in self.bounds_ns.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let le = seconds(*b);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
-        }
-        cumulative += self.buckets[self.bounds_ns.len()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{braces} {}",
-            seconds(self.sum_ns.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
-    }
-}
-
-/// Nanoseconds as decimal seconds, exactly (no float formatting surprises).
-fn seconds(ns: u64) -> String {
-    let whole = ns / 1_000_000_000;
-    let frac = ns % 1_000_000_000;
-    if frac == 0 {
-        return whole.to_string();
-    }
-    let f = format!("{frac:09}");
-    format!("{whole}.{}", f.trim_end_matches('0'))
-}
 
 /// Counters of one route (or one of the gateway's own pseudo-routes like `_validate`).
 pub struct RouteMetrics {
@@ -258,18 +184,6 @@ impl RouteMetrics {
     }
 }
 
-#[derive(Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Everything the gateway exports.
 pub struct Metrics {
     routes: Mutex<Vec<Arc<RouteMetrics>>>,
@@ -300,13 +214,6 @@ pub struct Gauge {
     pub name: &'static str,
     pub help: &'static str,
     pub value: f64,
-}
-
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -342,46 +249,57 @@ impl Metrics {
 
     pub fn render(&self, gauges: &[Gauge]) -> String {
         let mut out = String::with_capacity(8192);
-        out.push_str("# HELP tollgate_gateway_requests_total Requests by route, response status and outcome code.\n");
-        out.push_str("# TYPE tollgate_gateway_requests_total counter\n");
+        let requests = "tollgate_gateway_requests_total";
+        family(
+            &mut out,
+            requests,
+            "Requests by route, response status and outcome code.",
+            "counter",
+        );
         let routes: Vec<_> = self.routes.lock().clone();
         for r in &routes {
-            let route = escape(&r.name);
+            let route = r.name.as_str();
             for (status, c) in r.statuses.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
                 if n > 0 {
-                    let _ = writeln!(out, "tollgate_gateway_requests_total{{route=\"{route}\",status=\"{status}\",code=\"ok\"}} {n}");
+                    let status = status.to_string();
+                    let labels = [("route", route), ("status", &status), ("code", "ok")];
+                    sample(&mut out, requests, &labels, n);
                 }
             }
             for o in Outcome::ALL {
                 let n = r.in_body[o.index()].load(Ordering::Relaxed);
                 if n > 0 {
-                    let _ = writeln!(out, "tollgate_gateway_requests_total{{route=\"{route}\",status=\"200\",code=\"{}\"}} {n}", o.code());
+                    let labels = [("route", route), ("status", "200"), ("code", o.code())];
+                    sample(&mut out, requests, &labels, n);
                 }
                 let n = r.outcomes[o.index()].load(Ordering::Relaxed);
                 if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "tollgate_gateway_requests_total{{route=\"{route}\",status=\"{}\",code=\"{}\"}} {n}",
-                        o.status(),
-                        o.code()
-                    );
+                    let status = o.status().to_string();
+                    let labels = [("route", route), ("status", &status), ("code", o.code())];
+                    sample(&mut out, requests, &labels, n);
                 }
             }
         }
-        out.push_str("# HELP tollgate_gateway_overhead_seconds Time the gateway adds to a request (total minus upstream time).\n");
-        out.push_str("# TYPE tollgate_gateway_overhead_seconds histogram\n");
+        family(
+            &mut out,
+            "tollgate_gateway_overhead_seconds",
+            "Time the gateway adds to a request (total minus upstream time).",
+            "histogram",
+        );
         self.overhead
-            .render(&mut out, "tollgate_gateway_overhead_seconds", "");
-        out.push_str("# HELP tollgate_gateway_upstream_seconds Time from forwarding a request to the upstream's response headers.\n");
-        out.push_str("# TYPE tollgate_gateway_upstream_seconds histogram\n");
+            .render(&mut out, "tollgate_gateway_overhead_seconds", &[]);
+        family(
+            &mut out,
+            "tollgate_gateway_upstream_seconds",
+            "Time from forwarding a request to the upstream's response headers.",
+            "histogram",
+        );
         for r in &routes {
             if r.upstream.count() > 0 {
-                r.upstream.render(
-                    &mut out,
-                    "tollgate_gateway_upstream_seconds",
-                    &format!("route=\"{}\"", escape(&r.name)),
-                );
+                let labels = [("route", r.name.as_str())];
+                r.upstream
+                    .render(&mut out, "tollgate_gateway_upstream_seconds", &labels);
             }
         }
         let counters: [(&str, &str, &Counter); 11] = [
@@ -442,18 +360,10 @@ impl Metrics {
             ),
         ];
         for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.get()
-            );
+            prom::single(&mut out, name, help, "counter", c.get());
         }
         for g in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {} {}\n# TYPE {} gauge\n{} {}",
-                g.name, g.help, g.name, g.name, g.value
-            );
+            prom::single(&mut out, g.name, g.help, "gauge", g.value);
         }
         out
     }
@@ -535,12 +445,5 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tollgate_gateway_keys_loaded 3\n"), "{text}");
-    }
-
-    #[test]
-    fn seconds_are_exact() {
-        assert_eq!(seconds(25_000), "0.000025");
-        assert_eq!(seconds(1_000_000_000), "1");
-        assert_eq!(seconds(2_500_000_000), "2.5");
     }
 }

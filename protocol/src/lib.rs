@@ -8,6 +8,8 @@
 //! - [`error`]: the JSON error body every client-visible error uses: a stable code and a message.
 //! - [`config`]: the configuration layer both binaries load through (TOML file, then
 //!   `TOLLGATE_<SECTION>_<KEY>` overrides) and its one-line errors naming the setting.
+//! - [`metrics`]: counters, gauges and histograms and the Prometheus text format both binaries
+//!   serve on `/metrics`.
 //! - [`process`]: `process_*` metrics from `/proc/self` and the build-info gauge.
 //! - [`usage_codec`]: the one versioned encoding of a usage batch (the gateway's journal, the
 //!   body sent to the backend, the backend's stored form) and its media-type negotiation.
@@ -23,6 +25,7 @@ pub mod day;
 pub mod error;
 pub mod feed;
 pub mod keys;
+pub mod metrics;
 pub mod money;
 pub mod plans;
 pub mod process;

@@ -5,20 +5,23 @@ use crate::auth::TokenDigest;
 #[cfg(feature = "test-clock")]
 use crate::clock::OffsetClock;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, ENV_SECTIONS};
 use crate::hub::FeedHub;
 use crate::metrics::Metrics;
+use crate::minute::MinuteWindow;
+use crate::providers::Providers;
+use crate::session::Portal;
 use crate::state::{AppState, Plans};
 use crate::store::sql::SqlStore;
 use crate::store::Store;
-use crate::usage::MinuteWindow;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tollgate_protocol::config::Document;
 use tollgate_protocol::feed::{FeedPage, UsageAck};
 use tollgate_protocol::plans::Catalogue;
 
@@ -29,7 +32,6 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::keys::router())
         .merge(crate::usage::router())
         .merge(crate::billing::router())
-        .merge(crate::providers::router())
         .merge(crate::portal::router())
         .merge(crate::feed::router())
         .merge(crate::ops::router())
@@ -64,6 +66,28 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The backend's configuration from `doc` ([`BackendConfig::from_config`]) with the payment
+    /// providers' variables (`SEPA_*`, `STRIPE_*`, `PAYPAL_*`) checked alongside, so a bad one
+    /// stops start-up before a database or data directory is created: one line per bad
+    /// setting, naming it.
+    pub fn load_config(doc: &Document) -> Result<BackendConfig, Vec<String>> {
+        match (BackendConfig::from_config(doc), Providers::from_env()) {
+            (Ok(cfg), Ok(_)) => Ok(cfg),
+            (cfg, providers) => {
+                let mut errors = cfg.err().unwrap_or_default();
+                errors.extend(providers.err().unwrap_or_default());
+                tollgate_protocol::config::dedup(&mut errors);
+                Err(errors)
+            }
+        }
+    }
+
+    /// [`Backend::load_config`] of a TOML file (an empty document when `path` is None) with
+    /// the `TOLLGATE_BACKEND_*` overrides.
+    pub fn load_config_file(path: Option<&Path>) -> Result<BackendConfig, Vec<String>> {
+        Backend::load_config(&Document::load(path, ENV_SECTIONS)?)
+    }
+
     /// Opens the database (migrations applied), resolves tokens and starts the background tasks.
     pub async fn start(cfg: BackendConfig) -> Result<Backend, String> {
         let store = SqlStore::connect(&cfg.database_url)
@@ -91,7 +115,7 @@ impl Backend {
             .feed_head()
             .await
             .map_err(|e| format!("database: {e}"))?;
-        let providers = crate::providers::Providers::from_env().map_err(|errs| errs.join("\n"))?;
+        let providers = Providers::from_env().map_err(|errs| errs.join("\n"))?;
         let state = AppState {
             plans: Plans::new(cfg.catalogue.clone()),
             service_token: TokenDigest::of(token.expose()),
@@ -105,13 +129,13 @@ impl Backend {
             metrics: Metrics::new(),
             minute: Arc::new(MinuteWindow::default()),
             providers: Arc::new(providers),
-            portal: Arc::new(crate::portal::Portal::new(&token)?),
+            portal: Arc::new(Portal::new(&token)?),
             advertised: Arc::new(OnceLock::new()),
             started: Instant::now(),
         };
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(crate::billing::expiry_sweep(state.clone(), stop_rx.clone()));
-        crate::providers::spawn_background(&state, stop_rx.clone());
+        crate::billing::spawn_background(&state, stop_rx.clone());
         tokio::spawn(crate::usage::settle_loop(state.clone(), stop_rx.clone()));
         tokio::spawn(crate::feed::watch_head(state.clone(), stop_rx));
         Ok(Backend {
@@ -135,10 +159,7 @@ impl Backend {
     /// rather than the request's `Host`, which the client chooses. A wildcard address is shown
     /// as loopback. The first call wins: the listener does not move while the process runs.
     pub fn advertise(&self, addr: SocketAddr) {
-        let _ = self
-            .state
-            .advertised
-            .set(crate::portal::listen_origin(addr));
+        let _ = self.state.advertised.set(crate::state::listen_origin(addr));
     }
 
     /// Puts a new plan catalogue in force (SIGHUP): prices, features and limits at once. When

@@ -183,7 +183,7 @@ pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), Str
             Command::Sepa(SepaCommand::Import { file }) => {
                 let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                let report = crate::providers::sepa::api::import_statement(&state, &name, &bytes).await.map_err(|e| e.to_string())?;
+                let report = crate::billing::sepa::import_statement(&state, &name, &bytes).await.map_err(|e| e.to_string())?;
                 print(report);
                 Ok(())
             }
@@ -191,10 +191,10 @@ pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), Str
                 let stripe = state.providers.stripe.clone().ok_or_else(|| {
                     "stripe sync: Stripe is not configured (set STRIPE_SECRET_KEY)".to_string()
                 })?;
-                let lines = crate::providers::stripe::sync::sync(&state, &stripe)
+                let lines = crate::billing::stripe::sync::sync(&state, &stripe)
                     .await
                     .map_err(|e| format!("stripe sync: {e}"))?;
-                print(crate::providers::stripe::sync::report(&lines));
+                print(crate::billing::stripe::sync::report(&lines));
                 Ok(())
             }
             Command::Plans => {
@@ -329,7 +329,7 @@ pub async fn serve(cfg: BackendConfig, config: Option<std::path::PathBuf>) -> Re
         let cert = cert.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match BackendConfig::load(config.as_deref()) {
+                match Backend::load_config_file(config.as_deref()) {
                     Ok(cfg) => {
                         if let (Some(cert), Some(files)) = (&cert, &cfg.tls) {
                             cert.reload(files);

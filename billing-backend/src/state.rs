@@ -1,6 +1,7 @@
 //! [`AppState`]: what the handlers share (the store, configuration, plan catalogue, clock,
-//! tokens' digests, feed hub, metrics and providers), built by `Backend` (`app.rs`). It sits
-//! below the routers: the modules that serve HTTP import it; it imports none of them.
+//! tokens' digests, feed hub, metrics, the last minute of usage, the providers and the
+//! portal's sessions), built by `Backend` (`app.rs`). It sits below the routers: the modules
+//! that serve HTTP import it; it imports none of them, only what it holds.
 
 use crate::auth::{TokenDigest, Tokens};
 #[cfg(feature = "test-clock")]
@@ -10,9 +11,12 @@ use crate::config::BackendConfig;
 use crate::extract::BodyLimit;
 use crate::hub::FeedHub;
 use crate::metrics::Metrics;
+use crate::minute::MinuteWindow;
+use crate::providers::Providers;
+use crate::session::Portal;
 use crate::store::Store;
-use crate::usage::MinuteWindow;
 use arc_swap::ArcSwap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tollgate_protocol::plans::Catalogue;
@@ -34,12 +38,12 @@ pub struct AppState {
     pub hub: FeedHub,
     pub metrics: Metrics,
     pub minute: Arc<MinuteWindow>,
-    pub providers: Arc<crate::providers::Providers>,
-    /// Customer portal: sessions and hand-off signing (see [`crate::portal`]).
-    pub portal: Arc<crate::portal::Portal>,
+    pub providers: Arc<Providers>,
+    /// Customer portal: sessions and hand-off signing.
+    pub portal: Arc<Portal>,
     /// The origin (`http://host:port`) of the listener that actually serves this backend, set
     /// once by [`Backend::advertise`] after the bind; links fall back to it when
-    /// `[backend] public_url` is unset (see [`crate::portal::origin`]). Shared, so routers
+    /// `[backend] public_url` is unset (see [`AppState::origin`]). Shared, so routers
     /// built before the bind see it too.
     pub advertised: Arc<OnceLock<String>>,
     pub started: Instant,
@@ -63,6 +67,33 @@ impl AppState {
     pub fn feed_epoch(&self) -> String {
         format!("{}.{}", self.store.db_id(), self.plans.0.load().fingerprint)
     }
+
+    /// The origin absolute links are built on (portal hand-offs, Stripe Checkout's return pages,
+    /// PayPal's return and cancel pages): `[backend] public_url`, else the listener this process
+    /// serves on ([`crate::Backend::advertise`]), else `[backend] listen`. Never the request's
+    /// `Host` or `X-Forwarded-Host`: the client chooses those, and a link minted for a customer
+    /// must not point at a host an attacker put in the request. Behind a proxy or on another
+    /// public name, the operator sets `public_url`.
+    pub fn origin(&self) -> String {
+        if let Some(u) = &self.cfg.public_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        match self.advertised.get() {
+            Some(o) => o.clone(),
+            None => listen_origin(self.cfg.listen),
+        }
+    }
+}
+
+/// `http://addr` for a listen address, with a wildcard bind (`0.0.0.0`, `[::]`) shown as
+/// loopback on the same family: a wildcard is not an address anyone can open, loopback is.
+pub fn listen_origin(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 impl Tokens for AppState {
@@ -121,5 +152,19 @@ impl CurrentPlans {
             catalogue: Arc::new(catalogue),
             fingerprint,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listen_addresses_are_shown_as_loopback() {
+        let shown = |a: &str| listen_origin(a.parse().unwrap_or_else(|e| panic!("{a}: {e}")));
+        assert_eq!(shown("0.0.0.0:8080"), "http://127.0.0.1:8080");
+        assert_eq!(shown("[::]:8080"), "http://[::1]:8080");
+        assert_eq!(shown("10.1.2.3:81"), "http://10.1.2.3:81");
+        assert_eq!(shown("[2001:db8::1]:81"), "http://[2001:db8::1]:81");
     }
 }

@@ -22,7 +22,7 @@ pub fn backend_config(doc: &Document, data_dir: &Path) -> Result<BackendConfig, 
         "data_dir",
         toml::Value::String(data_dir.display().to_string()),
     );
-    BackendConfig::from_config(&doc)
+    Backend::load_config(&doc)
 }
 
 /// Starts the backend from the same document (its database reachable and its `data_dir`

@@ -12,7 +12,7 @@ use super::csrf::checked_form;
 use super::html::{count, esc, html, page as layout, when, Header, PortalError};
 use super::internal;
 use super::pricing::{cycle_toggle, percent, price_block, sepa_price};
-use super::{notice_text, origin, see_other, Customer};
+use super::{notice_text, see_other, Customer};
 use crate::keys::{effective_limits, valid_key_id_or_404, GenerateRequest};
 use crate::state::AppState;
 use crate::store::{Cause, KeyRecord, PayStatus, Payment, StoreError, SubStatus, Subscription};
@@ -599,7 +599,7 @@ pub async fn upgrade(
             Ok(see_other(&format!("/portal/payments/{id}")))
         }
         "stripe" => {
-            let base = origin(&state);
+            let base = state.origin();
             let answer = internal::post(
                 &state,
                 &token,

@@ -26,7 +26,7 @@ pub async fn post(
     path: &str,
     body: &Value,
 ) -> Result<Value, Refused> {
-    let router = crate::providers::router().with_state(state.clone());
+    let router = crate::billing::provider_router().with_state(state.clone());
     let req = Request::builder()
         .method(Method::POST)
         .uri(path)

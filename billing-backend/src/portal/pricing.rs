@@ -118,7 +118,7 @@ pub async fn page(
                 bps,
                 matches!(
                     session.as_ref().map(|s| &s.role),
-                    Some(super::session::Role::Customer(_))
+                    Some(crate::session::Role::Customer(_))
                 ),
             )
         })

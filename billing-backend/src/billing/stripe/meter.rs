@@ -13,10 +13,12 @@
 //! The drift report compares, per key and day, what the gateways metered with what Stripe
 //! acknowledged.
 
-use super::{configured, Failure, Stripe};
+use super::{configured, Failure};
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::keys::valid_user_id;
+use crate::providers::stripe::client::StripeError;
+use crate::providers::stripe::Stripe;
 use crate::state::AppState;
 use axum::extract::{Query, State};
 use axum::Json;
@@ -121,7 +123,7 @@ pub async fn export(
                 report.sent += 1;
                 report.units_sent += e.value;
             }
-            Err(err) if err.is_transient() || err == super::client::StripeError::Idempotency => {
+            Err(err) if err.is_transient() || err == StripeError::Idempotency => {
                 tracing::warn!(identifier = %e.identifier, error = %err, "meter event not sent; will retry with the same identifier");
                 report.pending += 1;
             }

@@ -2,7 +2,7 @@
 //!
 //! 1. The `Stripe-Signature` is verified on the raw body, before anything parses it (400 when
 //!    missing, forged or outside the 300 s tolerance of our clock).
-//! 2. The event is claimed by id with a lease (`providers::events`): a redelivery of an event
+//! 2. The event is claimed by id with a lease (`billing::events`): a redelivery of an event
 //!    already applied answers 200 and changes nothing; one that meets the event being applied
 //!    by another delivery answers 503 `event_in_progress`; one that comes after the process
 //!    applying it died (its lease ran out) applies it.
@@ -17,11 +17,12 @@
 //! keeps a watermark (the `created` time of the last event applied); an older event is
 //! acknowledged and ignored, so a subscription never moves backwards. `canceled` is terminal.
 
-use super::client::StripeError;
-use super::wire::{self, Mapped};
-use super::{configured, plan_for_price, signature, Stripe};
+use super::{configured, plan_for_price};
+use crate::billing::events::{self, Begin};
 use crate::error::{json_error, ApiError};
-use crate::providers::events::{self, Begin};
+use crate::providers::stripe::client::StripeError;
+use crate::providers::stripe::wire::{self, Mapped};
+use crate::providers::stripe::{signature, Stripe};
 use crate::state::AppState;
 use crate::store::stripe::SubLink;
 use crate::store::{Cause, PayStatus, Settled, StoreError, SubStatus, Subscription};
@@ -75,8 +76,8 @@ impl From<ApiError> for ApplyError {
     }
 }
 
-impl From<super::client::StripeError> for ApplyError {
-    fn from(e: super::client::StripeError) -> ApplyError {
+impl From<StripeError> for ApplyError {
+    fn from(e: StripeError) -> ApplyError {
         if e.is_transient() {
             ApplyError::Transient(e.to_string())
         } else {
@@ -132,7 +133,7 @@ pub async fn handle(
         Err(f) => return f.into_response(),
     };
     let Some(secret) = &stripe.webhook_secret else {
-        return super::super::not_configured("Stripe webhooks", "STRIPE_WEBHOOK_SECRET")
+        return crate::providers::not_configured("Stripe webhooks", "STRIPE_WEBHOOK_SECRET")
             .into_response();
     };
     let now = state.now();
@@ -190,7 +191,7 @@ pub async fn handle(
         Ok(Begin::Busy) => return events::busy().into_response(),
         Err(e) => return e.into_response(),
     };
-    // Bounded so that this delivery never works past its lease (see `providers::events`).
+    // Bounded so that this delivery never works past its lease (see `billing::events`).
     let result = tokio::time::timeout(events::APPLY_BUDGET, async {
         let _one_at_a_time = stripe.webhook_lock.lock().await;
         apply(&state, &stripe, &event).await

@@ -346,7 +346,8 @@ mod tests {
     }
 
     /// Batch ids and unit sums live in signed 64-bit columns: what does not fit is refused with
-    /// the SPEC §9 body naming the field (it used to reach the store and answer 500).
+    /// 400 and a JSON error body naming the field: nothing a client sends may cause a 500 (this
+    /// used to reach the store and answer 500).
     #[tokio::test]
     async fn batch_ids_and_counts_beyond_i64_are_refused_with_400() {
         let tb = TestBackend::start(|_| {}).await;

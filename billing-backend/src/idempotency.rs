@@ -1,7 +1,8 @@
-//! Idempotent retries (SPEC §7): every POST that creates money or entitlement objects honours
-//! `Idempotency-Key` the same way, through one layer ([`guard`]) and one table (`idempotency`,
-//! behind `BillingStore::idempotency_claim / complete / release`). The endpoints are listed
-//! once, in [`ENDPOINTS`]; the OpenAPI document and the README name the same list.
+//! Idempotent retries: a POST retried with the same `Idempotency-Key` changes nothing twice.
+//! Every POST that creates money or entitlement objects honours the header the same way,
+//! through one layer ([`guard`]) and one table (`idempotency`, behind
+//! `BillingStore::idempotency_claim / complete / release`). The endpoints are listed once, in
+//! [`ENDPOINTS`]; the OpenAPI document and the README name the same list.
 //!
 //! For a request to one of them that carries a key (parsed by [`IdempotencyKey`]):
 //! - the scope is the endpoint (its route template), and the request is identified by the
@@ -26,8 +27,8 @@
 //!   endpoint needs it, and a stored answer must never reach a caller the handler would refuse.
 //! - Answers are stored sealed (ChaCha20-Poly1305) with a key derived from the client's
 //!   `Idempotency-Key`, and the table holds only a hash of that key. A minted API key's secret
-//!   is in the answer of `keys/generate` and `rotate`; SPEC §4 stores only the SHA-256 of a key,
-//!   so the database must not hold it readable. Only a caller presenting the same key again
+//!   is in the answer of `keys/generate` and `rotate`; the backend stores only the SHA-256 of a
+//!   key, so the database must not hold it readable either. Only a caller presenting the same key again
 //!   (the one that made the request) can open it.
 
 use crate::auth::ServiceAuth;

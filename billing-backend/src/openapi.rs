@@ -36,7 +36,7 @@ use utoipa::OpenApi;
     info(
         title = "tollgate",
         description = "API keys, plans, quotas and billing in front of an existing API: the \
-                       billing backend's HTTP contract (SPEC §11 plus its own endpoints)."
+                       billing backend's HTTP contract (the original module's endpoints plus its own)."
     ),
     paths(openapi),
     components(schemas(ErrorDoc, ErrorDetailDoc)),

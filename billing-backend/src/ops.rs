@@ -44,7 +44,8 @@ pub struct Ready {
     pub storage: &'static str,
 }
 
-/// `GET /ready` when it does not: the SPEC §9 error fields plus `status`.
+/// `GET /ready` when it does not: the fields of every error body (`detail` and `error` with
+/// `code` and `message`) plus `status`.
 #[derive(Serialize, ToSchema)]
 pub struct NotReady {
     pub detail: &'static str,

@@ -11,7 +11,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 
-/// A provider endpoint's refusal: its status and its SPEC §9 message.
+/// A provider endpoint's refusal: its status and the code and message of its JSON error body.
 #[derive(Debug)]
 pub struct Refused {
     pub status: StatusCode,

@@ -26,7 +26,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub cfg: Arc<BackendConfig>,
     /// The plan catalogue: read it with [`AppState::catalogue`]; SIGHUP swaps it
-    /// ([`Backend::reload_plans`]).
+    /// ([`Backend::reload_plans`](crate::Backend::reload_plans)).
     pub plans: Plans,
     pub clock: SharedClock,
     /// Present when `TOLLGATE_TEST_CLOCK=1` in a build with the `test-clock` feature: lets
@@ -42,7 +42,7 @@ pub struct AppState {
     /// Customer portal: sessions and hand-off signing.
     pub portal: Arc<Portal>,
     /// The origin (`http://host:port`) of the listener that actually serves this backend, set
-    /// once by [`Backend::advertise`] after the bind; links fall back to it when
+    /// once by [`Backend::advertise`](crate::Backend::advertise) after the bind; links fall back to it when
     /// `[backend] public_url` is unset (see [`AppState::origin`]). Shared, so routers
     /// built before the bind see it too.
     pub advertised: Arc<OnceLock<String>>,

@@ -1,32 +1,27 @@
 //! The router and [`Backend`]: the handle the binary and the embedding gateway use to start,
 //! serve and stop the backend. The state the handlers share is [`crate::state`].
 
-use crate::auth::TokenDigest;
 #[cfg(feature = "test-clock")]
 use crate::clock::OffsetClock;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{BackendConfig, ENV_SECTIONS};
-use crate::hub::FeedHub;
-use crate::metrics::Metrics;
-use crate::minute::MinuteWindow;
 use crate::providers::Providers;
-use crate::session::Portal;
-use crate::state::{AppState, Plans};
+use crate::state::AppState;
 use crate::store::sql::SqlStore;
 use crate::store::Store;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::config::Document;
 use tollgate_protocol::feed::{FeedPage, UsageAck};
 use tollgate_protocol::plans::Catalogue;
 
 pub fn router(state: AppState) -> Router {
-    let limit = state.cfg.max_body_bytes;
+    let limit = state.cfg().max_body_bytes;
     let routes = Router::new()
         .merge(crate::plans::router())
         .merge(crate::keys::router())
@@ -49,7 +44,7 @@ pub fn router(state: AppState) -> Router {
             crate::feed::stamp_seq,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
+            state.metrics().clone(),
             crate::metrics::track,
         ))
         .layer(axum::middleware::from_fn(crate::extract::json_errors))
@@ -116,23 +111,9 @@ impl Backend {
             .await
             .map_err(|e| format!("database: {e}"))?;
         let providers = Providers::from_env().map_err(|errs| errs.join("\n"))?;
-        let state = AppState {
-            plans: Plans::new(cfg.catalogue.clone()),
-            service_token: TokenDigest::of(token.expose()),
-            feed_token: cfg.feed_token.as_ref().map(|t| TokenDigest::of(t.expose())),
-            cfg: Arc::new(cfg),
-            store,
-            clock,
-            #[cfg(feature = "test-clock")]
-            test_clock,
-            hub: FeedHub::new(head),
-            metrics: Metrics::new(),
-            minute: Arc::new(MinuteWindow::default()),
-            providers: Arc::new(providers),
-            portal: Arc::new(Portal::new(&token)?),
-            advertised: Arc::new(OnceLock::new()),
-            started: Instant::now(),
-        };
+        let state = AppState::new(cfg, store, clock, &token, providers, head)?;
+        #[cfg(feature = "test-clock")]
+        let state = state.with_test_clock(test_clock);
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(crate::billing::expiry_sweep(state.clone(), stop_rx.clone()));
         crate::billing::spawn_background(&state, stop_rx.clone());
@@ -159,7 +140,7 @@ impl Backend {
     /// rather than the request's `Host`, which the client chooses. A wildcard address is shown
     /// as loopback. The first call wins: the listener does not move while the process runs.
     pub fn advertise(&self, addr: SocketAddr) {
-        let _ = self.state.advertised.set(crate::state::listen_origin(addr));
+        self.state.advertise(addr);
     }
 
     /// Puts a new plan catalogue in force (SIGHUP): prices, features and limits at once. When
@@ -167,14 +148,14 @@ impl Backend {
     /// so their replicas re-read every key with the new limits within a moment. Returns
     /// whether the limits changed.
     pub fn reload_plans(&self, catalogue: Catalogue) -> bool {
-        let changed = self.state.plans.replace(catalogue);
+        let changed = self.state.replace_plans(catalogue);
         tracing::info!(
             plans = self.state.catalogue().all().len(),
             limits_changed = changed,
             "plan catalogue reloaded"
         );
         if changed {
-            self.state.hub.wake();
+            self.state.hub().wake();
         }
         changed
     }
@@ -204,7 +185,7 @@ impl Backend {
 
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        self.state.store.close().await;
+        self.state.store().close().await;
     }
 }
 

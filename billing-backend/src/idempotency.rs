@@ -104,7 +104,7 @@ async fn run(
     let key = IdempotencyKey::from_headers(&parts.headers)?.ok_or_else(|| {
         ApiError::internal("Idempotency-Key vanished between two reads of the headers")
     })?;
-    let limit = state.cfg.max_body_bytes;
+    let limit = state.cfg().max_body_bytes;
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(limit))?;
@@ -116,7 +116,7 @@ async fn run(
     let hash = request_hash(&parts.method, path, &body);
     let id = storage_id(scope, &key);
     match state
-        .store
+        .store()
         .idempotency_claim(scope, &id, &hash, state.now())
         .await?
     {
@@ -159,7 +159,7 @@ async fn record(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !(resp.status().is_success() && is_json) {
-        if let Err(e) = state.store.idempotency_release(scope, id).await {
+        if let Err(e) = state.store().idempotency_release(scope, id).await {
             // The claim then lapses after its lease, and a retry runs.
             tracing::warn!(scope, error = %e, "could not release an idempotency key");
         }
@@ -178,7 +178,7 @@ async fn record(
     let stored = match seal(scope, key, parts.status.as_u16(), &bytes) {
         Ok(sealed) => {
             state
-                .store
+                .store()
                 .idempotency_complete(scope, id, parts.status.as_u16(), &sealed)
                 .await
         }
@@ -447,7 +447,7 @@ mod tests {
 
         async fn subscriptions(tb: &TestBackend, user: &str) -> usize {
             tb.state()
-                .store
+                .store()
                 .subscriptions_of(user)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"))
@@ -544,7 +544,7 @@ mod tests {
             assert_eq!(again.body["api_key"], json!(secret));
             assert_eq!(
                 tb.state()
-                    .store
+                    .store()
                     .keys_of_user("bo")
                     .await
                     .map(|k| k.len())
@@ -552,7 +552,7 @@ mod tests {
                 Some(1)
             );
             // The stored answer holds the secret sealed: the database never has it readable.
-            let db = crate::store::sql::SqlStore::connect(&tb.state().cfg.database_url)
+            let db = crate::store::sql::SqlStore::connect(&tb.state().cfg().database_url)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             let count = |sql: String| {
@@ -605,7 +605,7 @@ mod tests {
             let hash =
                 super::request_hash(&super::Method::POST, GRANT, body.to_string().as_bytes());
             let id = super::storage_id(GRANT, &key);
-            let store = &tb.state().store;
+            let store = &tb.state().store();
             let now = tb.state().now();
             // Another process claimed it and is still running.
             assert_eq!(

@@ -65,12 +65,12 @@ pub struct NotReady {
     )
 )]
 async fn ready(State(state): State<AppState>) -> axum::response::Response {
-    match state.store.ping().await {
+    match state.store().ping().await {
         Ok(()) => (
             StatusCode::OK,
             Json(Ready {
                 status: "ready",
-                storage: state.store.kind(),
+                storage: state.store().kind(),
             }),
         )
             .into_response(),
@@ -102,8 +102,8 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = state
-        .metrics
-        .render_standalone(state.store.as_ref(), state.now())
+        .metrics()
+        .render_standalone(state.store().as_ref(), state.now())
         .await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -7,7 +7,7 @@ use crate::auth::{TokenDigest, Tokens};
 #[cfg(feature = "test-clock")]
 use crate::clock::OffsetClock;
 use crate::clock::SharedClock;
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, Secret};
 use crate::extract::BodyLimit;
 use crate::hub::FeedHub;
 use crate::metrics::Metrics;
@@ -21,37 +21,136 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tollgate_protocol::plans::Catalogue;
 
+/// Its parts are read through accessors; only [`AppState::new`] (called by `Backend`) puts
+/// them together.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn Store>,
-    pub cfg: Arc<BackendConfig>,
+    store: Arc<dyn Store>,
+    cfg: Arc<BackendConfig>,
     /// The plan catalogue: read it with [`AppState::catalogue`]; SIGHUP swaps it
     /// ([`Backend::reload_plans`](crate::Backend::reload_plans)).
-    pub plans: Plans,
-    pub clock: SharedClock,
+    plans: Plans,
+    clock: SharedClock,
     /// Present when `TOLLGATE_TEST_CLOCK=1` in a build with the `test-clock` feature: lets
     /// end-to-end tests move time.
     #[cfg(feature = "test-clock")]
-    pub test_clock: Option<Arc<OffsetClock>>,
-    pub service_token: TokenDigest,
-    pub feed_token: Option<TokenDigest>,
-    pub hub: FeedHub,
-    pub metrics: Metrics,
-    pub minute: Arc<MinuteWindow>,
-    pub providers: Arc<Providers>,
+    test_clock: Option<Arc<OffsetClock>>,
+    service_token: TokenDigest,
+    feed_token: Option<TokenDigest>,
+    hub: FeedHub,
+    metrics: Metrics,
+    minute: Arc<MinuteWindow>,
+    providers: Arc<Providers>,
     /// Customer portal: sessions and hand-off signing.
-    pub portal: Arc<Portal>,
+    portal: Arc<Portal>,
     /// The origin (`http://host:port`) of the listener that actually serves this backend, set
-    /// once by [`Backend::advertise`](crate::Backend::advertise) after the bind; links fall back to it when
-    /// `[backend] public_url` is unset (see [`AppState::origin`]). Shared, so routers
-    /// built before the bind see it too.
-    pub advertised: Arc<OnceLock<String>>,
-    pub started: Instant,
+    /// once by [`AppState::advertise`] after the bind; links fall back to it when
+    /// `[backend] public_url` is unset (see [`AppState::origin`]). Shared, so routers built
+    /// before the bind see it too.
+    advertised: Arc<OnceLock<String>>,
+    started: Instant,
 }
 
 impl AppState {
+    /// The state of a backend on `store` with `cfg`, whose feed head is `head`. `service_token`
+    /// is the token itself: the state keeps its digest, and the portal derives its hand-off
+    /// key from it and calls the providers' endpoints with it.
+    pub(crate) fn new(
+        cfg: BackendConfig,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        service_token: &Secret,
+        providers: Providers,
+        head: u64,
+    ) -> Result<AppState, String> {
+        Ok(AppState {
+            plans: Plans::new(cfg.catalogue.clone()),
+            service_token: TokenDigest::of(service_token.expose()),
+            feed_token: cfg.feed_token.as_ref().map(|t| TokenDigest::of(t.expose())),
+            cfg: Arc::new(cfg),
+            store,
+            clock,
+            #[cfg(feature = "test-clock")]
+            test_clock: None,
+            hub: FeedHub::new(head),
+            metrics: Metrics::new(),
+            minute: Arc::new(MinuteWindow::default()),
+            providers: Arc::new(providers),
+            portal: Arc::new(Portal::new(service_token)?),
+            advertised: Arc::new(OnceLock::new()),
+            started: Instant::now(),
+        })
+    }
+
+    /// Lets end-to-end tests move time through `clock` (which is also the state's clock).
+    #[cfg(feature = "test-clock")]
+    pub(crate) fn with_test_clock(mut self, clock: Option<Arc<OffsetClock>>) -> AppState {
+        self.test_clock = clock;
+        self
+    }
+
+    /// The same state with other providers (tests configure one that the environment does not).
+    #[cfg(test)]
+    pub(crate) fn with_providers(mut self, providers: Providers) -> AppState {
+        self.providers = Arc::new(providers);
+        self
+    }
+
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn cfg(&self) -> &BackendConfig {
+        &self.cfg
+    }
+
+    /// The feed head in memory, which wakes gateways waiting on the feed.
+    pub fn hub(&self) -> &FeedHub {
+        &self.hub
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The units gateways reported over the last minute.
+    pub fn minute(&self) -> &MinuteWindow {
+        &self.minute
+    }
+
+    /// The payment providers configured at start.
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// The portal's sessions and hand-off signing.
+    pub fn portal(&self) -> &Portal {
+        &self.portal
+    }
+
+    /// When this backend started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The clock end-to-end tests move, when `TOLLGATE_TEST_CLOCK=1`.
+    #[cfg(feature = "test-clock")]
+    pub fn test_clock(&self) -> Option<&Arc<OffsetClock>> {
+        self.test_clock.as_ref()
+    }
+
+    /// Puts `catalogue` in force; returns whether any plan's limits changed.
+    pub(crate) fn replace_plans(&self, catalogue: Catalogue) -> bool {
+        self.plans.replace(catalogue)
+    }
+
+    /// Records the origin of the listener that serves this backend (the first call wins).
+    pub(crate) fn advertise(&self, addr: SocketAddr) {
+        let _ = self.advertised.set(listen_origin(addr));
     }
 
     /// The plan catalogue in force now.

@@ -141,15 +141,15 @@ pub async fn ingest(state: &AppState, encoded: Bytes) -> Result<UsageAck, ApiErr
     }
     let now = state.now();
     let duplicate = state
-        .store
+        .store()
         .ingest_payload(gateway_id, batch_id, &encoded, entries.len(), units, now)
         .await?;
     if !duplicate {
-        state.minute.record(encoded.clone(), newest, now);
-        state.metrics.usage_units.inc_by(units);
+        state.minute().record(encoded.clone(), newest, now);
+        state.metrics().usage_units.inc_by(units);
     }
     state
-        .metrics
+        .metrics()
         .usage_batches
         .with_label_values(&[if duplicate { "duplicate" } else { "applied" }])
         .inc();
@@ -173,7 +173,7 @@ pub async fn settle_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if let Err(e) = state.store.settle_usage().await {
+        if let Err(e) = state.store().settle_usage().await {
             tracing::warn!(error = %e, "pending usage could not be applied; retrying");
         }
     }
@@ -242,8 +242,8 @@ async fn key_usage(
     valid_key_id_or_404(&key_id)?;
     let now = state.now();
     let today = format_day(day_index(now));
-    let key = state.store.get_key(&key_id).await?;
-    let usage = state.store.usage_of(&key_id, &today, 30).await?;
+    let key = state.store().get_key(&key_id).await?;
+    let usage = state.store().usage_of(&key_id, &today, 30).await?;
     let limits = crate::keys::effective_limits(&state, &key);
     Ok(Json(KeyUsage {
         created_at: rfc3339(key.created_at),
@@ -252,7 +252,7 @@ async fn key_usage(
         last_used: usage.last_used.map(rfc3339),
         plan: key.plan,
         rate_limit: MinuteUsage {
-            current_minute_usage: state.minute.current(&key_id, now),
+            current_minute_usage: state.minute().current(&key_id, now),
             requests_per_minute: limits.per_minute,
         },
         usage: UsageCounts {

@@ -48,8 +48,8 @@ pub fn reload_plans(b: &Backend, doc: &Document, data_dir: &Path) -> Result<(), 
 pub async fn render_metrics(b: &Backend) -> String {
     let state = b.state();
     state
-        .metrics
-        .render(state.store.as_ref(), state.now())
+        .metrics()
+        .render(state.store().as_ref(), state.now())
         .await
 }
 

@@ -67,8 +67,8 @@ pub fn entitle_at(state: &AppState, now: i64) -> impl Fn(&[Subscription]) -> Str
 async fn announce(state: &AppState, change: Option<&PlanChange>, cause: &Cause) {
     if let Some(c) = change {
         tracing::info!(user_id = %c.user_id, from = %c.from, to = %c.to, keys = c.keys_touched, cause = %cause.kind, "plan changed");
-        if let Ok(head) = state.store.feed_head().await {
-            state.hub.notify(head);
+        if let Ok(head) = state.store().feed_head().await {
+            state.hub().notify(head);
         }
     }
 }
@@ -77,7 +77,7 @@ async fn announce(state: &AppState, change: Option<&PlanChange>, cause: &Cause) 
 pub async fn save(state: &AppState, sub: &Subscription, cause: &Cause) -> Result<(), ApiError> {
     let now = state.now();
     let change = state
-        .store
+        .store()
         .write_subscription(sub, cause, &entitle_at(state, now), now)
         .await?;
     announce(state, change.as_ref(), cause).await;
@@ -96,7 +96,7 @@ pub async fn settle(
 ) -> Result<Settled, ApiError> {
     let now = state.now();
     let settled = state
-        .store
+        .store()
         .settle_payment(
             payment_id,
             from,
@@ -174,14 +174,14 @@ pub async fn expiry_sweep(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let now = state.now();
-        let due = match state.store.due_subscriptions(now).await {
+        let due = match state.store().due_subscriptions(now).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "expiry sweep could not read subscriptions");
                 continue;
             }
         };
-        match state.store.due_payments(now).await {
+        match state.store().due_payments(now).await {
             Ok(payments) => {
                 for p in payments {
                     let cause = Cause::new("system", format!("instructions for {} expired", p.id));
@@ -296,7 +296,7 @@ pub async fn grant(
 /// Ends a subscription now (HTTP handler and CLI).
 pub async fn end(state: &AppState, sub_id: &str, cause: &Cause) -> Result<Subscription, ApiError> {
     let mut sub = state
-        .store
+        .store()
         .get_subscription(sub_id)
         .await
         .map_err(|e| match e {
@@ -439,9 +439,9 @@ async fn list_subs(
     Query(q): Query<UserQuery>,
 ) -> Result<Json<UserSubs>, ApiError> {
     valid_user_id(&q.user_id)?;
-    let subs = state.store.subscriptions_of(&q.user_id).await?;
+    let subs = state.store().subscriptions_of(&q.user_id).await?;
     let now = state.now();
-    let plan = state.store.user_plan(&q.user_id).await?;
+    let plan = state.store().user_plan(&q.user_id).await?;
     Ok(Json(UserSubs {
         plan,
         subscriptions: subs.iter().map(|s| sub_view(s, now)).collect(),
@@ -533,7 +533,7 @@ async fn ledger(
             "limit must be between 1 and 1000",
         ));
     }
-    let entries = state.store.ledger(q.user_id.as_deref(), limit).await?;
+    let entries = state.store().ledger(q.user_id.as_deref(), limit).await?;
     let entries = entries
         .into_iter()
         .map(|e| LedgerView {
@@ -757,8 +757,7 @@ mod tests {
                 Secret::new("sk_test_limit".to_string()),
             )
             .unwrap_or_else(|e| panic!("client: {e}"));
-            let mut state = tb.state().clone();
-            state.providers = Arc::new(Providers {
+            let state = tb.state().clone().with_providers(Providers {
                 stripe: Some(Arc::new(stripe::Stripe {
                     client,
                     webhook_secret: Some(Secret::new(WHSEC.to_string())),
@@ -932,7 +931,7 @@ mod tests {
         #[tokio::test]
         async fn a_stripe_event_applied_but_not_recorded_changes_nothing_when_redelivered() {
             let tb = TestBackend::start(|_| {}).await;
-            let store = tb.state().store.clone();
+            let store = tb.state().store().clone();
             let now = tb.state().now();
             store
                 .stripe_record_price("pro", "monthly", "price_pro_monthly", now)
@@ -967,7 +966,7 @@ mod tests {
             assert_eq!(store.user_plan("ida").await.ok().as_deref(), Some("pro"));
 
             // The crash: the effect is in, the outcome is not, and the claim's lease has run out.
-            let db = crate::store::sql::SqlStore::connect(&tb.state().cfg.database_url)
+            let db = crate::store::sql::SqlStore::connect(&tb.state().cfg().database_url)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             db.raw_execute(

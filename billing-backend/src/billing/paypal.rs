@@ -64,7 +64,7 @@ const ORDER_LIFETIME_SECS: i64 = 3 * 86_400;
 
 fn paypal(state: &AppState) -> Result<&PayPal, ApiError> {
     state
-        .providers
+        .providers()
         .paypal
         .as_deref()
         .ok_or_else(|| crate::providers::not_configured("PayPal", SETTINGS))
@@ -359,10 +359,10 @@ async fn create_order(
         period_end: None,
     };
     let cause = Cause::new("api", "POST /billing/paypal/order");
-    let payment = match state.store.create_payment(&new, &cause).await {
+    let payment = match state.store().create_payment(&new, &cause).await {
         Ok(()) => new,
         Err(StoreError::Conflict(_)) if keyed => {
-            let old = state.store.get_payment(&payment_id).await?;
+            let old = state.store().get_payment(&payment_id).await?;
             let same = old.user_id == new.user_id
                 && old.amount_minor == new.amount_minor
                 && old.currency == new.currency
@@ -421,7 +421,7 @@ async fn create_order(
             .into_api("creating a PayPal order"));
     }
     state
-        .store
+        .store()
         .set_payment_provider_ref(&payment.id, &order.id, state.now())
         .await?;
     tracing::info!(payment = %payment.id, order = %order.id, amount = %decided.money, plan = ?payment.plan, "PayPal order created");
@@ -528,7 +528,7 @@ async fn apply(
             )
             .await?
         }
-        Verdict::Waiting => return Ok((state.store.get_payment(&payment.id).await?, false)),
+        Verdict::Waiting => return Ok((state.store().get_payment(&payment.id).await?, false)),
     };
     Ok(match settled {
         Settled::Applied { payment, .. } => (payment, true),
@@ -600,7 +600,7 @@ async fn capture(state: &AppState, order_id: &str, via: &str) -> Result<Response
         return Err(unknown());
     }
     let payment = state
-        .store
+        .store()
         .payment_by_provider_ref("paypal", order_id)
         .await?
         .ok_or_else(unknown)?;
@@ -629,7 +629,7 @@ async fn capture(state: &AppState, order_id: &str, via: &str) -> Result<Response
         Err(e) => return Err(e.into_api("capturing a PayPal order")),
     };
     let Some(capture) = order.captures().next().cloned() else {
-        let p = state.store.get_payment(&payment.id).await?;
+        let p = state.store().get_payment(&payment.id).await?;
         return Ok(Json(capture_json(&order, None, &p, false)).into_response());
     };
     let verdict = judge(&payment, &capture);
@@ -886,7 +886,7 @@ async fn payment_for(
 ) -> Result<Option<Payment>, ApiError> {
     if let Some(order_id) = order_id.filter(|o| wire::valid_resource_id(o)) {
         if let Some(p) = state
-            .store
+            .store()
             .payment_by_provider_ref("paypal", order_id)
             .await?
         {
@@ -897,7 +897,7 @@ async fn payment_for(
         if !id.starts_with("pay_") || id.len() > 64 {
             continue;
         }
-        match state.store.get_payment(id).await {
+        match state.store().get_payment(id).await {
             Ok(p) if p.method == "paypal" => return Ok(Some(p)),
             Ok(_) | Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),

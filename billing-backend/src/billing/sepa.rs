@@ -31,7 +31,7 @@ use utoipa::{IntoParams, ToSchema};
 pub const MAX_STATEMENT_BYTES: usize = camt::MAX_INPUT_BYTES;
 
 fn config(state: &AppState) -> Result<&SepaConfig, ApiError> {
-    state.providers.sepa.as_ref().ok_or_else(|| {
+    state.providers().sepa.as_ref().ok_or_else(|| {
         crate::providers::not_configured("SEPA", "SEPA_HOLDER, SEPA_IBAN and SEPA_BIC")
     })
 }
@@ -181,8 +181,8 @@ async fn create(
     State(state): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<Json<Created>, ApiError> {
-    if body.len() > state.cfg.max_body_bytes {
-        return Err(ApiError::PayloadTooLarge(state.cfg.max_body_bytes));
+    if body.len() > state.cfg().max_body_bytes {
+        return Err(ApiError::PayloadTooLarge(state.cfg().max_body_bytes));
     }
     let req: CreateRequest = crate::extract::parse_json(&body)?;
     let method = req.method.clone().unwrap_or_else(|| "sepa".to_string());
@@ -209,7 +209,7 @@ async fn create(
             let (plan, cycle) = crate::plans::paid(&state, plan_id, req.cycle.as_deref())?;
             let price = plan
                 .price(cycle)
-                .discounted_bps(state.cfg.sepa_discount_bps)
+                .discounted_bps(state.cfg().sepa_discount_bps)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             if price.currency != Currency::EUR {
                 return Err(ApiError::bad(
@@ -284,7 +284,7 @@ async fn create(
             period_end: None,
         };
         match state
-            .store
+            .store()
             .create_payment(&payment, &Cause::new("api", "POST /billing/create"))
             .await
         {
@@ -312,7 +312,7 @@ async fn create(
 
 async fn pending_payment(state: &AppState, payment_id: &str) -> Result<Payment, ApiError> {
     let p = state
-        .store
+        .store()
         .get_payment(payment_id)
         .await
         .map_err(|e| match e {
@@ -620,7 +620,7 @@ pub async fn import_statement(
     let doc = camt::parse(bytes).map_err(|e| ApiError::bad("invalid_statement", e.to_string()))?;
     let mut payments: HashMap<String, Payment> = HashMap::new();
     for r in reconcile::references_to_look_up(&doc.transactions) {
-        if let Some(p) = state.store.payment_by_reference(r.as_str()).await? {
+        if let Some(p) = state.store().payment_by_reference(r.as_str()).await? {
             payments.insert(r.as_str().to_string(), p);
         }
     }
@@ -637,7 +637,7 @@ pub async fn import_statement(
         .iter()
         .map(|t| t.entry_key.clone())
         .collect();
-    let known = state.store.known_entries(&keys).await?;
+    let known = state.store().known_entries(&keys).await?;
     let lines = reconcile::reconcile(&doc.transactions, Some(&cfg.iban), &expected, &known);
     let import_id = crate::ids::prefixed("imp");
     let now = state.now();
@@ -678,7 +678,7 @@ pub async fn import_statement(
         }
         if line.outcome.records_entry() {
             let recorded = state
-                .store
+                .store()
                 .record_entry(&RecordedEntry {
                     entry_ref: tx.entry_key.clone(),
                     import_id: import_id.clone(),
@@ -718,7 +718,7 @@ pub async fn import_statement(
         "lines": report_lines,
     });
     state
-        .store
+        .store()
         .save_import(&ImportRecord {
             id: import_id,
             file_name: file_name.to_string(),
@@ -794,7 +794,7 @@ async fn get_import(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let rec = state.store.get_import(&id).await.map_err(|e| match e {
+    let rec = state.store().get_import(&id).await.map_err(|e| match e {
         StoreError::NotFound(_) => ApiError::not_found(
             "import_not_found",
             format!("statement import {id:?} not found"),
@@ -838,7 +838,7 @@ async fn list_imports(
     _: ServiceAuth,
     State(state): State<AppState>,
 ) -> Result<Json<Imports>, ApiError> {
-    let list = state.store.list_imports(50).await?;
+    let list = state.store().list_imports(50).await?;
     let imports = list
         .iter()
         .map(|r| {
@@ -874,7 +874,7 @@ async fn get_payment(
     Path(payment_id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
     let p = state
-        .store
+        .store()
         .get_payment(&payment_id)
         .await
         .map_err(|e| match e {

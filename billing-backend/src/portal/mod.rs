@@ -66,7 +66,7 @@ pub fn see_other(location: &str) -> Response {
 /// The live session of a request, if any.
 fn current(parts_headers: &HeaderMap, state: &AppState) -> Option<SessionView> {
     let v = session::cookie_value(parts_headers)?;
-    state.portal.sessions.get(&v, state.now())
+    state.portal().sessions.get(&v, state.now())
 }
 
 fn signed_out(headers: &HeaderMap) -> PortalError {
@@ -220,7 +220,7 @@ fn ttl(v: Option<i64>) -> Result<i64, ApiError> {
 }
 
 fn handoff_answer(state: &AppState, role: &Role, ttl: i64) -> Json<Handoff> {
-    let (token, exp) = state.portal.sessions.mint_handoff(role, state.now(), ttl);
+    let (token, exp) = state.portal().sessions.mint_handoff(role, state.now(), ttl);
     let path = format!("/portal/login?token={token}");
     let url = format!("{}{path}", state.origin());
     Json(Handoff {
@@ -301,7 +301,7 @@ async fn login(
         ));
     }
     let now = state.now();
-    let role = state.portal.sessions.redeem(token, now).map_err(|e| {
+    let role = state.portal().sessions.redeem(token, now).map_err(|e| {
         let message = match e {
             HandoffError::Expired => {
                 "This sign-in link has expired. Sign-in links work for a few minutes only; open \
@@ -324,16 +324,16 @@ async fn login(
     })?;
     // A previous session in this browser ends here: one browser, one party.
     if let Some(old) = current(&headers, &state) {
-        state.portal.sessions.close(&old.digest);
+        state.portal().sessions.close(&old.digest);
     }
     let target = match role {
         Role::Customer(_) => "/portal/dashboard",
         Role::Operator => "/portal/operator",
     };
-    let (id, view) = state.portal.sessions.open(role, now);
+    let (id, view) = state.portal().sessions.open(role, now);
     let secure = state
-        .portal
-        .secure_cookie(state.cfg.public_url.as_deref(), &headers);
+        .portal()
+        .secure_cookie(state.cfg().public_url.as_deref(), &headers);
     let mut resp = see_other(target);
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id, view.expires_at - now, secure)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -357,11 +357,11 @@ async fn logout(
 ) -> Result<Response, PortalError> {
     let s = current(&headers, &state).ok_or_else(|| signed_out(&headers))?;
     csrf::checked_form(&s, &body)?;
-    state.portal.sessions.close(&s.digest);
+    state.portal().sessions.close(&s.digest);
     let mut resp = see_other("/portal/pricing?notice=signed_out");
     let secure = state
-        .portal
-        .secure_cookie(state.cfg.public_url.as_deref(), &headers);
+        .portal()
+        .secure_cookie(state.cfg().public_url.as_deref(), &headers);
     if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(secure)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }

@@ -107,7 +107,7 @@ pub async fn page(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let session = super::current(&headers, &state);
-    let bps = state.cfg.sepa_discount_bps;
+    let bps = state.cfg().sepa_discount_bps;
     let cards: String = state
         .catalogue()
         .all()

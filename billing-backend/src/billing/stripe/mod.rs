@@ -90,7 +90,7 @@ type Reply<T> = Result<Json<T>, Failure>;
 
 /// The configured provider, or 503 `provider_not_configured`.
 pub fn configured(state: &AppState) -> Result<Arc<Stripe>, Failure> {
-    state.providers.stripe.clone().ok_or_else(|| {
+    state.providers().stripe.clone().ok_or_else(|| {
         Failure::Api(crate::providers::not_configured(
             "Stripe",
             "STRIPE_SECRET_KEY",
@@ -117,7 +117,7 @@ pub async fn price_for(state: &AppState, plan: &Plan, cycle: Cycle) -> Result<St
     {
         return Ok(p.clone());
     }
-    let recorded = state.store.stripe_prices().await?;
+    let recorded = state.store().stripe_prices().await?;
     recorded
         .into_iter()
         .find(|(p, c, _)| p == &plan.id && c == cycle.as_str())
@@ -151,7 +151,7 @@ pub async fn plan_for_price(
             }
         }
     }
-    let recorded = state.store.stripe_prices().await?;
+    let recorded = state.store().stripe_prices().await?;
     Ok(recorded
         .into_iter()
         .find(|(_, _, id)| id == price_id)
@@ -255,7 +255,7 @@ pub async fn ensure_customer(
     name: Option<&str>,
     cause: &Cause,
 ) -> Result<(String, bool), Failure> {
-    if let Some(c) = state.store.stripe_customer_of(user_id).await? {
+    if let Some(c) = state.store().stripe_customer_of(user_id).await? {
         return Ok((c, false));
     }
     let params = json!({
@@ -268,7 +268,7 @@ pub async fn ensure_customer(
         .post("/v1/customers", &params, &idem_key("customer", &[user_id]))
         .await?;
     let recorded = state
-        .store
+        .store()
         .stripe_record_customer(user_id, &created.id, cause, state.now())
         .await?;
     if recorded != created.id {
@@ -534,7 +534,7 @@ async fn payment_intent(
         }
     };
     let customer = match &user_id {
-        Some(u) => state.store.stripe_customer_of(u).await?,
+        Some(u) => state.store().stripe_customer_of(u).await?,
         None => None,
     };
     let mut md = metadata.clone();
@@ -579,7 +579,7 @@ async fn payment_intent(
             period_end: None,
         };
         match state
-            .store
+            .store()
             .create_payment(
                 &p,
                 &Cause::new("api", "POST /api/v1/billing/payment-intent"),
@@ -598,7 +598,7 @@ async fn payment_intent(
         .await?;
     if user_id.is_some() {
         if let Err(e) = state
-            .store
+            .store()
             .set_payment_provider_ref(&payment_id, &pi.id, state.now())
             .await
         {
@@ -718,7 +718,7 @@ async fn create_subscription(
                     format!("price {price:?} is not the Stripe price of any plan in the catalogue"),
                 )
             })?;
-            let owner = state.store.stripe_user_of(customer).await?.ok_or_else(|| {
+            let owner = state.store().stripe_user_of(customer).await?.ok_or_else(|| {
                 ApiError::not_found("customer_not_found", format!("customer {customer:?} was not created through this server (POST /api/v1/billing/create-customer)"))
             })?;
             if user.as_ref().is_some_and(|u| u != &owner) {
@@ -740,7 +740,7 @@ async fn create_subscription(
     };
     // One live Stripe subscription per user and plan.
     let now = state.now();
-    let subs = state.store.subscriptions_of(&user_id).await?;
+    let subs = state.store().subscriptions_of(&user_id).await?;
     if let Some(s) = subs.iter().find(|s| {
         s.provider == "stripe"
             && s.plan == plan_id
@@ -814,7 +814,7 @@ async fn create_subscription(
         .post("/v1/subscriptions", &params, &stripe_key)
         .await?;
     let link = state
-        .store
+        .store()
         .stripe_link_sub(
             &crate::store::stripe::SubLink {
                 stripe_sub_id: created.id.clone(),
@@ -846,7 +846,7 @@ async fn create_subscription(
         crate::billing::save(&state, &sub, &cause).await?;
         sub
     } else {
-        state.store.get_subscription(&link.sub_id).await?
+        state.store().get_subscription(&link.sub_id).await?
     };
     Ok(Json(SubscriptionAnswer {
         client_secret: created.client_secret(),
@@ -1048,7 +1048,7 @@ async fn checkout(
         }
         _ => return Err(ApiError::bad("invalid_body", "send plan (+ cycle) or price_id").into()),
     };
-    let customer = state.store.stripe_customer_of(&req.user_id).await?;
+    let customer = state.store().stripe_customer_of(&req.user_id).await?;
     let metadata = json!({"user_id": req.user_id, "plan": plan, "cycle": cycle.as_str()});
     let params = json!({
         "mode": "subscription",
@@ -1138,9 +1138,9 @@ async fn checkout_status(
         .and_then(|x| x.id())
         .map(str::to_string);
     let ours = match &stripe_sub {
-        Some(id) => match state.store.stripe_sub_link(id).await? {
+        Some(id) => match state.store().stripe_sub_link(id).await? {
             Some(l) => Some(crate::billing::sub_view(
-                &state.store.get_subscription(&l.sub_id).await?,
+                &state.store().get_subscription(&l.sub_id).await?,
                 state.now(),
             )),
             None => None,
@@ -1201,7 +1201,7 @@ pub fn router() -> Router<AppState> {
 
 /// Background work: the periodic meter export.
 pub fn spawn_background(state: &AppState, stop: tokio::sync::watch::Receiver<bool>) {
-    if let Some(stripe) = state.providers.stripe.clone() {
+    if let Some(stripe) = state.providers().stripe.clone() {
         if let (Some(_), Some(every)) = (&stripe.meter_event_name, stripe.export_interval) {
             tokio::spawn(meter::periodic(state.clone(), stripe, every, stop));
         }

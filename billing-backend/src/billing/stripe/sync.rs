@@ -273,7 +273,7 @@ pub async fn sync(state: &AppState, stripe: &Stripe) -> Result<Vec<Line>, SyncEr
                 }
             };
             line.recorded = state
-                .store
+                .store()
                 .stripe_record_price(&plan.id, cycle.as_str(), &price_id, state.now())
                 .await?;
             line.price_id = Some(price_id);

@@ -291,7 +291,7 @@ async fn plan_of_followed(
     if let Some(found) = plan_for_price(state, price).await? {
         return Ok(Some(found));
     }
-    let Some(stripe) = state.providers.stripe.clone() else {
+    let Some(stripe) = state.providers().stripe.clone() else {
         return Ok(None);
     };
     match super::sync::synced_plan_of(state, &stripe, price).await {
@@ -318,19 +318,19 @@ async fn linked(
     sub: &wire::Subscription,
     event: &wire::Event,
 ) -> Result<Result<(SubLink, Subscription), String>, ApplyError> {
-    if let Some(link) = state.store.stripe_sub_link(&sub.id).await? {
-        let ours = state.store.get_subscription(&link.sub_id).await?;
+    if let Some(link) = state.store().stripe_sub_link(&sub.id).await? {
+        let ours = state.store().get_subscription(&link.sub_id).await?;
         return Ok(Ok((link, ours)));
     }
     let Some(customer) = sub.customer.id() else {
         return Ok(Err("subscription without a customer".into()));
     };
-    let user = match state.store.stripe_user_of(customer).await? {
+    let user = match state.store().stripe_user_of(customer).await? {
         Some(u) => u,
         None => match sub.metadata_str("user_id") {
             Some(u) if crate::keys::valid_user_id(u).is_ok() => {
                 state
-                    .store
+                    .store()
                     .stripe_record_customer(u, customer, &cause(event), state.now())
                     .await?;
                 u.to_string()
@@ -366,7 +366,7 @@ async fn linked(
         updated_at: now,
     };
     let link = state
-        .store
+        .store()
         .stripe_link_sub(
             &SubLink {
                 stripe_sub_id: sub.id.clone(),
@@ -378,7 +378,7 @@ async fn linked(
         )
         .await?;
     if link.sub_id != ours.id {
-        let existing = state.store.get_subscription(&link.sub_id).await?;
+        let existing = state.store().get_subscription(&link.sub_id).await?;
         return Ok(Ok((link, existing)));
     }
     crate::billing::save(state, &ours, &cause(event)).await?;
@@ -460,7 +460,7 @@ async fn write(
 }
 
 fn grace_secs(state: &AppState) -> i64 {
-    i64::from(state.cfg.grace_days) * 86_400
+    i64::from(state.cfg().grace_days) * 86_400
 }
 
 async fn on_subscription(
@@ -473,7 +473,7 @@ async fn on_subscription(
         Err(why) => return Ok(Outcome::Ignored(why)),
     };
     if !state
-        .store
+        .store()
         .stripe_advance(&link.stripe_sub_id, event.created, &event.id)
         .await?
     {
@@ -518,7 +518,7 @@ async fn on_invoice(
             inv.id
         )));
     };
-    if state.store.stripe_sub_link(&stripe_sub).await?.is_none() {
+    if state.store().stripe_sub_link(&stripe_sub).await?.is_none() {
         // Not followed yet (the invoice event came first): read the subscription itself.
         if !(stripe_sub.starts_with("sub_")
             && stripe_sub
@@ -535,11 +535,11 @@ async fn on_invoice(
             .await?;
         return on_subscription(state, &sub, event).await;
     }
-    let Some(link) = state.store.stripe_sub_link(&stripe_sub).await? else {
+    let Some(link) = state.store().stripe_sub_link(&stripe_sub).await? else {
         return Ok(Outcome::Ignored("subscription link vanished".into()));
     };
     if !state
-        .store
+        .store()
         .stripe_advance(&link.stripe_sub_id, event.created, &event.id)
         .await?
     {
@@ -548,7 +548,7 @@ async fn on_invoice(
             link.stripe_sub_id
         )));
     }
-    let ours = state.store.get_subscription(&link.sub_id).await?;
+    let ours = state.store().get_subscription(&link.sub_id).await?;
     let now = state.now();
     let next = if paid {
         let period = inv
@@ -591,7 +591,7 @@ async fn on_checkout(
     }
     if let Some(customer) = session.customer.as_ref().and_then(|c| c.id()) {
         let recorded = state
-            .store
+            .store()
             .stripe_record_customer(user, customer, &cause(event), state.now())
             .await?;
         if recorded != customer {
@@ -629,13 +629,13 @@ async fn on_intent(
     succeeded: bool,
 ) -> Applied {
     let mut payment = state
-        .store
+        .store()
         .payment_by_provider_ref("stripe", &pi.id)
         .await?;
     if payment.is_none() {
         // The event may beat the write of the provider reference: use our id in the metadata.
         if let Some(id) = pi.metadata.get("tollgate_payment").and_then(|v| v.as_str()) {
-            match state.store.get_payment(id).await {
+            match state.store().get_payment(id).await {
                 Ok(p)
                     if p.method == "stripe"
                         && p.provider_ref.as_deref().is_none_or(|r| r == pi.id) =>

@@ -1,35 +1,32 @@
 //! The router and [`Backend`]: the handle the binary and the embedding gateway use to start,
 //! serve and stop the backend. The state the handlers share is [`crate::state`].
 
-use crate::auth::TokenDigest;
 #[cfg(feature = "test-clock")]
 use crate::clock::OffsetClock;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::BackendConfig;
-use crate::hub::FeedHub;
-use crate::metrics::Metrics;
-use crate::state::{AppState, Plans};
+use crate::config::{BackendConfig, ENV_SECTIONS};
+use crate::providers::Providers;
+use crate::state::AppState;
 use crate::store::sql::SqlStore;
 use crate::store::Store;
-use crate::usage::MinuteWindow;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+use tollgate_protocol::config::Document;
 use tollgate_protocol::feed::{FeedPage, UsageAck};
 use tollgate_protocol::plans::Catalogue;
 
 pub fn router(state: AppState) -> Router {
-    let limit = state.cfg.max_body_bytes;
+    let limit = state.cfg().max_body_bytes;
     let routes = Router::new()
         .merge(crate::plans::router())
         .merge(crate::keys::router())
         .merge(crate::usage::router())
         .merge(crate::billing::router())
-        .merge(crate::providers::router())
         .merge(crate::portal::router())
         .merge(crate::feed::router())
         .merge(crate::ops::router())
@@ -47,7 +44,7 @@ pub fn router(state: AppState) -> Router {
             crate::feed::stamp_seq,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
+            state.metrics().clone(),
             crate::metrics::track,
         ))
         .layer(axum::middleware::from_fn(crate::extract::json_errors))
@@ -64,6 +61,28 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The backend's configuration from `doc` ([`BackendConfig::from_config`]) with the payment
+    /// providers' variables (`SEPA_*`, `STRIPE_*`, `PAYPAL_*`) checked alongside, so a bad one
+    /// stops start-up before a database or data directory is created: one line per bad
+    /// setting, naming it.
+    pub fn load_config(doc: &Document) -> Result<BackendConfig, Vec<String>> {
+        match (BackendConfig::from_config(doc), Providers::from_env()) {
+            (Ok(cfg), Ok(_)) => Ok(cfg),
+            (cfg, providers) => {
+                let mut errors = cfg.err().unwrap_or_default();
+                errors.extend(providers.err().unwrap_or_default());
+                tollgate_protocol::config::dedup(&mut errors);
+                Err(errors)
+            }
+        }
+    }
+
+    /// [`Backend::load_config`] of a TOML file (an empty document when `path` is None) with
+    /// the `TOLLGATE_BACKEND_*` overrides.
+    pub fn load_config_file(path: Option<&Path>) -> Result<BackendConfig, Vec<String>> {
+        Backend::load_config(&Document::load(path, ENV_SECTIONS)?)
+    }
+
     /// Opens the database (migrations applied), resolves tokens and starts the background tasks.
     pub async fn start(cfg: BackendConfig) -> Result<Backend, String> {
         let store = SqlStore::connect(&cfg.database_url)
@@ -91,27 +110,13 @@ impl Backend {
             .feed_head()
             .await
             .map_err(|e| format!("database: {e}"))?;
-        let providers = crate::providers::Providers::from_env().map_err(|errs| errs.join("\n"))?;
-        let state = AppState {
-            plans: Plans::new(cfg.catalogue.clone()),
-            service_token: TokenDigest::of(token.expose()),
-            feed_token: cfg.feed_token.as_ref().map(|t| TokenDigest::of(t.expose())),
-            cfg: Arc::new(cfg),
-            store,
-            clock,
-            #[cfg(feature = "test-clock")]
-            test_clock,
-            hub: FeedHub::new(head),
-            metrics: Metrics::new(),
-            minute: Arc::new(MinuteWindow::default()),
-            providers: Arc::new(providers),
-            portal: Arc::new(crate::portal::Portal::new(&token)?),
-            advertised: Arc::new(OnceLock::new()),
-            started: Instant::now(),
-        };
+        let providers = Providers::from_env().map_err(|errs| errs.join("\n"))?;
+        let state = AppState::new(cfg, store, clock, &token, providers, head)?;
+        #[cfg(feature = "test-clock")]
+        let state = state.with_test_clock(test_clock);
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(crate::billing::expiry_sweep(state.clone(), stop_rx.clone()));
-        crate::providers::spawn_background(&state, stop_rx.clone());
+        crate::billing::spawn_background(&state, stop_rx.clone());
         tokio::spawn(crate::usage::settle_loop(state.clone(), stop_rx.clone()));
         tokio::spawn(crate::feed::watch_head(state.clone(), stop_rx));
         Ok(Backend {
@@ -135,10 +140,7 @@ impl Backend {
     /// rather than the request's `Host`, which the client chooses. A wildcard address is shown
     /// as loopback. The first call wins: the listener does not move while the process runs.
     pub fn advertise(&self, addr: SocketAddr) {
-        let _ = self
-            .state
-            .advertised
-            .set(crate::portal::listen_origin(addr));
+        self.state.advertise(addr);
     }
 
     /// Puts a new plan catalogue in force (SIGHUP): prices, features and limits at once. When
@@ -146,14 +148,14 @@ impl Backend {
     /// so their replicas re-read every key with the new limits within a moment. Returns
     /// whether the limits changed.
     pub fn reload_plans(&self, catalogue: Catalogue) -> bool {
-        let changed = self.state.plans.replace(catalogue);
+        let changed = self.state.replace_plans(catalogue);
         tracing::info!(
             plans = self.state.catalogue().all().len(),
             limits_changed = changed,
             "plan catalogue reloaded"
         );
         if changed {
-            self.state.hub.wake();
+            self.state.hub().wake();
         }
         changed
     }
@@ -183,7 +185,7 @@ impl Backend {
 
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        self.state.store.close().await;
+        self.state.store().close().await;
     }
 }
 

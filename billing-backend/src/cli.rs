@@ -183,27 +183,27 @@ pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), Str
             Command::Sepa(SepaCommand::Import { file }) => {
                 let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                let report = crate::providers::sepa::api::import_statement(&state, &name, &bytes).await.map_err(|e| e.to_string())?;
+                let report = crate::billing::sepa::import_statement(&state, &name, &bytes).await.map_err(|e| e.to_string())?;
                 print(report);
                 Ok(())
             }
             Command::Stripe(StripeCommand::Sync) => {
-                let stripe = state.providers.stripe.clone().ok_or_else(|| {
+                let stripe = state.providers().stripe.clone().ok_or_else(|| {
                     "stripe sync: Stripe is not configured (set STRIPE_SECRET_KEY)".to_string()
                 })?;
-                let lines = crate::providers::stripe::sync::sync(&state, &stripe)
+                let lines = crate::billing::stripe::sync::sync(&state, &stripe)
                     .await
                     .map_err(|e| format!("stripe sync: {e}"))?;
-                print(crate::providers::stripe::sync::report(&lines));
+                print(crate::billing::stripe::sync::report(&lines));
                 Ok(())
             }
             Command::Plans => {
-                let plans: Vec<_> = state.catalogue().all().iter().map(|p| crate::plans::plan_json(p, state.cfg.sepa_discount_bps)).collect();
+                let plans: Vec<_> = state.catalogue().all().iter().map(|p| crate::plans::plan_json(p, state.cfg().sepa_discount_bps)).collect();
                 print(json!({"plans": plans}));
                 Ok(())
             }
             Command::Stats => {
-                let s = state.store.key_stats(state.now()).await.map_err(|e| e.to_string())?;
+                let s = state.store().key_stats(state.now()).await.map_err(|e| e.to_string())?;
                 print(json!({"total_api_keys": s.total_keys, "active_api_keys": s.active_keys, "total_api_requests": s.total_requests, "plans_distribution": s.by_plan, "total_users": s.users}));
                 Ok(())
             }
@@ -231,14 +231,14 @@ pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), Str
             }
             Command::Keys(KeysCommand::List { user }) => {
                 let keys = match user {
-                    Some(u) => state.store.keys_of_user(&u).await,
-                    None => state.store.list_keys(None, 1000, 0).await,
+                    Some(u) => state.store().keys_of_user(&u).await,
+                    None => state.store().list_keys(None, 1000, 0).await,
                 }
                 .map_err(|e| e.to_string())?;
                 // Today's usage of each key: a key without any is 0, not null.
                 let today = tollgate_protocol::day::format_day(tollgate_protocol::day::day_index(state.now()));
                 let ids: Vec<String> = keys.iter().map(|k| k.key_id.clone()).collect();
-                let usage = state.store.usage_on_day(&ids, &today).await.map_err(|e| e.to_string())?;
+                let usage = state.store().usage_on_day(&ids, &today).await.map_err(|e| e.to_string())?;
                 let list: Vec<_> = keys
                     .iter()
                     .map(|k| crate::keys::key_json(&state, k, Some(usage.get(&k.key_id).copied().unwrap_or(0))))
@@ -248,7 +248,7 @@ pub async fn run_command(cfg: BackendConfig, command: Command) -> Result<(), Str
             }
             Command::Keys(KeysCommand::Revoke { key_id }) => {
                 crate::keys::valid_key_id_or_404(&key_id).map_err(|e| e.to_string())?;
-                let k = state.store.revoke_key(&key_id, state.now(), &cause).await.map_err(|e| e.to_string())?;
+                let k = state.store().revoke_key(&key_id, state.now(), &cause).await.map_err(|e| e.to_string())?;
                 print(json!({"success": true, "key_id": k.key_id, "message": "API key revoked"}));
                 Ok(())
             }
@@ -322,14 +322,14 @@ pub async fn serve(cfg: BackendConfig, config: Option<std::path::PathBuf>) -> Re
     }
     let scheme = if cert.is_some() { "https" } else { "http" };
     println!("tollgate: backend listening on {scheme}://{addr}");
-    tracing::info!(%addr, storage = backend.state().store.kind(), "backend started");
+    tracing::info!(%addr, storage = backend.state().store().kind(), "backend started");
     #[cfg(unix)]
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         let backend = backend.clone();
         let cert = cert.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match BackendConfig::load(config.as_deref()) {
+                match Backend::load_config_file(config.as_deref()) {
                     Ok(cfg) => {
                         if let (Some(cert), Some(files)) = (&cert, &cfg.tls) {
                             cert.reload(files);

@@ -1,6 +1,7 @@
 //! Backend configuration: `[backend]` and `[[plans]]` of the TOML document (after
-//! `TOLLGATE_BACKEND_*` overrides), plus the provider variables of the original module.
-//! Every bad setting yields one line naming it; start-up stops on any.
+//! `TOLLGATE_BACKEND_*` overrides). Every bad setting yields one line naming it; start-up stops
+//! on any. The payment providers' variables are read by `providers` and checked with
+//! these by [`Backend::load_config`](crate::Backend::load_config), which start-up calls.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,8 +46,8 @@ impl BackendConfig {
         BackendConfig::from_config(&Document::from_table(doc.clone()))
     }
 
-    /// Reads `[backend]` and `[[plans]]` (and checks the provider variables): one line per
-    /// bad setting, naming it or the variable that set it.
+    /// Reads `[backend]` and `[[plans]]`: one line per bad setting, naming it or the variable
+    /// that set it.
     pub fn from_config(doc: &Document) -> Result<BackendConfig, Vec<String>> {
         let mut errors = doc.problems().to_vec();
         let mut f = doc.fields("backend", &mut errors);
@@ -136,11 +137,6 @@ impl BackendConfig {
             }
         }
         let catalogue = tollgate_protocol::config::catalogue(doc, &mut errors);
-        // The provider variables (SEPA_IBAN, STRIPE_*, PAYPAL_*) are checked with the rest, so
-        // a bad one stops start-up before a database or data directory is created.
-        if let Err(es) = crate::providers::Providers::from_env() {
-            errors.extend(es);
-        }
         tollgate_protocol::config::dedup(&mut errors);
         match catalogue {
             Some(catalogue) if errors.is_empty() => Ok(BackendConfig {
@@ -160,11 +156,6 @@ impl BackendConfig {
             }),
             _ => Err(errors),
         }
-    }
-
-    /// Loads a TOML file (or an empty document when `path` is None) with env overrides.
-    pub fn load(path: Option<&std::path::Path>) -> Result<BackendConfig, Vec<String>> {
-        BackendConfig::from_config(&Document::load(path, ENV_SECTIONS)?)
     }
 
     /// What must hold before the backend opens anything: `data_dir` can be created and written

@@ -1,5 +1,7 @@
 //! The backend's one client-facing error type. Every variant maps explicitly to a status, a
-//! stable code and a message (SPEC §9). Internal errors are logged with context and shown
+//! stable snake_case code and a message, and every error body is the same JSON:
+//! `{"detail": message, "error": {"code": code, "message": message}}` (`detail` keeps the
+//! original module's clients working). Internal errors are logged with context and shown
 //! generically; a database or provider error text never reaches a client.
 
 use axum::http::StatusCode;
@@ -111,7 +113,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The SPEC §9 body with the given status.
+/// The JSON error body (`detail`, `error.code`, `error.message`) with the given status.
 pub fn json_error(status: StatusCode, code: &str, message: String) -> Response {
     let body = ErrorBody::new(code, message).to_json();
     (
@@ -146,7 +148,7 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-/// The SPEC §9 error body, as [`tollgate_protocol::error::ErrorBody`] puts it on the wire (the
+/// The JSON error body, as [`tollgate_protocol::error::ErrorBody`] puts it on the wire (the
 /// protocol crate stays free of documentation dependencies; a test in `openapi.rs` checks
 /// the two agree). The schema of every error answer in `/openapi.json`.
 #[derive(Serialize, ToSchema)]

@@ -5,7 +5,7 @@
 //! of the `Idempotency-Key` header (the idempotency layer and the handlers that
 //! derive provider-side keys from it both use it). [`json_errors`] turns any error response
 //! that is not already JSON (a path or query rejection, an unknown route, a 405 from the
-//! router) into the SPEC §9 body, so no client ever sees a plain-text error.
+//! router) into the JSON error body, so no client ever sees a plain-text error.
 
 use crate::error::{json_error, ApiError};
 use axum::body::Body;
@@ -138,7 +138,8 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
     }
 }
 
-/// Middleware: rewrites non-JSON error responses into the SPEC §9 JSON body.
+/// Middleware: rewrites non-JSON error responses into the JSON error body (`detail`,
+/// `error.code`, `error.message`) with the same status.
 pub async fn json_errors(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();

@@ -32,10 +32,10 @@ pub async fn watch_head(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if let Ok(head) = state.store.feed_head().await {
-            state.hub.notify(head);
+        if let Ok(head) = state.store().feed_head().await {
+            state.hub().notify(head);
             state
-                .metrics
+                .metrics()
                 .feed_head
                 .set(i64::try_from(head).unwrap_or(i64::MAX));
         }
@@ -59,9 +59,9 @@ pub async fn stamp_seq(
     ) && !req.uri().path().starts_with("/internal/");
     let mut resp = next.run(req).await;
     if changes && resp.status().is_success() {
-        match state.store.feed_head().await {
+        match state.store().feed_head().await {
             Ok(head) => {
-                state.hub.notify(head);
+                state.hub().notify(head);
                 if let Ok(v) = axum::http::HeaderValue::from_str(&head.to_string()) {
                     resp.headers_mut().insert(FEED_SEQ_HEADER, v);
                 }
@@ -111,11 +111,11 @@ pub async fn page(
 ) -> Result<FeedPage, ApiError> {
     let limit = u32::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(5000);
     let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(MAX_WAIT_SECS));
-    let mut rx = state.hub.subscribe();
+    let mut rx = state.hub().subscribe();
     let epoch = state.feed_epoch();
     loop {
         rx.borrow_and_update();
-        let (keys, head) = state.store.feed_page(since, limit).await?;
+        let (keys, head) = state.store().feed_page(since, limit).await?;
         // A new epoch (plan limits changed) answers at once: the gateway starts over.
         let now_epoch = state.feed_epoch();
         let stale = now_epoch != epoch || known.is_some_and(|k| !k.is_empty() && k != now_epoch);
@@ -346,7 +346,8 @@ mod tests {
     }
 
     /// Batch ids and unit sums live in signed 64-bit columns: what does not fit is refused with
-    /// the SPEC §9 body naming the field (it used to reach the store and answer 500).
+    /// 400 and a JSON error body naming the field: nothing a client sends may cause a 500 (this
+    /// used to reach the store and answer 500).
     #[tokio::test]
     async fn batch_ids_and_counts_beyond_i64_are_refused_with_400() {
         let tb = TestBackend::start(|_| {}).await;

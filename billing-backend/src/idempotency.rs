@@ -1,7 +1,8 @@
-//! Idempotent retries (SPEC §7): every POST that creates money or entitlement objects honours
-//! `Idempotency-Key` the same way, through one layer ([`guard`]) and one table (`idempotency`,
-//! behind `BillingStore::idempotency_claim / complete / release`). The endpoints are listed
-//! once, in [`ENDPOINTS`]; the OpenAPI document and the README name the same list.
+//! Idempotent retries: a POST retried with the same `Idempotency-Key` changes nothing twice.
+//! Every POST that creates money or entitlement objects honours the header the same way,
+//! through one layer ([`guard`]) and one table (`idempotency`, behind
+//! `BillingStore::idempotency_claim / complete / release`). The endpoints are listed once, in
+//! [`ENDPOINTS`]; the OpenAPI document and the README name the same list.
 //!
 //! For a request to one of them that carries a key (parsed by [`IdempotencyKey`]):
 //! - the scope is the endpoint (its route template), and the request is identified by the
@@ -26,8 +27,8 @@
 //!   endpoint needs it, and a stored answer must never reach a caller the handler would refuse.
 //! - Answers are stored sealed (ChaCha20-Poly1305) with a key derived from the client's
 //!   `Idempotency-Key`, and the table holds only a hash of that key. A minted API key's secret
-//!   is in the answer of `keys/generate` and `rotate`; SPEC §4 stores only the SHA-256 of a key,
-//!   so the database must not hold it readable. Only a caller presenting the same key again
+//!   is in the answer of `keys/generate` and `rotate`; the backend stores only the SHA-256 of a
+//!   key, so the database must not hold it readable either. Only a caller presenting the same key again
 //!   (the one that made the request) can open it.
 
 use crate::auth::ServiceAuth;
@@ -103,7 +104,7 @@ async fn run(
     let key = IdempotencyKey::from_headers(&parts.headers)?.ok_or_else(|| {
         ApiError::internal("Idempotency-Key vanished between two reads of the headers")
     })?;
-    let limit = state.cfg.max_body_bytes;
+    let limit = state.cfg().max_body_bytes;
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(limit))?;
@@ -115,7 +116,7 @@ async fn run(
     let hash = request_hash(&parts.method, path, &body);
     let id = storage_id(scope, &key);
     match state
-        .store
+        .store()
         .idempotency_claim(scope, &id, &hash, state.now())
         .await?
     {
@@ -158,7 +159,7 @@ async fn record(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !(resp.status().is_success() && is_json) {
-        if let Err(e) = state.store.idempotency_release(scope, id).await {
+        if let Err(e) = state.store().idempotency_release(scope, id).await {
             // The claim then lapses after its lease, and a retry runs.
             tracing::warn!(scope, error = %e, "could not release an idempotency key");
         }
@@ -177,7 +178,7 @@ async fn record(
     let stored = match seal(scope, key, parts.status.as_u16(), &bytes) {
         Ok(sealed) => {
             state
-                .store
+                .store()
                 .idempotency_complete(scope, id, parts.status.as_u16(), &sealed)
                 .await
         }
@@ -446,7 +447,7 @@ mod tests {
 
         async fn subscriptions(tb: &TestBackend, user: &str) -> usize {
             tb.state()
-                .store
+                .store()
                 .subscriptions_of(user)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"))
@@ -543,7 +544,7 @@ mod tests {
             assert_eq!(again.body["api_key"], json!(secret));
             assert_eq!(
                 tb.state()
-                    .store
+                    .store()
                     .keys_of_user("bo")
                     .await
                     .map(|k| k.len())
@@ -551,7 +552,7 @@ mod tests {
                 Some(1)
             );
             // The stored answer holds the secret sealed: the database never has it readable.
-            let db = crate::store::sql::SqlStore::connect(&tb.state().cfg.database_url)
+            let db = crate::store::sql::SqlStore::connect(&tb.state().cfg().database_url)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             let count = |sql: String| {
@@ -604,7 +605,7 @@ mod tests {
             let hash =
                 super::request_hash(&super::Method::POST, GRANT, body.to_string().as_bytes());
             let id = super::storage_id(GRANT, &key);
-            let store = &tb.state().store;
+            let store = &tb.state().store();
             let now = tb.state().now();
             // Another process claimed it and is still running.
             assert_eq!(

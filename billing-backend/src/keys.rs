@@ -226,7 +226,7 @@ pub async fn mint(
     let daily = check_override("daily_limit", req.daily_limit)?;
     let metadata = check_metadata(req.metadata)?.unwrap_or_else(|| "{}".to_string());
     if plan.is_paid() {
-        let current = state.store.user_plan(&req.user_id).await?;
+        let current = state.store().user_plan(&req.user_id).await?;
         if current != plan.id {
             return Err(ApiError::PaymentRequired(format!(
                 "a {} key needs an active {} subscription; user {:?} is on {current}",
@@ -234,7 +234,7 @@ pub async fn mint(
             )));
         }
     }
-    let api_key = format_key(&state.cfg.key_prefix, &plan.id, &crate::ids::key_secret());
+    let api_key = format_key(&state.cfg().key_prefix, &plan.id, &crate::ids::key_secret());
     let new = NewKey {
         key_id: crate::ids::key_id(),
         user_id: req.user_id,
@@ -253,7 +253,7 @@ pub async fn mint(
         .iter()
         .map(|p| (p.id.clone(), p.max_keys_per_user))
         .collect();
-    let record = match state.store.create_key(new, &max, cause).await {
+    let record = match state.store().create_key(new, &max, cause).await {
         Ok(r) => r,
         Err(StoreError::KeyLimit { max }) => {
             return Err(ApiError::conflict(
@@ -263,7 +263,7 @@ pub async fn mint(
         }
         Err(e) => return Err(e.into()),
     };
-    state.hub.notify(record.seq);
+    state.hub().notify(record.seq);
     Ok(Minted { api_key, record })
 }
 
@@ -439,15 +439,15 @@ async fn user_keys(
     Path(user_id): Path<String>,
 ) -> Result<Json<UserKeys>, ApiError> {
     valid_user_id(&user_id)?;
-    let keys = state.store.keys_of_user(&user_id).await?;
+    let keys = state.store().keys_of_user(&user_id).await?;
     let today = format_day(day_index(state.now()));
     let ids: Vec<String> = keys.iter().map(|k| k.key_id.clone()).collect();
-    let usage = state.store.usage_on_day(&ids, &today).await?;
+    let usage = state.store().usage_on_day(&ids, &today).await?;
     let list: Vec<KeyView> = keys
         .iter()
         .map(|k| key_view(&state, k, usage.get(&k.key_id).copied()))
         .collect();
-    let plan = state.store.user_plan(&user_id).await?;
+    let plan = state.store().user_plan(&user_id).await?;
     Ok(Json(UserKeys {
         total: list.len(),
         keys: list,
@@ -476,13 +476,13 @@ async fn get_key(
 ) -> Result<Json<KeyView>, ApiError> {
     valid_key_id_or_404(&key_id)?;
     let k = state
-        .store
+        .store()
         .get_key(&key_id)
         .await
         .map_err(|e| map_key_err(e, &key_id))?;
     let today = format_day(day_index(state.now()));
     let usage = state
-        .store
+        .store()
         .usage_on_day(std::slice::from_ref(&k.key_id), &today)
         .await?;
     Ok(Json(key_view(&state, &k, usage.get(&k.key_id).copied())))
@@ -519,11 +519,11 @@ async fn revoke(
     valid_key_id_or_404(&key_id)?;
     let cause = Cause::new("api", format!("DELETE /api/marketplace/keys/{key_id}"));
     let k = state
-        .store
+        .store()
         .revoke_key(&key_id, state.now(), &cause)
         .await
         .map_err(|e| map_key_err(e, &key_id))?;
-    state.hub.notify(k.seq);
+    state.hub().notify(k.seq);
     Ok(Json(Revoked {
         key_id: k.key_id,
         message: "API key revoked",
@@ -557,18 +557,18 @@ pub async fn rotate(
         ));
     }
     let current = state
-        .store
+        .store()
         .get_key(key_id)
         .await
         .map_err(|e| map_key_err(e, key_id))?;
     let api_key = format_key(
-        &state.cfg.key_prefix,
+        &state.cfg().key_prefix,
         &current.plan,
         &crate::ids::key_secret(),
     );
     let grace_until = (grace > 0).then(|| state.now() + grace);
     let record = state
-        .store
+        .store()
         .rotate_key(
             key_id,
             KeyHash::of(&api_key),
@@ -578,7 +578,7 @@ pub async fn rotate(
         )
         .await
         .map_err(|e| map_key_err(e, key_id))?;
-    state.hub.notify(record.seq);
+    state.hub().notify(record.seq);
     Ok(Minted { api_key, record })
 }
 
@@ -715,11 +715,11 @@ async fn patch_key(
     };
     let cause = Cause::new("api", format!("PATCH /api/marketplace/keys/{key_id}"));
     let k = state
-        .store
+        .store()
         .update_key(&key_id, patch, &cause)
         .await
         .map_err(|e| map_key_err(e, &key_id))?;
-    state.hub.notify(k.seq);
+    state.hub().notify(k.seq);
     Ok(Json(key_view(&state, &k, None)))
 }
 
@@ -774,7 +774,7 @@ async fn list_keys(
         ));
     }
     let keys = state
-        .store
+        .store()
         .list_keys(q.plan.as_deref(), limit, q.offset.unwrap_or(0))
         .await?;
     let list: Vec<KeyView> = keys.iter().map(|k| key_view(&state, k, None)).collect();

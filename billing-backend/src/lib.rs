@@ -7,9 +7,14 @@
 //!   share, below the routers.
 //! - [`store`]: storage traits and the SQL implementation (SQLite default, PostgreSQL).
 //! - [`plans`], [`keys`], [`usage`], [`billing`], [`stats`]: one module per domain, each with its
-//!   DTOs, handlers and `router()`.
+//!   DTOs, handlers and `router()`; [`billing`] also serves the payment providers' endpoints
+//!   and webhooks ([`billing::stripe`], [`billing::paypal`], [`billing::sepa`]).
 //! - [`portal`]: the customer portal and pricing page (server-rendered HTML under `/portal/`)
 //!   and the operator view; sessions by a signed hand-off from the operator's backend.
+//! - Below the state, what it holds and nothing that serves HTTP: [`providers`] (each payment
+//!   provider's settings, HTTP client and wire format; the SEPA banking formats),
+//!   [`session`] (the portal's hand-off tokens and sessions), [`minute`] (the last minute of
+//!   usage in memory).
 //! - [`feed`]: the key feed and usage ingest that gateways use (`/internal/*`); [`hub`]: the
 //!   feed head in memory, which wakes waiting gateways.
 //! - [`auth`]: service and feed tokens; [`extract`]: JSON parsing, the `Idempotency-Key`
@@ -38,11 +43,13 @@ pub mod idempotency;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod minute;
 pub mod openapi;
 pub mod ops;
 pub mod plans;
 pub mod portal;
 pub mod providers;
+pub mod session;
 pub mod state;
 pub mod stats;
 pub mod store;

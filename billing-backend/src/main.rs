@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 use tollgate_backend::cli::{self, Cli, Command};
-use tollgate_backend::BackendConfig;
+use tollgate_backend::Backend;
 
 const NAME: &str = "tollgate-backend";
 
@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let cfg = match BackendConfig::load(args.config.as_deref()) {
+    let cfg = match Backend::load_config_file(args.config.as_deref()) {
         Ok(c) => c,
         Err(errors) => return fail(2, &errors),
     };

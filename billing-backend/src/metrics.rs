@@ -194,14 +194,16 @@ mod tests {
                 resp.status()
             );
         }
-        let m = &tb.state().metrics;
+        let m = &tb.state().metrics();
         assert_eq!(
             m.http_requests
                 .with_label_values(&["/health", "OTHER", "405"])
                 .get(),
             2
         );
-        let text = m.render(tb.state().store.as_ref(), tb.state().now()).await;
+        let text = m
+            .render(tb.state().store().as_ref(), tb.state().now())
+            .await;
         assert!(text.contains(r#"method="OTHER""#), "{text}");
         assert!(text.contains(r#"method="GET""#), "{text}");
         assert!(

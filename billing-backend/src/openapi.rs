@@ -36,7 +36,7 @@ use utoipa::OpenApi;
     info(
         title = "tollgate",
         description = "API keys, plans, quotas and billing in front of an existing API: the \
-                       billing backend's HTTP contract (SPEC §11 plus its own endpoints)."
+                       billing backend's HTTP contract (the original module's endpoints plus its own)."
     ),
     paths(openapi),
     components(schemas(ErrorDoc, ErrorDetailDoc)),
@@ -78,10 +78,10 @@ pub fn document() -> &'static Value {
             crate::usage::Api::openapi(),
             crate::stats::Api::openapi(),
             crate::billing::Api::openapi(),
-            crate::providers::stripe::Api::openapi(),
-            crate::providers::stripe::meter::Api::openapi(),
-            crate::providers::paypal::Api::openapi(),
-            crate::providers::sepa::api::Api::openapi(),
+            crate::billing::stripe::Api::openapi(),
+            crate::billing::stripe::meter::Api::openapi(),
+            crate::billing::paypal::Api::openapi(),
+            crate::billing::sepa::Api::openapi(),
             crate::portal::Api::openapi(),
             crate::feed::Api::openapi(),
             crate::ops::Api::openapi(),
@@ -124,7 +124,7 @@ fn add_response(responses: &mut Map<String, Value>, status: &str, description: &
 }
 
 /// Answers every operation of a tag can give besides its own, because of what the handlers
-/// share: the Stripe endpoints map Stripe's failures ([`crate::providers::stripe::Failure`]),
+/// share: the Stripe endpoints map Stripe's failures ([`crate::billing::stripe::Failure`]),
 /// PayPal's and SEPA's need their provider configured, and portal pages render errors as HTML.
 const PROVIDER_ANSWERS: &[(&str, &str, &str)] = &[
     ("stripe", "402", "`payment_failed`: Stripe declined the payment"),
@@ -189,7 +189,7 @@ fn contract(doc: &mut Value) {
                             accepted too"
         },
         "portalSession": {
-            "type": "apiKey", "in": "cookie", "name": crate::portal::session::COOKIE,
+            "type": "apiKey", "in": "cookie", "name": crate::session::COOKIE,
             "description": "The portal session, opened by GET /portal/login with a hand-off \
                             token from POST /portal/api/handoff or /portal/api/operator-handoff"
         }

@@ -44,7 +44,8 @@ pub struct Ready {
     pub storage: &'static str,
 }
 
-/// `GET /ready` when it does not: the SPEC §9 error fields plus `status`.
+/// `GET /ready` when it does not: the fields of every error body (`detail` and `error` with
+/// `code` and `message`) plus `status`.
 #[derive(Serialize, ToSchema)]
 pub struct NotReady {
     pub detail: &'static str,
@@ -64,12 +65,12 @@ pub struct NotReady {
     )
 )]
 async fn ready(State(state): State<AppState>) -> axum::response::Response {
-    match state.store.ping().await {
+    match state.store().ping().await {
         Ok(()) => (
             StatusCode::OK,
             Json(Ready {
                 status: "ready",
-                storage: state.store.kind(),
+                storage: state.store().kind(),
             }),
         )
             .into_response(),
@@ -101,8 +102,8 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = state
-        .metrics
-        .render_standalone(state.store.as_ref(), state.now())
+        .metrics()
+        .render_standalone(state.store().as_ref(), state.now())
         .await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

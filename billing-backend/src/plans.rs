@@ -139,7 +139,7 @@ pub struct PlanList {
 )]
 async fn list(State(state): State<AppState>) -> Json<PlanList> {
     let catalogue = state.catalogue();
-    let bps = state.cfg.sepa_discount_bps;
+    let bps = state.cfg().sepa_discount_bps;
     Json(PlanList {
         billing_cycles: vec![Cycle::Monthly.as_str(), Cycle::Yearly.as_str()],
         currency: catalogue.currency(),
@@ -167,7 +167,7 @@ async fn one(
     state
         .catalogue()
         .get(&plan_id)
-        .map(|p| Json(plan_view(p, state.cfg.sepa_discount_bps)))
+        .map(|p| Json(plan_view(p, state.cfg().sepa_discount_bps)))
         .ok_or_else(|| {
             ApiError::not_found(
                 "plan_not_found",

@@ -66,8 +66,8 @@ pub struct Stats {
     )
 )]
 async fn stats(_: ServiceAuth, State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
-    let s = state.store.key_stats(state.now()).await?;
-    let uptime = state.started.elapsed().as_secs();
+    let s = state.store().key_stats(state.now()).await?;
+    let uptime = state.started().elapsed().as_secs();
     Ok(Json(Stats {
         api_status: "operational",
         stats: Totals {
@@ -77,7 +77,7 @@ async fn stats(_: ServiceAuth, State(state): State<AppState>) -> Result<Json<Sta
             total_api_requests: s.total_requests,
             total_users: s.users,
         },
-        storage: state.store.kind(),
+        storage: state.store().kind(),
         uptime: uptime_text(uptime),
         uptime_seconds: uptime,
     }))

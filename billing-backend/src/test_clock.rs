@@ -27,7 +27,7 @@ async fn advance_clock(
     State(state): State<AppState>,
     ValidatedJson(req): ValidatedJson<ClockRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(clock) = &state.test_clock else {
+    let Some(clock) = &state.test_clock() else {
         return Err(ApiError::not_found(
             "not_found",
             "no endpoint POST /internal/test/clock",

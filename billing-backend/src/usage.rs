@@ -14,67 +14,12 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_protocol::day::{day_index, format_day, parse_day};
 use tollgate_protocol::feed::{UsageAck, UsageBatch, MAX_BATCH_ENTRIES};
 use tollgate_protocol::usage_codec;
 use utoipa::ToSchema;
-
-/// Units reported by gateways per key over the last 60 s, by the time of last use; this is
-/// what `current_minute_usage` shows (the gateways enforce the exact window themselves).
-///
-/// Kept as the last minute's batches in their one encoding ([`usage_codec`]), the same
-/// bytes the store keeps: recording a batch shares them, with no per-key work (a per-key map
-/// cost a hash lookup and two cache misses per entry, ~18 % of the ingest), and a read scans
-/// what arrived in the last minute (for 10 k active keys, 600 k entries: a few milliseconds).
-#[derive(Default)]
-pub struct MinuteWindow {
-    batches: Mutex<VecDeque<Recent>>,
-}
-
-struct Recent {
-    received: i64,
-    /// Newest `last_used` in the batch: it leaves the window once this is a minute old.
-    newest: i64,
-    payload: Bytes,
-}
-
-impl MinuteWindow {
-    fn record(&self, payload: Bytes, newest: i64, now: i64) {
-        let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
-        batches.push_back(Recent {
-            received: now,
-            newest,
-            payload,
-        });
-        // Batches are in arrival order; a gateway whose clock runs ahead keeps its batch at
-        // most two minutes.
-        while batches
-            .front()
-            .is_some_and(|b| b.newest <= now - 60 || b.received <= now - 120)
-        {
-            batches.pop_front();
-        }
-    }
-
-    pub fn current(&self, key_id: &str, now: i64) -> u64 {
-        let recent: Vec<Bytes> = {
-            let batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
-            batches
-                .iter()
-                .filter(|b| b.newest > now - 60)
-                .map(|b| b.payload.clone())
-                .collect()
-        };
-        recent
-            .iter()
-            .map(|p| usage_codec::units_of(p, key_id, now - 60))
-            .fold(0u64, u64::saturating_add)
-    }
-}
 
 /// [`UsageBatch`] as the document shows it, JSON being its representation for clients of the
 /// HTTP API (the store's and the protocol's types stay free of documentation derives).
@@ -196,15 +141,15 @@ pub async fn ingest(state: &AppState, encoded: Bytes) -> Result<UsageAck, ApiErr
     }
     let now = state.now();
     let duplicate = state
-        .store
+        .store()
         .ingest_payload(gateway_id, batch_id, &encoded, entries.len(), units, now)
         .await?;
     if !duplicate {
-        state.minute.record(encoded.clone(), newest, now);
-        state.metrics.usage_units.add(units);
+        state.minute().record(encoded.clone(), newest, now);
+        state.metrics().usage_units.add(units);
     }
     state
-        .metrics
+        .metrics()
         .usage_batches
         .with_label_values(&[if duplicate { "duplicate" } else { "applied" }])
         .inc();
@@ -228,7 +173,7 @@ pub async fn settle_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if let Err(e) = state.store.settle_usage().await {
+        if let Err(e) = state.store().settle_usage().await {
             tracing::warn!(error = %e, "pending usage could not be applied; retrying");
         }
     }
@@ -297,8 +242,8 @@ async fn key_usage(
     valid_key_id_or_404(&key_id)?;
     let now = state.now();
     let today = format_day(day_index(now));
-    let key = state.store.get_key(&key_id).await?;
-    let usage = state.store.usage_of(&key_id, &today, 30).await?;
+    let key = state.store().get_key(&key_id).await?;
+    let usage = state.store().usage_of(&key_id, &today, 30).await?;
     let limits = crate::keys::effective_limits(&state, &key);
     Ok(Json(KeyUsage {
         created_at: rfc3339(key.created_at),
@@ -307,7 +252,7 @@ async fn key_usage(
         last_used: usage.last_used.map(rfc3339),
         plan: key.plan,
         rate_limit: MinuteUsage {
-            current_minute_usage: state.minute.current(&key_id, now),
+            current_minute_usage: state.minute().current(&key_id, now),
             requests_per_minute: limits.per_minute,
         },
         usage: UsageCounts {

@@ -22,7 +22,7 @@ pub fn backend_config(doc: &Document, data_dir: &Path) -> Result<BackendConfig, 
         "data_dir",
         toml::Value::String(data_dir.display().to_string()),
     );
-    BackendConfig::from_config(&doc)
+    Backend::load_config(&doc)
 }
 
 /// Starts the backend from the same document (its database reachable and its `data_dir`
@@ -48,8 +48,8 @@ pub fn reload_plans(b: &Backend, doc: &Document, data_dir: &Path) -> Result<(), 
 pub async fn render_metrics(b: &Backend) -> String {
     let state = b.state();
     state
-        .metrics
-        .render(state.store.as_ref(), state.now())
+        .metrics()
+        .render(state.store().as_ref(), state.now())
         .await
 }
 

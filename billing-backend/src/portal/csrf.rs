@@ -4,7 +4,7 @@
 //! constant time (on SHA-256 digests, so length differences leak nothing either).
 
 use super::html::PortalError;
-use super::session::SessionView;
+use crate::session::SessionView;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
@@ -83,7 +83,7 @@ pub fn checked_form(session: &SessionView, body: &[u8]) -> Result<Form, PortalEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portal::session::Role;
+    use crate::session::Role;
 
     fn session() -> SessionView {
         SessionView {

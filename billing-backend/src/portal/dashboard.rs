@@ -12,7 +12,7 @@ use super::csrf::checked_form;
 use super::html::{count, esc, html, page as layout, when, Header, PortalError};
 use super::internal;
 use super::pricing::{cycle_toggle, percent, price_block, sepa_price};
-use super::{notice_text, origin, see_other, Customer};
+use super::{notice_text, see_other, Customer};
 use crate::keys::{effective_limits, valid_key_id_or_404, GenerateRequest};
 use crate::state::AppState;
 use crate::store::{Cause, KeyRecord, PayStatus, Payment, StoreError, SubStatus, Subscription};
@@ -114,14 +114,14 @@ async fn key_rows(
         let limits = effective_limits(state, k);
         let active = k.is_active(now);
         let usage = state
-            .store
+            .store()
             .usage_of(
                 &k.key_id,
                 &today_text,
                 u32::try_from(super::chart::DAYS).unwrap_or(30),
             )
             .await?;
-        let minute = state.minute.current(&k.key_id, now);
+        let minute = state.minute().current(&k.key_id, now);
         let status = if k.revoked_at.is_some() {
             "revoked"
         } else if active {
@@ -182,8 +182,8 @@ async fn key_rows(
 }
 
 fn upgrade_block(state: &AppState, csrf: &str, plan: &str) -> String {
-    let bps = state.cfg.sepa_discount_bps;
-    let p = &state.providers;
+    let bps = state.cfg().sepa_discount_bps;
+    let p = &state.providers();
     let providers = [
         ("stripe", "Card (Stripe Checkout)", p.stripe.is_some()),
         ("paypal", "PayPal", p.paypal.is_some()),
@@ -283,15 +283,15 @@ async fn render(
     reveal: Option<&Reveal>,
 ) -> Result<String, PortalError> {
     let now = state.now();
-    let plan = state.store.user_plan(&c.user_id).await?;
-    let subs = state.store.subscriptions_of(&c.user_id).await?;
-    let keys = state.store.keys_of_user(&c.user_id).await?;
+    let plan = state.store().user_plan(&c.user_id).await?;
+    let subs = state.store().subscriptions_of(&c.user_id).await?;
+    let keys = state.store().keys_of_user(&c.user_id).await?;
     let pending: Vec<Payment> = state
-        .store
+        .store()
         .list_payments(Some(&c.user_id), Some(PayStatus::Pending), 10)
         .await?;
     let csrf = &c.session.csrf;
-    let sessions = &state.portal.sessions;
+    let sessions = &state.portal().sessions;
     // One nonce per rendered page, shared by its forms that answer with a secret.
     let nonce = sessions.issue_nonce(&c.session.digest);
     let (rows, charts) = key_rows(state, &keys, csrf, &nonce).await?;
@@ -380,7 +380,7 @@ async fn own_key(state: &AppState, c: &Customer, key_id: &str) -> Result<KeyReco
         ))
     };
     valid_key_id_or_404(key_id).map_err(|_| missing())?;
-    match state.store.get_key(key_id).await {
+    match state.store().get_key(key_id).await {
         Ok(k) if k.user_id == c.user_id => Ok(k),
         Ok(_) | Err(StoreError::NotFound(_)) => Err(missing()),
         Err(e) => Err(e.into()),
@@ -407,7 +407,7 @@ pub async fn create_key(
 ) -> Result<Response, PortalError> {
     let form = checked_form(&c.session, &body)?;
     if !state
-        .portal
+        .portal()
         .sessions
         .take_nonce(&c.session.digest, form.get("nonce").unwrap_or(""))
     {
@@ -418,7 +418,7 @@ pub async fn create_key(
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .unwrap_or("Default Key");
-    let plan = state.store.user_plan(&c.user_id).await?;
+    let plan = state.store().user_plan(&c.user_id).await?;
     let req = GenerateRequest {
         user_id: c.user_id.clone(),
         plan: Some(plan),
@@ -468,7 +468,7 @@ pub async fn rotate_key(
     let form = checked_form(&c.session, &body)?;
     let key = own_key(&state, &c, &key_id).await?;
     if !state
-        .portal
+        .portal()
         .sessions
         .take_nonce(&c.session.digest, form.get("nonce").unwrap_or(""))
     {
@@ -520,10 +520,10 @@ pub async fn revoke_key(
         ),
     );
     let k = state
-        .store
+        .store()
         .revoke_key(&key.key_id, state.now(), &cause)
         .await?;
-    state.hub.notify(k.seq);
+    state.hub().notify(k.seq);
     Ok(see_other("/portal/dashboard?notice=revoked"))
 }
 
@@ -579,7 +579,7 @@ pub async fn upgrade(
             "the billing cycle must be monthly or yearly",
         ));
     }
-    let token = state.portal.token().clone();
+    let token = state.portal().token().clone();
     match form.get("provider").unwrap_or("") {
         "sepa" => {
             let answer = internal::post(
@@ -599,7 +599,7 @@ pub async fn upgrade(
             Ok(see_other(&format!("/portal/payments/{id}")))
         }
         "stripe" => {
-            let base = origin(&state);
+            let base = state.origin();
             let answer = internal::post(
                 &state,
                 &token,
@@ -656,14 +656,14 @@ pub async fn payment_page(
 ) -> Result<Response, PortalError> {
     let missing =
         || PortalError::not_found(format!("There is no payment {payment_id} in your account."));
-    let p = match state.store.get_payment(&payment_id).await {
+    let p = match state.store().get_payment(&payment_id).await {
         Ok(p) if p.user_id == c.user_id => p,
         Ok(_) | Err(StoreError::NotFound(_)) => return Err(missing()),
         Err(e) => return Err(e.into()),
     };
     let amount = money(p.amount_minor, &p.currency);
     let what = esc(&p.description);
-    let body = match (p.method.as_str(), p.status, state.providers.sepa.as_ref()) {
+    let body = match (p.method.as_str(), p.status, state.providers().sepa.as_ref()) {
         ("sepa", PayStatus::Pending, Some(cfg)) => format!(
             r#"<section class="card instructions" id="sepa-instructions" data-payment="{id}" data-status="pending">
 <h1>Pay by SEPA bank transfer</h1>

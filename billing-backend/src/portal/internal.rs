@@ -11,7 +11,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 
-/// A provider endpoint's refusal: its status and its SPEC §9 message.
+/// A provider endpoint's refusal: its status and the code and message of its JSON error body.
 #[derive(Debug)]
 pub struct Refused {
     pub status: StatusCode,
@@ -26,7 +26,7 @@ pub async fn post(
     path: &str,
     body: &Value,
 ) -> Result<Value, Refused> {
-    let router = crate::providers::router().with_state(state.clone());
+    let router = crate::billing::provider_router().with_state(state.clone());
     let req = Request::builder()
         .method(Method::POST)
         .uri(path)

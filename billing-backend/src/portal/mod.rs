@@ -3,8 +3,8 @@
 //!
 //! # Layout
 //! - [`pricing`]: the public pricing page from the plan catalogue.
-//! - [`session`]: hand-off tokens (signed, expiring, single use) and server-side sessions;
-//!   [`csrf`]: form parsing and the CSRF check every form passes.
+//! - [`crate::session`]: hand-off tokens (signed, expiring, single use) and server-side
+//!   sessions; [`csrf`]: form parsing and the CSRF check every form passes.
 //! - [`dashboard`]: a customer's keys (create, rotate, revoke), usage charts ([`chart`]),
 //!   quotas, subscription state and upgrades (Stripe Checkout, PayPal, SEPA with the EPC QR).
 //! - [`operator`]: stats, keys by plan, payments, pending SEPA transfers (confirm / reject)
@@ -22,8 +22,9 @@
 //! = `auto` (default: when `[backend] public_url` starts with `https://` or the request carries
 //! `X-Forwarded-Proto: https` from the TLS-terminating proxy), `always` or `never`.
 //!
-//! Absolute links (the hand-off `url`, payment return pages) are built on [`origin`]: `[backend]
-//! public_url`, else the listen address that serves the portal, never the request's `Host`.
+//! Absolute links (the hand-off `url`, payment return pages) are built on
+//! [`AppState::origin`]: `[backend] public_url`, else the listen address that serves the portal,
+//! never the request's `Host`.
 
 pub mod chart;
 pub mod csrf;
@@ -32,11 +33,10 @@ pub mod html;
 pub mod internal;
 pub mod operator;
 pub mod pricing;
-pub mod session;
 
 use crate::auth::ServiceAuth;
-use crate::config::Secret;
 use crate::error::ApiError;
+use crate::session::{self, HandoffError, Role, SessionView};
 use crate::state::AppState;
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
@@ -47,110 +47,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use html::PortalError;
 use serde::Deserialize;
-use session::{HandoffError, Role, SessionView, Sessions};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-/// When the session cookie is marked `Secure`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CookieSecure {
-    Auto,
-    Always,
-    Never,
-}
-
-/// Portal state held in [`AppState`]: sessions and the service token the portal uses for its
-/// in-process calls to the payment providers.
-pub struct Portal {
-    pub sessions: Sessions,
-    token: Secret,
-    secure: CookieSecure,
-}
-
-impl Portal {
-    pub fn new(service_token: &Secret) -> Result<Portal, String> {
-        let secure = match std::env::var("TOLLGATE_PORTAL_SECURE_COOKIE")
-            .ok()
-            .as_deref()
-        {
-            None | Some("") | Some("auto") => CookieSecure::Auto,
-            Some("always") => CookieSecure::Always,
-            Some("never") => CookieSecure::Never,
-            Some(other) => {
-                return Err(format!(
-                    "TOLLGATE_PORTAL_SECURE_COOKIE: {other:?} must be auto, always or never"
-                ))
-            }
-        };
-        Ok(Portal {
-            sessions: Sessions::new(service_token.expose()),
-            token: service_token.clone(),
-            secure,
-        })
-    }
-
-    pub fn token(&self) -> &Secret {
-        &self.token
-    }
-
-    /// Whether cookies set in answer to this request get `Secure`.
-    pub fn secure_cookie(&self, state: &AppState, headers: &HeaderMap) -> bool {
-        match self.secure {
-            CookieSecure::Always => true,
-            CookieSecure::Never => false,
-            CookieSecure::Auto => {
-                state
-                    .cfg
-                    .public_url
-                    .as_deref()
-                    .is_some_and(|u| u.starts_with("https://"))
-                    || forwarded_proto(headers).as_deref() == Some("https")
-            }
-        }
-    }
-}
-
-fn forwarded_proto(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(',')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-}
-
-/// The origin absolute links are built on (portal hand-offs, Stripe Checkout's return pages,
-/// PayPal's return and cancel pages): `[backend] public_url`, else the listener this process
-/// serves on ([`crate::Backend::advertise`]), else `[backend] listen`. Never the request's
-/// `Host` or `X-Forwarded-Host`: the client chooses those, and a link minted for a customer
-/// must not point at a host an attacker put in the request. Behind a proxy or on another
-/// public name, the operator sets `public_url`.
-pub fn origin(state: &AppState) -> String {
-    if let Some(u) = &state.cfg.public_url {
-        return u.trim_end_matches('/').to_string();
-    }
-    match state.advertised.get() {
-        Some(o) => o.clone(),
-        None => listen_origin(state.cfg.listen),
-    }
-}
-
-/// `http://addr` for a listen address, with a wildcard bind (`0.0.0.0`, `[::]`) shown as
-/// loopback on the same family: a wildcard is not an address anyone can open, loopback is.
-pub fn listen_origin(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
-        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
-}
 
 /// 303 See Other.
 pub fn see_other(location: &str) -> Response {
@@ -167,7 +66,7 @@ pub fn see_other(location: &str) -> Response {
 /// The live session of a request, if any.
 fn current(parts_headers: &HeaderMap, state: &AppState) -> Option<SessionView> {
     let v = session::cookie_value(parts_headers)?;
-    state.portal.sessions.get(&v, state.now())
+    state.portal().sessions.get(&v, state.now())
 }
 
 fn signed_out(headers: &HeaderMap) -> PortalError {
@@ -321,9 +220,9 @@ fn ttl(v: Option<i64>) -> Result<i64, ApiError> {
 }
 
 fn handoff_answer(state: &AppState, role: &Role, ttl: i64) -> Json<Handoff> {
-    let (token, exp) = state.portal.sessions.mint_handoff(role, state.now(), ttl);
+    let (token, exp) = state.portal().sessions.mint_handoff(role, state.now(), ttl);
     let path = format!("/portal/login?token={token}");
-    let url = format!("{}{path}", origin(state));
+    let url = format!("{}{path}", state.origin());
     Json(Handoff {
         expires_at: crate::keys::rfc3339(exp),
         path,
@@ -402,7 +301,7 @@ async fn login(
         ));
     }
     let now = state.now();
-    let role = state.portal.sessions.redeem(token, now).map_err(|e| {
+    let role = state.portal().sessions.redeem(token, now).map_err(|e| {
         let message = match e {
             HandoffError::Expired => {
                 "This sign-in link has expired. Sign-in links work for a few minutes only; open \
@@ -425,14 +324,16 @@ async fn login(
     })?;
     // A previous session in this browser ends here: one browser, one party.
     if let Some(old) = current(&headers, &state) {
-        state.portal.sessions.close(&old.digest);
+        state.portal().sessions.close(&old.digest);
     }
     let target = match role {
         Role::Customer(_) => "/portal/dashboard",
         Role::Operator => "/portal/operator",
     };
-    let (id, view) = state.portal.sessions.open(role, now);
-    let secure = state.portal.secure_cookie(&state, &headers);
+    let (id, view) = state.portal().sessions.open(role, now);
+    let secure = state
+        .portal()
+        .secure_cookie(state.cfg().public_url.as_deref(), &headers);
     let mut resp = see_other(target);
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id, view.expires_at - now, secure)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -456,9 +357,11 @@ async fn logout(
 ) -> Result<Response, PortalError> {
     let s = current(&headers, &state).ok_or_else(|| signed_out(&headers))?;
     csrf::checked_form(&s, &body)?;
-    state.portal.sessions.close(&s.digest);
+    state.portal().sessions.close(&s.digest);
     let mut resp = see_other("/portal/pricing?notice=signed_out");
-    let secure = state.portal.secure_cookie(&state, &headers);
+    let secure = state
+        .portal()
+        .secure_cookie(state.cfg().public_url.as_deref(), &headers);
     if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(secure)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -594,6 +497,7 @@ mod tests {
     use crate::app::testing::TestBackend;
     use axum::body::Body;
     use serde_json::{json, Value};
+    use std::net::SocketAddr;
     use tower::ServiceExt;
 
     /// Mints a hand-off link through the router with a request that names an attacker's host
@@ -667,15 +571,6 @@ mod tests {
             url.starts_with("https://billing.example.com/portal/login?token="),
             "{url}"
         );
-    }
-
-    #[test]
-    fn wildcard_listen_addresses_are_shown_as_loopback() {
-        let shown = |a: &str| listen_origin(a.parse().unwrap_or_else(|e| panic!("{a}: {e}")));
-        assert_eq!(shown("0.0.0.0:8080"), "http://127.0.0.1:8080");
-        assert_eq!(shown("[::]:8080"), "http://[::1]:8080");
-        assert_eq!(shown("10.1.2.3:81"), "http://10.1.2.3:81");
-        assert_eq!(shown("[2001:db8::1]:81"), "http://[2001:db8::1]:81");
     }
 
     #[test]

@@ -137,15 +137,15 @@ pub async fn page(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
     let now = state.now();
-    let stats = state.store.key_stats(now).await?;
-    let payments = state.store.list_payments(None, None, 25).await?;
+    let stats = state.store().key_stats(now).await?;
+    let payments = state.store().list_payments(None, None, 25).await?;
     let pending_all = state
-        .store
+        .store()
         .list_payments(None, Some(PayStatus::Pending), 100)
         .await?;
     let pending: Vec<&Payment> = pending_all.iter().filter(|p| p.method == "sepa").collect();
     let last_import = state
-        .store
+        .store()
         .list_imports(1)
         .await?
         .into_iter()
@@ -183,9 +183,9 @@ pub async fn page(
         users = count(stats.users),
         requests = count(stats.total_requests),
         uptime = esc(&crate::stats::uptime_text(
-            state.started.elapsed().as_secs()
+            state.started().elapsed().as_secs()
         )),
-        storage = esc(state.store.kind()),
+        storage = esc(state.store().kind()),
         pending = pending_rows(&pending, &o.session.csrf),
         payments = payment_rows(&payments),
         import = import_block(last_import),
@@ -221,7 +221,7 @@ async fn decide(
             "There is no payment {payment_id}."
         )));
     }
-    let token = state.portal.token().clone();
+    let token = state.portal().token().clone();
     internal::post(
         &state,
         &token,

@@ -107,7 +107,7 @@ pub async fn page(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let session = super::current(&headers, &state);
-    let bps = state.cfg.sepa_discount_bps;
+    let bps = state.cfg().sepa_discount_bps;
     let cards: String = state
         .catalogue()
         .all()
@@ -118,7 +118,7 @@ pub async fn page(
                 bps,
                 matches!(
                     session.as_ref().map(|s| &s.role),
-                    Some(super::session::Role::Customer(_))
+                    Some(crate::session::Role::Customer(_))
                 ),
             )
         })

@@ -1,5 +1,5 @@
 //! Payments (all providers) and provider events (claimed with a lease, see
-//! `providers::events`).
+//! `billing::events`).
 //!
 //! A payment that succeeds and carries a plan **buys one period**: the user's subscription with
 //! that provider for that plan is extended from the later of now and its current end, or one
@@ -125,7 +125,7 @@ pub trait PaymentStore: Send + Sync {
         now: i64,
     ) -> StoreResult<Settled>;
     /// Claims a provider event for one delivery until `lease_until` (see
-    /// `providers::events`): the first delivery, or one arriving after an earlier claim lapsed
+    /// `billing::events`): the first delivery, or one arriving after an earlier claim lapsed
     /// unfinished (its process died) or was released, gets [`EventClaim::Claimed`]. One
     /// statement, so two deliveries racing for it cannot both win.
     async fn claim_event(

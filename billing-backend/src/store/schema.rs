@@ -219,7 +219,7 @@ const V5_SQLITE: &str = "CREATE TABLE usage_pending (gateway_id TEXT NOT NULL, \
 const V5_POSTGRES: &str = "CREATE TABLE usage_pending (gateway_id TEXT NOT NULL, \
     batch_id BIGINT NOT NULL, entries BYTEA NOT NULL, PRIMARY KEY (gateway_id, batch_id))";
 
-/// Provider events are claimed with a lease (see `providers::events`): the claim's token and
+/// Provider events are claimed with a lease (see `billing::events`): the claim's token and
 /// when it lapses, and how many deliveries have claimed the event. `claim_token` NULL means
 /// nobody holds it, which is also how events claimed before this migration (by a process that
 /// may have crashed) are found again: their redelivery is applied instead of being answered

@@ -2,7 +2,7 @@
 //!
 //! 1. The `Stripe-Signature` is verified on the raw body, before anything parses it (400 when
 //!    missing, forged or outside the 300 s tolerance of our clock).
-//! 2. The event is claimed by id with a lease (`providers::events`): a redelivery of an event
+//! 2. The event is claimed by id with a lease (`billing::events`): a redelivery of an event
 //!    already applied answers 200 and changes nothing; one that meets the event being applied
 //!    by another delivery answers 503 `event_in_progress`; one that comes after the process
 //!    applying it died (its lease ran out) applies it.
@@ -17,11 +17,12 @@
 //! keeps a watermark (the `created` time of the last event applied); an older event is
 //! acknowledged and ignored, so a subscription never moves backwards. `canceled` is terminal.
 
-use super::client::StripeError;
-use super::wire::{self, Mapped};
-use super::{configured, plan_for_price, signature, Stripe};
+use super::{configured, plan_for_price};
+use crate::billing::events::{self, Begin};
 use crate::error::{json_error, ApiError};
-use crate::providers::events::{self, Begin};
+use crate::providers::stripe::client::StripeError;
+use crate::providers::stripe::wire::{self, Mapped};
+use crate::providers::stripe::{signature, Stripe};
 use crate::state::AppState;
 use crate::store::stripe::SubLink;
 use crate::store::{Cause, PayStatus, Settled, StoreError, SubStatus, Subscription};
@@ -75,8 +76,8 @@ impl From<ApiError> for ApplyError {
     }
 }
 
-impl From<super::client::StripeError> for ApplyError {
-    fn from(e: super::client::StripeError) -> ApplyError {
+impl From<StripeError> for ApplyError {
+    fn from(e: StripeError) -> ApplyError {
         if e.is_transient() {
             ApplyError::Transient(e.to_string())
         } else {
@@ -132,7 +133,7 @@ pub async fn handle(
         Err(f) => return f.into_response(),
     };
     let Some(secret) = &stripe.webhook_secret else {
-        return super::super::not_configured("Stripe webhooks", "STRIPE_WEBHOOK_SECRET")
+        return crate::providers::not_configured("Stripe webhooks", "STRIPE_WEBHOOK_SECRET")
             .into_response();
     };
     let now = state.now();
@@ -190,7 +191,7 @@ pub async fn handle(
         Ok(Begin::Busy) => return events::busy().into_response(),
         Err(e) => return e.into_response(),
     };
-    // Bounded so that this delivery never works past its lease (see `providers::events`).
+    // Bounded so that this delivery never works past its lease (see `billing::events`).
     let result = tokio::time::timeout(events::APPLY_BUDGET, async {
         let _one_at_a_time = stripe.webhook_lock.lock().await;
         apply(&state, &stripe, &event).await
@@ -290,7 +291,7 @@ async fn plan_of_followed(
     if let Some(found) = plan_for_price(state, price).await? {
         return Ok(Some(found));
     }
-    let Some(stripe) = state.providers.stripe.clone() else {
+    let Some(stripe) = state.providers().stripe.clone() else {
         return Ok(None);
     };
     match super::sync::synced_plan_of(state, &stripe, price).await {
@@ -317,19 +318,19 @@ async fn linked(
     sub: &wire::Subscription,
     event: &wire::Event,
 ) -> Result<Result<(SubLink, Subscription), String>, ApplyError> {
-    if let Some(link) = state.store.stripe_sub_link(&sub.id).await? {
-        let ours = state.store.get_subscription(&link.sub_id).await?;
+    if let Some(link) = state.store().stripe_sub_link(&sub.id).await? {
+        let ours = state.store().get_subscription(&link.sub_id).await?;
         return Ok(Ok((link, ours)));
     }
     let Some(customer) = sub.customer.id() else {
         return Ok(Err("subscription without a customer".into()));
     };
-    let user = match state.store.stripe_user_of(customer).await? {
+    let user = match state.store().stripe_user_of(customer).await? {
         Some(u) => u,
         None => match sub.metadata_str("user_id") {
             Some(u) if crate::keys::valid_user_id(u).is_ok() => {
                 state
-                    .store
+                    .store()
                     .stripe_record_customer(u, customer, &cause(event), state.now())
                     .await?;
                 u.to_string()
@@ -365,7 +366,7 @@ async fn linked(
         updated_at: now,
     };
     let link = state
-        .store
+        .store()
         .stripe_link_sub(
             &SubLink {
                 stripe_sub_id: sub.id.clone(),
@@ -377,7 +378,7 @@ async fn linked(
         )
         .await?;
     if link.sub_id != ours.id {
-        let existing = state.store.get_subscription(&link.sub_id).await?;
+        let existing = state.store().get_subscription(&link.sub_id).await?;
         return Ok(Ok((link, existing)));
     }
     crate::billing::save(state, &ours, &cause(event)).await?;
@@ -459,7 +460,7 @@ async fn write(
 }
 
 fn grace_secs(state: &AppState) -> i64 {
-    i64::from(state.cfg.grace_days) * 86_400
+    i64::from(state.cfg().grace_days) * 86_400
 }
 
 async fn on_subscription(
@@ -472,7 +473,7 @@ async fn on_subscription(
         Err(why) => return Ok(Outcome::Ignored(why)),
     };
     if !state
-        .store
+        .store()
         .stripe_advance(&link.stripe_sub_id, event.created, &event.id)
         .await?
     {
@@ -517,7 +518,7 @@ async fn on_invoice(
             inv.id
         )));
     };
-    if state.store.stripe_sub_link(&stripe_sub).await?.is_none() {
+    if state.store().stripe_sub_link(&stripe_sub).await?.is_none() {
         // Not followed yet (the invoice event came first): read the subscription itself.
         if !(stripe_sub.starts_with("sub_")
             && stripe_sub
@@ -534,11 +535,11 @@ async fn on_invoice(
             .await?;
         return on_subscription(state, &sub, event).await;
     }
-    let Some(link) = state.store.stripe_sub_link(&stripe_sub).await? else {
+    let Some(link) = state.store().stripe_sub_link(&stripe_sub).await? else {
         return Ok(Outcome::Ignored("subscription link vanished".into()));
     };
     if !state
-        .store
+        .store()
         .stripe_advance(&link.stripe_sub_id, event.created, &event.id)
         .await?
     {
@@ -547,7 +548,7 @@ async fn on_invoice(
             link.stripe_sub_id
         )));
     }
-    let ours = state.store.get_subscription(&link.sub_id).await?;
+    let ours = state.store().get_subscription(&link.sub_id).await?;
     let now = state.now();
     let next = if paid {
         let period = inv
@@ -590,7 +591,7 @@ async fn on_checkout(
     }
     if let Some(customer) = session.customer.as_ref().and_then(|c| c.id()) {
         let recorded = state
-            .store
+            .store()
             .stripe_record_customer(user, customer, &cause(event), state.now())
             .await?;
         if recorded != customer {
@@ -628,13 +629,13 @@ async fn on_intent(
     succeeded: bool,
 ) -> Applied {
     let mut payment = state
-        .store
+        .store()
         .payment_by_provider_ref("stripe", &pi.id)
         .await?;
     if payment.is_none() {
         // The event may beat the write of the provider reference: use our id in the metadata.
         if let Some(id) = pi.metadata.get("tollgate_payment").and_then(|v| v.as_str()) {
-            match state.store.get_payment(id).await {
+            match state.store().get_payment(id).await {
                 Ok(p)
                     if p.method == "stripe"
                         && p.provider_ref.as_deref().is_none_or(|r| r == pi.id) =>

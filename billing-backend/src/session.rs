@@ -1,3 +1,6 @@
+//! The customer portal's sign-in: hand-off tokens, server-side sessions and their cookies, and
+//! [`Portal`], the part the app state holds. The pages that use it are in `portal`.
+//!
 //! Sign-in without passwords: the operator's own backend mints a short-lived, single-use
 //! hand-off token with the service token (`POST /portal/api/handoff`) and sends its customer to
 //! `/portal/login?token=...`. The landing handler checks the token, opens a server-side session,
@@ -10,7 +13,7 @@
 //!   (≤ 1 hour) and a random nonce that is remembered until the expiry, which makes the token
 //!   single use.
 //! - Session: 32 random bytes in an `HttpOnly; SameSite=Lax; Path=/portal` cookie (`Secure`
-//!   behind HTTPS, see [`super::CookieSecure`]). The server keeps only its SHA-256, with the role,
+//!   behind HTTPS, see [`CookieSecure`]). The server keeps only its SHA-256, with the role,
 //!   the CSRF token, an absolute expiry and an idle expiry; both are checked on every request.
 //!   `SameSite=Lax` rather than `Strict`: the hand-off link arrives from the operator's site, and
 //!   browsers withhold `Strict` cookies for the whole redirect chain that such a click starts,
@@ -21,6 +24,8 @@
 //! the operator's site) and, with several backends, `/portal` must reach the same one (sticky
 //! routing); the hand-off links themselves work on any backend.
 
+use crate::config::Secret;
+use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -312,7 +317,7 @@ pub fn clear_cookie(secure: bool) -> String {
 }
 
 /// The session cookie's value in a request, if any.
-pub fn cookie_value(headers: &axum::http::HeaderMap) -> Option<String> {
+pub fn cookie_value(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
@@ -321,6 +326,75 @@ pub fn cookie_value(headers: &axum::http::HeaderMap) -> Option<String> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, value)| *name == COOKIE && !value.is_empty())
         .map(|(_, value)| value.to_string())
+}
+
+/// When the session cookie is marked `Secure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieSecure {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The portal's sign-in state, which the app state holds: sessions, the cookie policy and the
+/// service token the portal uses for its in-process calls to the payment providers.
+pub struct Portal {
+    pub sessions: Sessions,
+    token: Secret,
+    secure: CookieSecure,
+}
+
+impl Portal {
+    pub fn new(service_token: &Secret) -> Result<Portal, String> {
+        let secure = match std::env::var("TOLLGATE_PORTAL_SECURE_COOKIE")
+            .ok()
+            .as_deref()
+        {
+            None | Some("") | Some("auto") => CookieSecure::Auto,
+            Some("always") => CookieSecure::Always,
+            Some("never") => CookieSecure::Never,
+            Some(other) => {
+                return Err(format!(
+                    "TOLLGATE_PORTAL_SECURE_COOKIE: {other:?} must be auto, always or never"
+                ))
+            }
+        };
+        Ok(Portal {
+            sessions: Sessions::new(service_token.expose()),
+            token: service_token.clone(),
+            secure,
+        })
+    }
+
+    pub fn token(&self) -> &Secret {
+        &self.token
+    }
+
+    /// Whether cookies set in answer to this request get `Secure`; `public_url` is `[backend]
+    /// public_url`.
+    pub fn secure_cookie(&self, public_url: Option<&str>, headers: &HeaderMap) -> bool {
+        match self.secure {
+            CookieSecure::Always => true,
+            CookieSecure::Never => false,
+            CookieSecure::Auto => {
+                public_url.is_some_and(|u| u.starts_with("https://"))
+                    || forwarded_proto(headers).as_deref() == Some("https")
+            }
+        }
+    }
+}
+
+fn forwarded_proto(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
 }
 
 #[cfg(test)]

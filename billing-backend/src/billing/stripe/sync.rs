@@ -10,8 +10,9 @@
 //! whose `[[plans]]` entry names a Stripe price for a cycle keeps it: configuration wins.
 //! A run that finds everything in place changes nothing, in Stripe or in the database.
 
-use super::client::StripeError;
-use super::{idem_key, Stripe};
+use super::idem_key;
+use crate::providers::stripe::client::StripeError;
+use crate::providers::stripe::{wire, Stripe};
 use crate::state::AppState;
 use crate::store::StoreError;
 use serde_json::{json, Value};
@@ -126,7 +127,7 @@ async fn list_all(stripe: &Stripe, path: &str, query: Value) -> Result<Vec<Value
     let mut query = query;
     // Stripe's lists are at most 100 per page; 100 pages is far beyond any catalogue.
     for _ in 0..100 {
-        let page: super::wire::List<Value> = stripe.client.get(path, &query).await?;
+        let page: wire::List<Value> = stripe.client.get(path, &query).await?;
         let more = page.has_more;
         let last = page
             .data
@@ -272,7 +273,7 @@ pub async fn sync(state: &AppState, stripe: &Stripe) -> Result<Vec<Line>, SyncEr
                 }
             };
             line.recorded = state
-                .store
+                .store()
                 .stripe_record_price(&plan.id, cycle.as_str(), &price_id, state.now())
                 .await?;
             line.price_id = Some(price_id);

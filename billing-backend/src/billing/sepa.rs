@@ -3,16 +3,15 @@
 //! statement imports reconcile transfers against them. Only an exact match (reference, amount,
 //! currency, pending) activates a plan; everything else is reported for an operator decision.
 
-use super::bic::Bic;
-use super::epc_qr::{EpcTransfer, Remittance};
-use super::iban::Iban;
-use super::reconcile::{self, ExpectedPayment, Outcome, PaymentStatus};
-use super::rf::CreditorReference;
 use crate::auth::ServiceAuth;
 use crate::billing::settle;
 use crate::error::ApiError;
 use crate::error::ErrorDoc;
 use crate::keys::{rfc3339, valid_user_id};
+use crate::providers::sepa::epc_qr::{self, EpcTransfer, Remittance};
+use crate::providers::sepa::reconcile::{self, ExpectedPayment, Outcome, PaymentStatus};
+use crate::providers::sepa::rf::CreditorReference;
+use crate::providers::sepa::{camt, SepaConfig};
 use crate::state::AppState;
 use crate::store::sepa::{ImportRecord, RecordedEntry};
 use crate::store::{Cause, PayStatus, Payment, Settled, StoreError};
@@ -28,72 +27,11 @@ use std::collections::HashMap;
 use tollgate_protocol::money::{Currency, Money};
 use utoipa::{IntoParams, ToSchema};
 
-/// The receiving account, validated at start-up.
-#[derive(Clone, Debug)]
-pub struct SepaConfig {
-    pub holder: String,
-    pub iban: Iban,
-    pub bic: Option<Bic>,
-    pub expiry_days: u32,
-}
-
-pub const DEFAULT_EXPIRY_DAYS: u32 = 14;
 /// Largest statement accepted (also the camt parser's own cap).
-pub const MAX_STATEMENT_BYTES: usize = super::camt::MAX_INPUT_BYTES;
-
-impl SepaConfig {
-    /// `SEPA_HOLDER`, `SEPA_IBAN`, `SEPA_BIC`, `SEPA_EXPIRY_DAYS`. SEPA is configured when
-    /// `SEPA_IBAN` is set; a bad value is an error naming the variable.
-    pub fn from_env(
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<SepaConfig>, Vec<String>> {
-        let Some(iban_text) = get("SEPA_IBAN") else {
-            return Ok(None);
-        };
-        let mut errors = Vec::new();
-        let iban = Iban::parse(&iban_text)
-            .map_err(|e| errors.push(format!("SEPA_IBAN: {e}")))
-            .ok();
-        let holder = get("SEPA_HOLDER").unwrap_or_default();
-        if holder.trim().is_empty()
-            || holder.chars().count() > 70
-            || holder.chars().any(char::is_control)
-        {
-            errors.push("SEPA_HOLDER: the account holder's name is required with SEPA_IBAN (1-70 characters)".to_string());
-        }
-        let bic = match get("SEPA_BIC") {
-            Some(b) => Bic::parse(&b)
-                .map(Some)
-                .map_err(|e| errors.push(format!("SEPA_BIC: {e}")))
-                .unwrap_or(None),
-            None => None,
-        };
-        let expiry_days = match get("SEPA_EXPIRY_DAYS") {
-            None => DEFAULT_EXPIRY_DAYS,
-            Some(d) => {
-                match d.parse::<u32>() {
-                    Ok(n) if (1..=365).contains(&n) => n,
-                    _ => {
-                        errors.push(format!("SEPA_EXPIRY_DAYS: {d:?} must be a whole number of days between 1 and 365"));
-                        DEFAULT_EXPIRY_DAYS
-                    }
-                }
-            }
-        };
-        match (iban, errors.is_empty()) {
-            (Some(iban), true) => Ok(Some(SepaConfig {
-                holder: holder.trim().to_string(),
-                iban,
-                bic,
-                expiry_days,
-            })),
-            _ => Err(errors),
-        }
-    }
-}
+pub const MAX_STATEMENT_BYTES: usize = camt::MAX_INPUT_BYTES;
 
 fn config(state: &AppState) -> Result<&SepaConfig, ApiError> {
-    state.providers.sepa.as_ref().ok_or_else(|| {
+    state.providers().sepa.as_ref().ok_or_else(|| {
         crate::providers::not_configured("SEPA", "SEPA_HOLDER, SEPA_IBAN and SEPA_BIC")
     })
 }
@@ -163,7 +101,7 @@ fn parse_amount(v: &Value, currency: Currency) -> Result<Money, ApiError> {
         }
     }
     .map_err(|e| ApiError::bad("invalid_amount", e.to_string()))?;
-    if m.minor < super::epc_qr::MIN_AMOUNT_MINOR || m.minor > super::epc_qr::MAX_AMOUNT_MINOR {
+    if m.minor < epc_qr::MIN_AMOUNT_MINOR || m.minor > epc_qr::MAX_AMOUNT_MINOR {
         return Err(ApiError::bad(
             "invalid_amount",
             "a SEPA transfer amount must be between 0.01 and 999999999.99",
@@ -243,8 +181,8 @@ async fn create(
     State(state): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<Json<Created>, ApiError> {
-    if body.len() > state.cfg.max_body_bytes {
-        return Err(ApiError::PayloadTooLarge(state.cfg.max_body_bytes));
+    if body.len() > state.cfg().max_body_bytes {
+        return Err(ApiError::PayloadTooLarge(state.cfg().max_body_bytes));
     }
     let req: CreateRequest = crate::extract::parse_json(&body)?;
     let method = req.method.clone().unwrap_or_else(|| "sepa".to_string());
@@ -271,7 +209,7 @@ async fn create(
             let (plan, cycle) = crate::plans::paid(&state, plan_id, req.cycle.as_deref())?;
             let price = plan
                 .price(cycle)
-                .discounted_bps(state.cfg.sepa_discount_bps)
+                .discounted_bps(state.cfg().sepa_discount_bps)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             if price.currency != Currency::EUR {
                 return Err(ApiError::bad(
@@ -346,7 +284,7 @@ async fn create(
             period_end: None,
         };
         match state
-            .store
+            .store()
             .create_payment(&payment, &Cause::new("api", "POST /billing/create"))
             .await
         {
@@ -374,7 +312,7 @@ async fn create(
 
 async fn pending_payment(state: &AppState, payment_id: &str) -> Result<Payment, ApiError> {
     let p = state
-        .store
+        .store()
         .get_payment(payment_id)
         .await
         .map_err(|e| match e {
@@ -393,7 +331,7 @@ async fn pending_payment(state: &AppState, payment_id: &str) -> Result<Payment, 
     Ok(p)
 }
 
-fn epc_payload(cfg: &SepaConfig, p: &Payment) -> Result<super::epc_qr::EpcPayload, ApiError> {
+fn epc_payload(cfg: &SepaConfig, p: &Payment) -> Result<epc_qr::EpcPayload, ApiError> {
     let reference = p
         .reference
         .as_deref()
@@ -679,11 +617,10 @@ pub async fn import_statement(
     bytes: &[u8],
 ) -> Result<Value, ApiError> {
     let cfg = config(state)?;
-    let doc =
-        super::camt::parse(bytes).map_err(|e| ApiError::bad("invalid_statement", e.to_string()))?;
+    let doc = camt::parse(bytes).map_err(|e| ApiError::bad("invalid_statement", e.to_string()))?;
     let mut payments: HashMap<String, Payment> = HashMap::new();
     for r in reconcile::references_to_look_up(&doc.transactions) {
-        if let Some(p) = state.store.payment_by_reference(r.as_str()).await? {
+        if let Some(p) = state.store().payment_by_reference(r.as_str()).await? {
             payments.insert(r.as_str().to_string(), p);
         }
     }
@@ -700,7 +637,7 @@ pub async fn import_statement(
         .iter()
         .map(|t| t.entry_key.clone())
         .collect();
-    let known = state.store.known_entries(&keys).await?;
+    let known = state.store().known_entries(&keys).await?;
     let lines = reconcile::reconcile(&doc.transactions, Some(&cfg.iban), &expected, &known);
     let import_id = crate::ids::prefixed("imp");
     let now = state.now();
@@ -741,7 +678,7 @@ pub async fn import_statement(
         }
         if line.outcome.records_entry() {
             let recorded = state
-                .store
+                .store()
                 .record_entry(&RecordedEntry {
                     entry_ref: tx.entry_key.clone(),
                     import_id: import_id.clone(),
@@ -781,7 +718,7 @@ pub async fn import_statement(
         "lines": report_lines,
     });
     state
-        .store
+        .store()
         .save_import(&ImportRecord {
             id: import_id,
             file_name: file_name.to_string(),
@@ -857,7 +794,7 @@ async fn get_import(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let rec = state.store.get_import(&id).await.map_err(|e| match e {
+    let rec = state.store().get_import(&id).await.map_err(|e| match e {
         StoreError::NotFound(_) => ApiError::not_found(
             "import_not_found",
             format!("statement import {id:?} not found"),
@@ -901,7 +838,7 @@ async fn list_imports(
     _: ServiceAuth,
     State(state): State<AppState>,
 ) -> Result<Json<Imports>, ApiError> {
-    let list = state.store.list_imports(50).await?;
+    let list = state.store().list_imports(50).await?;
     let imports = list
         .iter()
         .map(|r| {
@@ -937,7 +874,7 @@ async fn get_payment(
     Path(payment_id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
     let p = state
-        .store
+        .store()
         .get_payment(&payment_id)
         .await
         .map_err(|e| match e {

@@ -72,7 +72,7 @@ pub async fn begin(
 ) -> Result<Begin, ApiError> {
     let now = state.now();
     let claim = state
-        .store
+        .store()
         .claim_event(
             provider,
             event_id,
@@ -107,7 +107,7 @@ impl Lease {
     /// Records the outcome: the event is done for good.
     pub async fn finish(self, state: &AppState, outcome: &str) {
         match state
-            .store
+            .store()
             .finish_event(self.provider, &self.event_id, &self.token, outcome)
             .await
         {
@@ -126,7 +126,7 @@ impl Lease {
     /// Gives the event up so the provider's next delivery applies it.
     pub async fn release(self, state: &AppState) {
         if let Err(e) = state
-            .store
+            .store()
             .release_event(self.provider, &self.event_id, &self.token)
             .await
         {
@@ -148,7 +148,7 @@ pub fn busy() -> ApiError {
 /// The end-to-end tests' failpoint (see the module doc): never returns when armed.
 #[cfg(feature = "test-clock")]
 async fn hang_after_claim_for_tests(state: &AppState, provider: &str, event_id: &str) {
-    if state.test_clock.is_none()
+    if state.test_clock().is_none()
         || std::env::var("TOLLGATE_TEST_HANG_AFTER_CLAIM").as_deref() != Ok("1")
     {
         return;

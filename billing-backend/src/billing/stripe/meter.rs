@@ -13,10 +13,12 @@
 //! The drift report compares, per key and day, what the gateways metered with what Stripe
 //! acknowledged.
 
-use super::{configured, Failure, Stripe};
+use super::{configured, Failure};
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::keys::valid_user_id;
+use crate::providers::stripe::client::StripeError;
+use crate::providers::stripe::Stripe;
 use crate::state::AppState;
 use axum::extract::{Query, State};
 use axum::Json;
@@ -65,7 +67,7 @@ pub async fn export(
     let today = day_index(now);
     let since = format_day(today - MAX_AGE_DAYS);
     let mut report = ExportReport::default();
-    for line in state.store.stripe_usage_lines(&since, user_id).await? {
+    for line in state.store().stripe_usage_lines(&since, user_id).await? {
         if line.metered <= line.recorded {
             continue;
         }
@@ -79,14 +81,14 @@ pub async fn export(
             created_at: now,
             sent_at: None,
         };
-        if state.store.stripe_add_export(&e).await? {
+        if state.store().stripe_add_export(&e).await? {
             report.recorded += 1;
         }
     }
-    for e in state.store.stripe_exports(Some("pending"), 1000).await? {
+    for e in state.store().stripe_exports(Some("pending"), 1000).await? {
         let Some(day) = parse_day(&e.period) else {
             state
-                .store
+                .store()
                 .stripe_mark_export(&e.identifier, "rejected", None)
                 .await?;
             report.rejected += 1;
@@ -96,7 +98,7 @@ pub async fn export(
         let timestamp = now.min((day + 1) * SECONDS_PER_DAY - 1);
         if timestamp < now - MAX_AGE_DAYS * SECONDS_PER_DAY {
             state
-                .store
+                .store()
                 .stripe_mark_export(&e.identifier, "too_old", None)
                 .await?;
             report.too_old += 1;
@@ -115,20 +117,20 @@ pub async fn export(
         match sent {
             Ok(_) => {
                 state
-                    .store
+                    .store()
                     .stripe_mark_export(&e.identifier, "sent", Some(state.now()))
                     .await?;
                 report.sent += 1;
                 report.units_sent += e.value;
             }
-            Err(err) if err.is_transient() || err == super::client::StripeError::Idempotency => {
+            Err(err) if err.is_transient() || err == StripeError::Idempotency => {
                 tracing::warn!(identifier = %e.identifier, error = %err, "meter event not sent; will retry with the same identifier");
                 report.pending += 1;
             }
             Err(err) => {
                 tracing::error!(identifier = %e.identifier, error = %err, "Stripe rejected a meter event; it shows in the drift report");
                 state
-                    .store
+                    .store()
                     .stripe_mark_export(&e.identifier, "rejected", None)
                     .await?;
                 report.rejected += 1;
@@ -288,7 +290,7 @@ pub async fn drift_report(
     }
     let since = format_day(day_index(state.now()) - i64::from(days) + 1);
     let lines = state
-        .store
+        .store()
         .stripe_usage_lines(&since, q.user_id.as_deref())
         .await?;
     let (mut metered, mut sent, mut recorded) = (0i64, 0i64, 0i64);

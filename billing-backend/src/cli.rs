@@ -269,25 +269,33 @@ fn unreachable_serve() -> Result<(), String> {
     Err("serve is handled by main".to_string())
 }
 
-/// Waits for SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that completes at the
+/// first of them. Installing before the process says it listens matters: until a handler is in
+/// place a signal's default action ends the process at once, without the drain.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        async fn recv(s: Option<Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            tokio::select! {
+                _ = recv(term) => {}
+                _ = recv(int) => {}
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -320,11 +328,16 @@ pub async fn serve(cfg: BackendConfig, config: Option<std::path::PathBuf>) -> Re
         Some(p) => println!("tollgate: service token in {}", p.display()),
         None => println!("tollgate: service token from TOLLGATE_SERVICE_TOKEN"),
     }
+    // Signal handlers before the "listening" line: a supervisor (or a test) may signal as soon
+    // as it reads it.
+    let shutdown = shutdown_signal();
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let scheme = if cert.is_some() { "https" } else { "http" };
     println!("tollgate: backend listening on {scheme}://{addr}");
     tracing::info!(%addr, storage = backend.state().store().kind(), "backend started");
     #[cfg(unix)]
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    if let Ok(mut hup) = hup {
         let backend = backend.clone();
         let cert = cert.clone();
         tokio::spawn(async move {
@@ -350,14 +363,14 @@ pub async fn serve(cfg: BackendConfig, config: Option<std::path::PathBuf>) -> Re
     let served = match cert {
         None => {
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(shutdown)
                 .await
         }
         Some(cert) => {
             let listener = crate::tls::TlsListener::new(listener, cert)
                 .map_err(|e| format!("backend.listen {addr}: {e}"))?;
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(shutdown)
                 .await
         }
     };

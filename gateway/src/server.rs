@@ -520,6 +520,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         .as_ref()
         .map(|t| Arc::new(crate::tls::ListenerCert::new(t.config.clone())));
     let scheme = if cert.is_some() { "https" } else { "http" };
+    // Signal handlers before the "listening" line: a supervisor (or a test) may signal as soon
+    // as it reads it, and until a handler is in place the default action ends the process at
+    // once, without the drain.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     println!("tollgate: gateway listening on {scheme}://{addr}");
     println!("tollgate: metrics listening on http://{maddr}");
     #[cfg(feature = "embedded")]
@@ -593,9 +599,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             }
         });
     }
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
 
     let builder = Arc::new(server_builder(&limits));
     // The metrics listener's connections; the main listener's are in `conns`.

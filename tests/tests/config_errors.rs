@@ -450,3 +450,49 @@ fn a_valid_configuration_with_environment_strings_starts() {
     let st = gw.terminate();
     assert!(st.success(), "{st:?}: {}", gw.output());
 }
+
+/// A signal sent the moment a binary says it listens is handled, not fatal: the handlers are in
+/// place before the "listening" line, so SIGHUP reloads and SIGTERM drains and exits 0 (until a
+/// handler is installed, either signal's default action ends the process at once). A race, so
+/// several rounds per binary.
+#[test]
+fn signals_sent_as_soon_as_the_listening_line_appears_are_handled() {
+    for round in 0..5 {
+        let dir = TempDir::new("cfg-signal");
+        let data = dir.path().join("data");
+        let gw_config = dir.write(
+            "gateway.toml",
+            &format!(
+                "[gateway]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
+                data.join("gw").display()
+            ),
+        );
+        let be_config = dir.write(
+            "backend.toml",
+            &format!(
+                "[backend]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
+                data.join("be").display()
+            ),
+        );
+        let (gw_path, be_path) = (
+            gw_config.display().to_string(),
+            be_config.display().to_string(),
+        );
+        let starts: [(&str, Vec<&str>, &str); 2] = [
+            (GATEWAY, vec!["--config", &gw_path], "gateway"),
+            (BACKEND, vec!["--config", &be_path, "serve"], "backend"),
+        ];
+        for (bin, args, what) in starts {
+            let mut p = tollgate_e2e::Proc::start(bin, &args, &[]);
+            let _ = p.url(what);
+            if round % 2 == 1 {
+                let sent = Command::new("kill")
+                    .args(["-HUP", &p.pid().to_string()])
+                    .status();
+                assert!(sent.is_ok_and(|s| s.success()), "{bin}: kill -HUP");
+            }
+            let st = p.terminate();
+            assert!(st.success(), "{bin} round {round}: {st:?}: {}", p.output());
+        }
+    }
+}

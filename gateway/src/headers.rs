@@ -7,10 +7,7 @@
 //! the same headers. Nothing here allocates on a request that needs no change.
 
 use crate::body::Body;
-use crate::config::KeySource;
-use crate::keys::KeyEntry;
 use crate::metrics::Outcome;
-use crate::quota::Usage;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use tollgate_protocol::error::ErrorBody;
@@ -220,6 +217,14 @@ pub fn idempotent(method: &[u8]) -> bool {
     )
 }
 
+/// Which request headers may carry the key (a route's `key_source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    ApiKeyHeader,
+    Bearer,
+    Either,
+}
+
 /// Which header the key came from (so exactly that one is removed before forwarding).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum KeyHeader {
@@ -298,26 +303,35 @@ pub fn is_gateway_header(name: &[u8], legacy: bool) -> bool {
                 || ours(b"x-ratelimit-reset")))
 }
 
+/// What the `RateLimit` headers of one keyed response say: the key's tier's precomputed
+/// values and the state of its minute window.
+pub struct RateLimit<'a> {
+    /// `RateLimit-Policy`.
+    pub policy: &'a HeaderValue,
+    /// The per-minute limit as text (legacy `X-RateLimit-Limit`).
+    pub minute_limit: &'a HeaderValue,
+    /// Units still available in the trailing minute.
+    pub remaining: u64,
+    /// Seconds until units in the minute window start to free up.
+    pub reset_secs: u64,
+}
+
 /// Adds `RateLimit-Policy`, `RateLimit` (and the legacy trio when enabled).
 pub fn rate_limit_headers<S: HeaderSink + ?Sized>(
     headers: &mut S,
-    entry: &KeyEntry,
-    usage: &Usage,
+    rl: &RateLimit<'_>,
     legacy: bool,
     now_secs: i64,
 ) {
-    headers.value(&RATELIMIT_POLICY, &entry.tier.policy);
+    headers.value(&RATELIMIT_POLICY, rl.policy);
     let mut buf = itoa_buf();
-    let text = render_ratelimit(&mut buf, usage.minute_remaining, usage.minute_reset_secs);
+    let text = render_ratelimit(&mut buf, rl.remaining, rl.reset_secs);
     headers.text(&RATELIMIT, text);
     if legacy {
-        headers.value(&X_RL_LIMIT, &entry.tier.minute_limit);
+        headers.value(&X_RL_LIMIT, rl.minute_limit);
         let mut buf = itoa_buf();
-        headers.text(
-            &X_RL_REMAINING,
-            render_int(&mut buf, usage.minute_remaining),
-        );
-        let reset = now_secs.saturating_add(i64::try_from(usage.minute_reset_secs).unwrap_or(0));
+        headers.text(&X_RL_REMAINING, render_int(&mut buf, rl.remaining));
+        let reset = now_secs.saturating_add(i64::try_from(rl.reset_secs).unwrap_or(0));
         let mut buf = itoa_buf();
         headers.text(
             &X_RL_RESET,

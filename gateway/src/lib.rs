@@ -33,6 +33,19 @@
 //! - [`help`]: the settings reference `--help` prints.
 //! - [`body`]: the one body type used end to end.
 //!
+//! # Layers
+//! A module imports only from modules listed before it here (no import cycles):
+//! 1. shared pieces: [`body`], [`path`], [`metrics`], [`background`], [`help`], then
+//!    [`headers`] → [`forwarded`] → [`config`] → [`limits`] → [`tls`];
+//! 2. state: [`keys`], [`quota`], [`health`], [`backend`], [`usage`], [`feed`], [`conns`],
+//!    [`routes`];
+//! 3. [`phases`];
+//! 4. what serves a request: [`validate`], then the transports [`h1`] and [`proxy`];
+//! 5. [`server`] and the embedded backend (and `main`).
+//!
+//! What a lower module needs from a higher one comes in as a parameter or a generic (the
+//! phases call a transport through `phases::Exchange`; the quota saver is handed the store).
+//!
 //! A request: the fast lane ([`h1::serve`]: parse in place → phases above → pooled upstream
 //! connection → response copied back with `RateLimit` headers), or, for what the lane does not
 //! take, hyper (HTTP/1.0, HTTP/1.1, h2) → [`phases::Gateway::handle`] → own paths (`/health`,

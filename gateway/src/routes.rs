@@ -9,11 +9,12 @@
 //! route's TLS configuration (see [`crate::tls`]), and is never on the fast lane: the lane
 //! speaks plain TCP to upstreams.
 
-use crate::backend::HttpClient;
-use crate::config::{Auth, KeySource, RouteConfig, Upstream};
+use crate::config::{Auth, RouteConfig, Upstream};
 use crate::h1::Pool;
+use crate::headers::KeySource;
 use crate::limits::UpstreamLimits;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::tls::HttpClient;
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

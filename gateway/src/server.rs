@@ -14,7 +14,7 @@
 //! bounded by `client_header_timeout` and counts against `max_connections` as an idle
 //! connection from the start; it is then served by hyper, never the fast lane (plain TCP).
 
-use crate::backend::{BackendLink, HttpClient, Management, RemoteBackend};
+use crate::backend::{BackendLink, Management, RemoteBackend};
 use crate::body::Body;
 use crate::config::RedisFailure;
 use crate::config::{BackendMode, Config, RouteConfig};
@@ -30,6 +30,7 @@ use crate::phases::{Gateway, OwnMetrics};
 use crate::quota::redis::RedisQuota;
 use crate::quota::{local::LocalQuota, persist, Clock, Fleet, OnRedisFailure, Quota, SystemClock};
 use crate::routes::RouteTable;
+use crate::tls::HttpClient;
 use crate::usage::{Journal, Shipper, UsageCounter};
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
@@ -550,6 +551,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     let feed_task = tokio::spawn(feed.run(stop_rx.clone()));
     let quota_task = tokio::spawn(persist::run(
         gw.clone(),
+        |gw: &Gateway| &gw.quota,
         quota_state,
         g.usage_flush,
         stop_rx.clone(),

@@ -5,8 +5,7 @@
 //! daily_limit, remaining, rate_limit}` or 200 `{valid:false, code, error, retry_after?, reset_at?}`.
 
 use crate::body::Body;
-use crate::config::KeySource;
-use crate::headers::{error_response, extract_key, json_response};
+use crate::headers::{error_response, extract_key, json_response, KeySource};
 use crate::metrics::Outcome;
 use crate::phases::{Gateway, Refusal};
 use crate::quota::Exceeded;

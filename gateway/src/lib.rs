@@ -10,7 +10,9 @@
 //!   record usage and metrics; both transports below run it.
 //! - [`h1`]: the HTTP/1.1 fast lane: every main-listener connection starts here; ordinary
 //!   keep-alive requests on HTTP routes run the phases between two sockets, anything else is
-//!   handed (with the bytes read) to hyper and [`phases::Gateway::handle`].
+//!   handed (with the bytes read) to hyper and [`phases::Gateway::handle`]. Its idle upstream
+//!   connections are kept per upstream address in [`h1::Pools`] (the server's, not the route
+//!   table's), so they survive a reload.
 //! - [`proxy`]: the hyper transport: own paths, management, and the phases with hyper's client.
 //! - [`headers`]: the headers both transports read and write alike (key, identity, hop-by-hop,
 //!   `RateLimit`, the JSON error answer).

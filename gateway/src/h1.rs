@@ -769,11 +769,10 @@ fn render(out: &mut Vec<u8>, resp: Response<Body>, close: bool, head_only: bool)
         _ => bytes::Bytes::new(),
     };
     put_date(out);
-    let mut n = [0u8; 64];
     put_header(
         out,
         b"content-length",
-        headers::render_int(&mut n, u64::try_from(bytes.len()).unwrap_or(u64::MAX)),
+        itoa::Buffer::new().format(bytes.len()).as_bytes(),
     );
     if close {
         put_header(out, b"connection", b"close");

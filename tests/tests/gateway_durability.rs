@@ -1,7 +1,8 @@
 //! Usage is never lost: graceful shutdown ships exactly what was admitted, a backend outage
 //! loses nothing (remote mode, `tollgate-backend serve` killed and restarted), a restarted
 //! gateway serves known keys from its snapshot while the backend is down, and a SIGKILL loses
-//! at most one flush interval. Also: SIGHUP reload, and a bad reload keeps the old routes.
+//! at most one flush interval. Also: SIGHUP reload, a bad reload keeps the old routes, and a
+//! reload keeps the fast lane's idle connections to upstreams it still names.
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -306,4 +307,83 @@ async fn sighup_reloads_routes_and_a_bad_file_keeps_the_old_ones() {
     assert_eq!(get("/b/x").await, 200, "the old configuration stays");
     assert_eq!(get("/c/x").await, 404);
     let _ = start_gateway; // (the same config file restarts a gateway, see Gateway::restart)
+}
+
+/// The fast lane's idle upstream connections belong to the lane, not to the route table: a
+/// reload that still names an upstream keeps its idle connections, and requests on the new
+/// table (on the old route and on a new one to the same upstream) reuse them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_idle_upstream_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An upstream that counts the connections it accepts and answers every head with "ok".
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = format!("http://{}", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+
+    let gw = Gateway::embedded(&route("/a", &up, "auth = \"none\""));
+    // One client and so one keep-alive connection: each request is on the lane after the
+    // previous one gave its upstream connection back.
+    let http = client();
+    let get = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("{}{path}", gw.url));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(get("/a/x").await, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
+
+    let text = std::fs::read_to_string(&gw.config).expect("config");
+    let with_b = format!("{text}\n{}", route("/b", &up, "auth = \"none\""));
+    std::fs::write(&gw.config, &with_b).expect("write");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gw.proc.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    eventually(Duration::from_secs(5), "new route after SIGHUP", || async {
+        (get("/b/x").await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get("/a/x").await, 200);
+    assert_eq!(get("/b/x").await, 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the reload kept the idle upstream connection"
+    );
 }

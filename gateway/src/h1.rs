@@ -90,10 +90,10 @@ impl Deadline {
     }
 }
 
-/// The lane's idle upstream connections: one [`Pool`] per upstream address (shared by every
+/// The lane's idle upstream connections: one `Pool` per upstream address (shared by every
 /// route that names it), for the addresses of the route table in force.
 ///
-/// Each lane connection keeps the set it last saw ([`ConnPools`]) and finds a request's pool by
+/// Each lane connection keeps the set it last saw (`ConnPools`) and finds a request's pool by
 /// the target's index in its table ([`Target::addr`]): no hashing, no atomic operation, no
 /// allocation per request. The only lock is the pool's own, held for a `pop` or a `push`, never
 /// across I/O.

@@ -43,7 +43,7 @@
 //!    [`routes`];
 //! 3. [`phases`];
 //! 4. what serves a request: [`validate`], then the transports [`h1`] and [`proxy`];
-//! 5. [`server`] and the embedded backend (and `main`).
+//! 5. the embedded backend (`embedded`), then [`server`] (and `main`).
 //!
 //! What a lower module needs from a higher one comes in as a parameter or a generic (the
 //! phases call a transport through `phases::Exchange`; the quota saver is handed the store).

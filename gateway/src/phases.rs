@@ -1,5 +1,5 @@
 //! The request phases, written once and run by both transports (the fast lane, `h1`, and
-//! hyper, `proxy`; both sit above this module and reach it through [`Exchange`]), in this
+//! hyper, `proxy`; both sit above this module and reach it through `Exchange`), in this
 //! order:
 //!
 //! 1. the key, from `X-API-Key` or `Authorization: Bearer` as the route allows

@@ -349,18 +349,16 @@ async fn a_reload_keeps_idle_upstream_connections() {
     });
 
     let gw = Gateway::embedded(&route("/a", &up, "auth = \"none\""));
-    // One client and so one keep-alive connection: each request is on the lane after the
-    // previous one gave its upstream connection back.
-    let http = client();
+    // One client connection, one request at a time: the lane serves each after the previous
+    // one gave its upstream connection back.
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let conn = Arc::new(tokio::sync::Mutex::new(conn));
     let get = |path: &'static str| {
-        let (http, url) = (http.clone(), format!("{}{path}", gw.url));
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
+        let conn = conn.clone();
+        async move { keep_alive_get(&mut *conn.lock().await, path).await }
     };
     for _ in 0..3 {
         assert_eq!(get("/a/x").await, 200);
@@ -386,4 +384,31 @@ async fn a_reload_keeps_idle_upstream_connections() {
         1,
         "the reload kept the idle upstream connection"
     );
+}
+
+/// `GET path` on an open keep-alive connection; the status once the whole answer is in (0 when
+/// the connection ends first).
+async fn keep_alive_get(c: &mut tokio::net::TcpStream, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n");
+    c.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match c.read(&mut chunk).await {
+            Ok(0) | Err(_) => return 0,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }

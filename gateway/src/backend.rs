@@ -6,20 +6,17 @@
 
 use crate::body::Body;
 use crate::headers::strip_hop_headers;
+use crate::tls::HttpClient;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tollgate_protocol::feed::{FeedPage, UsageAck, FEED_PATH, USAGE_PATH};
 use tollgate_protocol::usage_codec::{self, Media};
-
-/// Every outgoing HTTP(S) client of the gateway: upstreams, the backend link.
-pub type HttpClient = Client<crate::tls::Connector, Body>;
 
 #[async_trait]
 pub trait BackendLink: Send + Sync {

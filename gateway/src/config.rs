@@ -98,13 +98,9 @@ pub enum Auth {
     None,
 }
 
-/// Which request headers may carry the key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeySource {
-    ApiKeyHeader,
-    Bearer,
-    Either,
-}
+/// Which request headers may carry the key: a header concept, defined with the header helpers
+/// that read it.
+pub use crate::headers::KeySource;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Upstream {
@@ -678,7 +674,7 @@ pub fn from_config(document: Document) -> Result<Config, Vec<String>> {
     let routes = routes(&document, &gateway, &catalogue, &mut errors);
     #[cfg(feature = "embedded")]
     if matches!(backend, BackendMode::Embedded) {
-        if let Err(es) = crate::embedded::backend_config(&document, &gateway.data_dir) {
+        if let Err(es) = backend_config(&document, &gateway.data_dir) {
             errors.extend(es);
         }
     }
@@ -694,6 +690,23 @@ pub fn from_config(document: Document) -> Result<Config, Vec<String>> {
     } else {
         Err(errors)
     }
+}
+
+/// Embedded mode: the backend's configuration from the gateway's document. `[backend]
+/// data_dir` defaults to the gateway's. [`from_config`] calls this too, so a bad `[backend]`
+/// setting stops start-up before anything is created.
+#[cfg(feature = "embedded")]
+pub fn backend_config(
+    doc: &Document,
+    data_dir: &Path,
+) -> Result<tollgate_backend::BackendConfig, Vec<String>> {
+    let mut doc = doc.clone();
+    doc.set_default(
+        "backend",
+        "data_dir",
+        toml::Value::String(data_dir.display().to_string()),
+    );
+    tollgate_backend::Backend::load_config(&doc)
 }
 
 /// Reads and parses the file at `path` (SIGHUP reload).

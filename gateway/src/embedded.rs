@@ -4,26 +4,14 @@
 //! the backend's router as a tower service.
 
 use crate::backend::BackendLink;
+use crate::config::backend_config;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tollgate_backend::{Backend, BackendConfig};
+use tollgate_backend::Backend;
 use tollgate_protocol::config::Document;
 use tollgate_protocol::feed::{FeedPage, UsageAck};
-
-/// The backend's configuration from the gateway's document. `[backend] data_dir` defaults to
-/// the gateway's. The gateway's config check calls this too, so a bad `[backend]` setting
-/// stops start-up before anything is created.
-pub fn backend_config(doc: &Document, data_dir: &Path) -> Result<BackendConfig, Vec<String>> {
-    let mut doc = doc.clone();
-    doc.set_default(
-        "backend",
-        "data_dir",
-        toml::Value::String(data_dir.display().to_string()),
-    );
-    Backend::load_config(&doc)
-}
 
 /// Starts the backend from the same document (its database reachable and its `data_dir`
 /// writable first, each failure one line naming the setting).

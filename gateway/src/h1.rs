@@ -18,8 +18,10 @@
 //! the lane exists because hyper's generality costs ~3× nginx's user-space CPU per proxied
 //! request (benches/PROFILE.md).
 //!
-//! Upstream connections are kept per [`crate::routes::Target`] in a [`Pool`]: taken for one
-//! exchange, put back only when the response was framed exactly (nothing past its end) and both
+//! Upstream connections are kept per upstream address in [`Pools`], which the server owns and
+//! hands to every lane connection (the route table only names addresses, so a reload carries
+//! no sockets, and idle connections to an upstream the new table still names stay usable): a
+//! connection is taken for one exchange, put back only when the response was framed exactly (nothing past its end) and both
 //! sides allow keep-alive, and checked again before reuse (see [`quiet`]), so bytes an upstream
 //! sends late can never answer another client's request. A reused connection that fails before
 //! any byte of a response (the upstream closed it while idle) is retried once on a fresh
@@ -36,10 +38,13 @@ use crate::limits::{UpstreamLimits, MAX_HEADERS};
 use crate::metrics::Outcome;
 use crate::phases::{self, Admission, Answered, Exchange, Gateway, Unanswered};
 use crate::phases::{UpstreamError, CLIMBS_OUT};
-use crate::routes::{Route, Target};
+use crate::routes::{Route, RouteTable, Target};
+use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::Response;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -85,14 +90,112 @@ impl Deadline {
     }
 }
 
+/// The lane's idle upstream connections: one `Pool` per upstream address (shared by every
+/// route that names it), for the addresses of the route table in force.
+///
+/// Each lane connection keeps the set it last saw (`ConnPools`) and finds a request's pool by
+/// the target's index in its table ([`Target::addr`]): no hashing, no atomic operation, no
+/// allocation per request. The only lock is the pool's own, held for a `pop` or a `push`, never
+/// across I/O.
+pub struct Pools {
+    current: ArcSwap<PoolSet>,
+    settings: UpstreamLimits,
+}
+
+/// The pools of one route table's addresses.
+struct PoolSet {
+    /// [`RouteTable::id`] of that table.
+    table: u64,
+    /// In the order of [`RouteTable::addrs`].
+    by_index: Box<[Arc<Pool>]>,
+    by_addr: HashMap<Authority, Arc<Pool>>,
+}
+
+impl Pools {
+    pub fn new(settings: UpstreamLimits) -> Pools {
+        Pools {
+            current: ArcSwap::from_pointee(PoolSet {
+                table: 0,
+                by_index: Box::new([]),
+                by_addr: HashMap::new(),
+            }),
+            settings,
+        }
+    }
+
+    /// Keeps a pool for each `http://` address in `table`: the pools of addresses already known
+    /// stay (with their idle connections), others are dropped (their idle connections close
+    /// once no connection holds the old set). Called before `table` goes in force.
+    pub fn sync(&self, table: &RouteTable) {
+        let old = self.current.load();
+        let by_index: Box<[Arc<Pool>]> = table
+            .addrs()
+            .iter()
+            .map(|a| {
+                old.by_addr
+                    .get(a)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Pool::new(self.settings)))
+            })
+            .collect();
+        let by_addr = table.addrs().iter().cloned().zip(by_index.iter().cloned());
+        self.current.store(Arc::new(PoolSet {
+            table: table.id(),
+            by_addr: by_addr.collect(),
+            by_index,
+        }));
+    }
+
+    /// How many addresses have a pool.
+    pub fn len(&self) -> usize {
+        self.current.load().by_index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A lane connection's view of [`Pools`]: the set in force when it last looked, looked up
+/// again only when a request's route comes from another table.
+struct ConnPools<'a> {
+    pools: &'a Pools,
+    set: Arc<PoolSet>,
+}
+
+impl<'a> ConnPools<'a> {
+    fn new(pools: &'a Pools) -> ConnPools<'a> {
+        ConnPools {
+            pools,
+            set: pools.current.load_full(),
+        }
+    }
+
+    /// The pool of `target` of `route`; `None` when its address has none (a request still on
+    /// a table a reload replaced, to an address the new one dropped): that connection is used
+    /// once and closed.
+    fn pool(&mut self, route: &Route, target: &Target) -> Option<&Pool> {
+        if self.set.table != route.table {
+            self.set = self.pools.current.load_full();
+        }
+        let set = &*self.set;
+        let pool = if set.table == route.table {
+            target.addr.and_then(|i| set.by_index.get(i))
+        } else {
+            target.authority.as_ref().and_then(|a| set.by_addr.get(a))
+        };
+        pool.map(|p| &**p)
+    }
+}
+
 /// Idle keep-alive connections to one upstream, most recently used last.
-pub struct Pool {
+struct Pool {
     idle: Mutex<Vec<(TcpStream, Instant)>>,
     settings: UpstreamLimits,
 }
 
 impl Pool {
-    pub fn new(settings: UpstreamLimits) -> Pool {
+    fn new(settings: UpstreamLimits) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
             settings,
@@ -119,23 +222,17 @@ impl Pool {
             idle.push((stream, Instant::now()));
         }
     }
+}
 
-    async fn connect(&self, target: &Target) -> io::Result<TcpStream> {
-        let auth = target
-            .authority
-            .as_ref()
-            .ok_or_else(|| io::Error::other("no upstream address"))?;
-        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
-        let port = auth.port_u16().unwrap_or(80);
-        let s = tokio::time::timeout(
-            self.settings.connect_timeout,
-            TcpStream::connect((host, port)),
-        )
+/// A new connection to `addr`, within `timeout`.
+async fn connect(addr: &Authority, timeout: Duration) -> io::Result<TcpStream> {
+    let host = addr.host().trim_start_matches('[').trim_end_matches(']');
+    let port = addr.port_u16().unwrap_or(80);
+    let s = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        s.set_nodelay(true)?;
-        Ok(s)
-    }
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 /// Whether an idle upstream connection has nothing to read and is not closed. Like nginx's
@@ -449,9 +546,11 @@ struct Buffers {
     out: Vec<u8>,
 }
 
-/// Serves one client connection until it closes, or hands it to hyper.
+/// Serves one client connection until it closes, or hands it to hyper; upstream connections
+/// come from and go back to `pools`.
 pub async fn serve(
     gw: Arc<Gateway>,
+    pools: &Pools,
     mut client: TcpStream,
     mut drain: watch::Receiver<bool>,
     conn: &Conn,
@@ -464,6 +563,7 @@ pub async fn serve(
         out: Vec::new(),
     };
     let (mut idle, mut upstream_deadline) = (Deadline::new(), Deadline::new());
+    let mut pools = ConnPools::new(pools);
     loop {
         if b.input.is_empty() {
             b.input.reserve(READ_CHUNK);
@@ -488,7 +588,7 @@ pub async fn serve(
         };
         let draining = *drain.borrow();
         conn.start();
-        let step = one(&gw, &mut client, &b.input, work, draining, peer).await;
+        let step = one(&gw, &mut pools, &mut client, &b.input, work, draining, peer).await;
         conn.end();
         match step {
             Step::Next(used) => {
@@ -517,6 +617,7 @@ enum Step {
 /// One request from `b.input`.
 async fn one(
     gw: &Gateway,
+    pools: &mut ConnPools<'_>,
     client: &mut TcpStream,
     input: &[u8],
     mut w: Work<'_>,
@@ -590,6 +691,7 @@ async fn one(
     };
     let lane = Lane {
         client: &mut *client,
+        pools,
         w: w.reborrow(),
         req: &request,
         used,
@@ -667,11 +769,10 @@ fn render(out: &mut Vec<u8>, resp: Response<Body>, close: bool, head_only: bool)
         _ => bytes::Bytes::new(),
     };
     put_date(out);
-    let mut n = [0u8; 64];
     put_header(
         out,
         b"content-length",
-        headers::render_int(&mut n, u64::try_from(bytes.len()).unwrap_or(u64::MAX)),
+        itoa::Buffer::new().format(bytes.len()).as_bytes(),
     );
     if close {
         put_header(out, b"connection", b"close");
@@ -777,15 +878,17 @@ fn upstream_request(
 }
 
 /// A request on the lane, with the connection and buffers phase 5 uses.
-struct Lane<'a> {
+struct Lane<'a, 'p> {
     client: &'a mut TcpStream,
+    /// The lane's upstream connections.
+    pools: &'a mut ConnPools<'p>,
     w: Work<'a>,
     req: &'a Request<'a, 'a>,
     /// Bytes of the input the request takes.
     used: usize,
 }
 
-impl<'a> Exchange for Lane<'a> {
+impl<'a, 'p> Exchange for Lane<'a, 'p> {
     type Headers = [httparse::Header<'a>];
     type Output = Step;
 
@@ -805,18 +908,20 @@ impl<'a> Exchange for Lane<'a> {
 
 /// Phase 5: send upstream, copy the answer back with the gateway's headers.
 async fn forward(
-    lane: Lane<'_>,
+    lane: Lane<'_, '_>,
     gw: &Gateway,
     route: &Route,
     key: Option<&mut Admission<'_>>,
 ) -> Result<Answered<Step>, Unanswered> {
     let Lane {
         client,
+        pools,
         w,
         req,
         used,
     } = lane;
     let target = route.pick();
+    let pool = pools.pool(route, target);
     upstream_request(
         w.upstream,
         route,
@@ -832,6 +937,7 @@ async fn forward(
     let exchange = exchange(
         gw,
         target,
+        pool,
         req.method.as_bytes(),
         w.upstream,
         w.reply,
@@ -924,7 +1030,9 @@ async fn forward(
         ok = send(client, w.deadline, idle, w.out).await;
     }
     if ok && reusable {
-        target.pool.put(upstream);
+        if let Some(pool) = pool {
+            pool.put(upstream);
+        }
     }
     let step = if ok && !close {
         Step::Next(used)
@@ -971,6 +1079,7 @@ async fn bounded(
 async fn exchange(
     gw: &Gateway,
     target: &Target,
+    pool: Option<&Pool>,
     method: &[u8],
     request: &[u8],
     reply: &mut Vec<u8>,
@@ -979,12 +1088,12 @@ async fn exchange(
     head_only: bool,
     mut key: Option<&mut Admission<'_>>,
 ) -> Result<(TcpStream, usize, Answer), Failed> {
-    let (mut up, mut reused) = match target.pool.take() {
+    let addr = target.authority.as_ref().ok_or(Failed::Connect)?;
+    let connect_timeout = gw.limits.upstream.connect_timeout;
+    let (mut up, mut reused) = match pool.and_then(Pool::take) {
         Some(s) => (s, true),
         None => (
-            target
-                .pool
-                .connect(target)
+            connect(addr, connect_timeout)
                 .await
                 .map_err(|_| Failed::Connect)?,
             false,
@@ -1030,9 +1139,7 @@ async fn exchange(
         }
         reused = false;
         reply.clear();
-        up = target
-            .pool
-            .connect(target)
+        up = connect(addr, connect_timeout)
             .await
             .map_err(|_| Failed::Connect)?;
     }
@@ -1175,6 +1282,54 @@ fn head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_are_per_address_and_outlive_reloads() {
+        let metrics = crate::metrics::Metrics::new();
+        let table = |upstreams: &str| {
+            let text = format!("[[routes]]\nprefix = \"/a\"\nupstreams = [{upstreams}]\n");
+            let cfg = crate::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+            let limits = UpstreamLimits::default();
+            RouteTable::build(&cfg.routes, &metrics, Duration::from_secs(5), limits)
+        };
+        let route = |t: &RouteTable| {
+            t.find(None, "/a")
+                .cloned()
+                .unwrap_or_else(|| panic!("route"))
+        };
+        let pools = Pools::new(UpstreamLimits::default());
+        let first = table(r#""http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:1""#);
+        pools.sync(&first);
+        assert_eq!(pools.len(), 2);
+        let mut conn = ConnPools::new(&pools);
+        let old = route(&first);
+        let one = conn.pool(&old, &old.targets[0]).map(|p| p as *const Pool);
+        assert!(one.is_some());
+        // One pool per address, whichever target names it.
+        assert_eq!(
+            conn.pool(&old, &old.targets[2]).map(|p| p as *const Pool),
+            one
+        );
+
+        // A reload keeps the pool of an address still named and drops the others.
+        let second = table(r#""http://127.0.0.1:3", "http://127.0.0.1:1""#);
+        pools.sync(&second);
+        let new = route(&second);
+        assert_eq!(
+            conn.pool(&new, &new.targets[1]).map(|p| p as *const Pool),
+            one
+        );
+        assert_ne!(
+            conn.pool(&new, &new.targets[0]).map(|p| p as *const Pool),
+            one
+        );
+        // A request still on the old table finds its address's pool by address, or none.
+        assert_eq!(
+            conn.pool(&old, &old.targets[0]).map(|p| p as *const Pool),
+            one
+        );
+        assert!(conn.pool(&old, &old.targets[1]).is_none());
+    }
 
     fn whole(input: &[u8]) -> Result<(usize, bool), ()> {
         let mut c = Chunks::START;

@@ -7,10 +7,7 @@
 //! the same headers. Nothing here allocates on a request that needs no change.
 
 use crate::body::Body;
-use crate::config::KeySource;
-use crate::keys::KeyEntry;
 use crate::metrics::Outcome;
-use crate::quota::Usage;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use tollgate_protocol::error::ErrorBody;
@@ -220,6 +217,14 @@ pub fn idempotent(method: &[u8]) -> bool {
     )
 }
 
+/// Which request headers may carry the key (a route's `key_source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    ApiKeyHeader,
+    Bearer,
+    Either,
+}
+
 /// Which header the key came from (so exactly that one is removed before forwarding).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum KeyHeader {
@@ -298,68 +303,60 @@ pub fn is_gateway_header(name: &[u8], legacy: bool) -> bool {
                 || ours(b"x-ratelimit-reset")))
 }
 
+/// What the `RateLimit` headers of one keyed response say: the key's tier's precomputed
+/// values and the state of its minute window.
+pub struct RateLimit<'a> {
+    /// `RateLimit-Policy`.
+    pub policy: &'a HeaderValue,
+    /// The per-minute limit as text (legacy `X-RateLimit-Limit`).
+    pub minute_limit: &'a HeaderValue,
+    /// Units still available in the trailing minute.
+    pub remaining: u64,
+    /// Seconds until units in the minute window start to free up.
+    pub reset_secs: u64,
+}
+
 /// Adds `RateLimit-Policy`, `RateLimit` (and the legacy trio when enabled).
 pub fn rate_limit_headers<S: HeaderSink + ?Sized>(
     headers: &mut S,
-    entry: &KeyEntry,
-    usage: &Usage,
+    rl: &RateLimit<'_>,
     legacy: bool,
     now_secs: i64,
 ) {
-    headers.value(&RATELIMIT_POLICY, &entry.tier.policy);
-    let mut buf = itoa_buf();
-    let text = render_ratelimit(&mut buf, usage.minute_remaining, usage.minute_reset_secs);
-    headers.text(&RATELIMIT, text);
+    headers.value(&RATELIMIT_POLICY, rl.policy);
+    let mut buf = [0u8; RATELIMIT_LEN];
+    headers.text(
+        &RATELIMIT,
+        render_ratelimit(&mut buf, rl.remaining, rl.reset_secs),
+    );
     if legacy {
-        headers.value(&X_RL_LIMIT, &entry.tier.minute_limit);
-        let mut buf = itoa_buf();
-        headers.text(
-            &X_RL_REMAINING,
-            render_int(&mut buf, usage.minute_remaining),
-        );
-        let reset = now_secs.saturating_add(i64::try_from(usage.minute_reset_secs).unwrap_or(0));
-        let mut buf = itoa_buf();
-        headers.text(
-            &X_RL_RESET,
-            render_int(&mut buf, u64::try_from(reset).unwrap_or(0)),
-        );
+        headers.value(&X_RL_LIMIT, rl.minute_limit);
+        let mut n = itoa::Buffer::new();
+        headers.text(&X_RL_REMAINING, n.format(rl.remaining).as_bytes());
+        let reset = now_secs.saturating_add(i64::try_from(rl.reset_secs).unwrap_or(0));
+        headers.text(&X_RL_RESET, n.format(reset.max(0)).as_bytes());
     }
 }
 
-/// `n` in decimal, written at the end of `buf` (no `fmt` machinery: it was ~300 instructions
-/// of every keyed response).
-pub(crate) fn render_int(buf: &mut [u8; 64], n: u64) -> &[u8] {
-    let start = put_decimal(buf, 64, n);
-    &buf[start..]
-}
+/// Room for the longest `RateLimit` value (both numbers of 20 digits).
+const RATELIMIT_LEN: usize = 64;
 
-/// Writes `n` in decimal so that it ends just before `end`; returns where it starts.
-fn put_decimal(buf: &mut [u8; 64], end: usize, mut n: u64) -> usize {
-    let mut i = end;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
-        n /= 10;
-        if n == 0 {
-            return i;
-        }
+/// `"minute";r=<remaining>;t=<seconds>` rendered into a stack buffer (no `fmt` machinery: it
+/// was ~300 instructions of every keyed response).
+fn render_ratelimit(buf: &mut [u8; RATELIMIT_LEN], remaining: u64, reset: u64) -> &[u8] {
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let parts: [&[u8]; 4] = [
+        b"\"minute\";r=",
+        r.format(remaining).as_bytes(),
+        b";t=",
+        t.format(reset).as_bytes(),
+    ];
+    let mut len = 0;
+    for p in parts {
+        buf[len..len + p.len()].copy_from_slice(p);
+        len += p.len();
     }
-}
-
-fn itoa_buf() -> [u8; 64] {
-    [0u8; 64]
-}
-
-/// `"minute";r=<remaining>;t=<seconds>` rendered into a stack buffer.
-fn render_ratelimit(buf: &mut [u8; 64], remaining: u64, reset: u64) -> &[u8] {
-    const HEAD: &[u8] = b"\"minute\";r=";
-    // Built from the end: `t=<reset>` after `;`, then `<remaining>`, then the head.
-    let t = put_decimal(buf, 64, reset);
-    buf[t - 3..t].copy_from_slice(b";t=");
-    let r = put_decimal(buf, t - 3, remaining);
-    let start = r - HEAD.len();
-    buf[start..r].copy_from_slice(HEAD);
-    &buf[start..]
+    &buf[..len]
 }
 
 #[cfg(test)]
@@ -416,16 +413,17 @@ mod tests {
 
     #[test]
     fn ratelimit_text() {
-        let mut buf = itoa_buf();
+        let mut buf = [0u8; RATELIMIT_LEN];
         assert_eq!(render_ratelimit(&mut buf, 7, 45), b"\"minute\";r=7;t=45");
-        let mut buf = itoa_buf();
+        let mut buf = [0u8; RATELIMIT_LEN];
         assert_eq!(
             render_ratelimit(&mut buf, u64::MAX, 0),
             b"\"minute\";r=18446744073709551615;t=0"
         );
-        let mut buf = itoa_buf();
-        assert_eq!(render_int(&mut buf, 0u64), b"0");
-        let mut buf = itoa_buf();
-        assert_eq!(render_int(&mut buf, 1_234_567), b"1234567");
+        let mut buf = [0u8; RATELIMIT_LEN];
+        assert_eq!(
+            render_ratelimit(&mut buf, u64::MAX, u64::MAX),
+            b"\"minute\";r=18446744073709551615;t=18446744073709551615"
+        );
     }
 }

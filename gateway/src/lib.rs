@@ -10,7 +10,9 @@
 //!   record usage and metrics; both transports below run it.
 //! - [`h1`]: the HTTP/1.1 fast lane: every main-listener connection starts here; ordinary
 //!   keep-alive requests on HTTP routes run the phases between two sockets, anything else is
-//!   handed (with the bytes read) to hyper and [`phases::Gateway::handle`].
+//!   handed (with the bytes read) to hyper and [`phases::Gateway::handle`]. Its idle upstream
+//!   connections are kept per upstream address in [`h1::Pools`] (the server's, not the route
+//!   table's), so they survive a reload.
 //! - [`proxy`]: the hyper transport: own paths, management, and the phases with hyper's client.
 //! - [`headers`]: the headers both transports read and write alike (key, identity, hop-by-hop,
 //!   `RateLimit`, the JSON error answer).
@@ -32,6 +34,19 @@
 //! - [`metrics`], [`health`]: Prometheus text and what `/ready` reports.
 //! - [`help`]: the settings reference `--help` prints.
 //! - [`body`]: the one body type used end to end.
+//!
+//! # Layers
+//! A module imports only from modules listed before it here (no import cycles):
+//! 1. shared pieces: [`body`], [`path`], [`metrics`], [`background`], [`help`], then
+//!    [`headers`] → [`forwarded`] → [`config`] → [`limits`] → [`tls`];
+//! 2. state: [`keys`], [`quota`], [`health`], [`backend`], [`usage`], [`feed`], [`conns`],
+//!    [`routes`];
+//! 3. [`phases`];
+//! 4. what serves a request: [`validate`], then the transports [`h1`] and [`proxy`];
+//! 5. the embedded backend (`embedded`), then [`server`] (and `main`).
+//!
+//! What a lower module needs from a higher one comes in as a parameter or a generic (the
+//! phases call a transport through `phases::Exchange`; the quota saver is handed the store).
 //!
 //! A request: the fast lane ([`h1::serve`]: parse in place → phases above → pooled upstream
 //! connection → response copied back with `RateLimit` headers), or, for what the lane does not

@@ -1,6 +1,6 @@
-//! The limits both transports apply, built once from `[gateway]` at start: the fast lane
-//! ([`crate::h1`]) and hyper ([`crate::proxy`], set up in [`crate::server`]) read the same
-//! values, so a request meets the same limits whichever path serves it.
+//! The limits both transports apply, built once from `[gateway]` at start: the fast lane and
+//! hyper (both above this module) read the same values, so a request meets the same limits
+//! whichever path serves it.
 
 use crate::config::GatewaySettings;
 use std::time::Duration;

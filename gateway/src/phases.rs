@@ -1,5 +1,6 @@
-//! The request phases, written once and run by both transports (the fast lane, [`crate::h1`],
-//! and hyper, [`crate::proxy`]), in this order:
+//! The request phases, written once and run by both transports (the fast lane, `h1`, and
+//! hyper, `proxy`; both sit above this module and reach it through `Exchange`), in this
+//! order:
 //!
 //! 1. the key, from `X-API-Key` or `Authorization: Bearer` as the route allows
 //!    ([`crate::headers::extract_key`]);
@@ -23,11 +24,11 @@
 //! one replica shard (read lock), one quota shard and one usage shard (short mutexes), and
 //! relaxed atomics for metrics. Header values are precomputed per key and per tier.
 
-use crate::backend::{HttpClient, Management};
+use crate::backend::Management;
 use crate::body::{Body, ClientFault};
 use crate::config::MANAGEMENT_PREFIXES;
 use crate::headers::{error_response, extract_key, parse_length, rate_limit_headers};
-use crate::headers::{HeaderSink, Headers, KeyHeader, RATELIMIT_POLICY};
+use crate::headers::{HeaderSink, Headers, KeyHeader, RateLimit, RATELIMIT_POLICY};
 use crate::health::Health;
 use crate::keys::{Found, KeyEntry, Replica};
 use crate::limits::Limits;
@@ -35,6 +36,7 @@ use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::quota::Clock;
 use crate::quota::{Decision, Exceeded, Quota, Reservation, Usage};
 use crate::routes::{Route, RouteTable};
+use crate::tls::HttpClient;
 use crate::usage::UsageCounter;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -220,8 +222,7 @@ impl Admission<'_> {
     fn rate_limit_headers<S: HeaderSink + ?Sized>(&self, headers: &mut S) {
         rate_limit_headers(
             headers,
-            &self.entry,
-            &self.usage,
+            &rate_limit(&self.entry, &self.usage),
             self.gw.legacy_headers,
             self.reservation.at_ms.div_euclid(1000),
         );
@@ -518,8 +519,7 @@ impl Gateway {
         let now_secs = self.clock.now_ms().div_euclid(1000);
         rate_limit_headers(
             resp.headers_mut(),
-            entry,
-            &usage,
+            &rate_limit(entry, &usage),
             self.legacy_headers,
             now_secs,
         );
@@ -527,6 +527,16 @@ impl Gateway {
             .insert(header::RETRY_AFTER, HeaderValue::from(l.retry_after_secs));
         self.record(route, outcome, outcome.status(), start, Duration::ZERO);
         resp
+    }
+}
+
+/// What a key's `RateLimit` headers show: its tier's precomputed values and its usage.
+fn rate_limit<'a>(entry: &'a KeyEntry, usage: &Usage) -> RateLimit<'a> {
+    RateLimit {
+        policy: &entry.tier.policy,
+        minute_limit: &entry.tier.minute_limit,
+        remaining: usage.minute_remaining,
+        reset_secs: usage.minute_reset_secs,
     }
 }
 

@@ -7,13 +7,14 @@
 //!
 //! A route with an `https://` upstream gets its own pooled client ([`Route::client`]) with the
 //! route's TLS configuration (see [`crate::tls`]), and is never on the fast lane: the lane
-//! speaks plain TCP to upstreams.
+//! speaks plain TCP to upstreams. The lane's idle connections are not here: the lane keeps them
+//! per upstream address, so a reloaded table carries no sockets.
 
-use crate::backend::HttpClient;
-use crate::config::{Auth, KeySource, RouteConfig, Upstream};
-use crate::h1::Pool;
+use crate::config::{Auth, RouteConfig, Upstream};
+use crate::headers::KeySource;
 use crate::limits::UpstreamLimits;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::tls::HttpClient;
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,8 +29,9 @@ pub struct Target {
     pub host: Option<HeaderValue>,
     /// Milliseconds since `epoch` until which this upstream is skipped.
     down_until: AtomicU64,
-    /// Idle keep-alive connections to this upstream (the fast lane's).
-    pub pool: Pool,
+    /// For an `http://` upstream, where its address is in [`RouteTable::addrs`] (so the fast
+    /// lane finds its connections by index, not by hashing the address per request).
+    pub addr: Option<usize>,
 }
 
 pub struct Route {
@@ -44,6 +46,8 @@ pub struct Route {
     pub depth: usize,
     next: AtomicUsize,
     pub metrics: Arc<RouteMetrics>,
+    /// [`RouteTable::id`] of the table this route belongs to.
+    pub table: u64,
     epoch: Instant,
     cooldown: Duration,
 }
@@ -106,16 +110,25 @@ impl Route {
 pub struct RouteTable {
     /// Host routes first, then by prefix length, longest first.
     routes: Vec<Arc<Route>>,
+    /// The distinct `http://` upstream addresses, each once ([`Target::addr`] indexes this).
+    addrs: Vec<Authority>,
+    id: u64,
 }
+
+/// Numbers the tables built by this process, so an index into one table's [`RouteTable::addrs`]
+/// is never read against another's.
+static TABLES: AtomicU64 = AtomicU64::new(1);
 
 impl RouteTable {
     pub fn build(
         cfgs: &[RouteConfig],
         metrics: &Metrics,
         cooldown: Duration,
-        pool: UpstreamLimits,
+        upstream: UpstreamLimits,
     ) -> RouteTable {
         let epoch = Instant::now();
+        let id = TABLES.fetch_add(1, Ordering::Relaxed);
+        let mut addrs: Vec<Authority> = Vec::new();
         let mut routes: Vec<Arc<Route>> = cfgs
             .iter()
             .map(|c| {
@@ -129,20 +142,34 @@ impl RouteTable {
                             Upstream::Echo => (Scheme::HTTP, None),
                         };
                         let host = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+                        let addr = match u {
+                            Upstream::Http { authority } => {
+                                Some(addrs.iter().position(|a| a == authority).unwrap_or_else(
+                                    || {
+                                        addrs.push(authority.clone());
+                                        addrs.len() - 1
+                                    },
+                                ))
+                            }
+                            Upstream::Https { .. } | Upstream::Echo => None,
+                        };
                         Target {
                             kind: u.clone(),
                             scheme,
                             authority: authority.cloned(),
                             host,
                             down_until: AtomicU64::new(0),
-                            pool: Pool::new(pool),
+                            addr,
                         }
                     })
                     .collect::<Box<[Target]>>();
                 let fast = targets
                     .iter()
                     .all(|t| matches!(t.kind, Upstream::Http { .. }));
-                let client = c.tls.clone().map(|tls| crate::tls::client(pool, Some(tls)));
+                let client = c
+                    .tls
+                    .clone()
+                    .map(|tls| crate::tls::client(upstream, Some(tls)));
                 Arc::new(Route {
                     cfg: c.clone(),
                     targets,
@@ -151,13 +178,24 @@ impl RouteTable {
                     depth: crate::path::depth(&c.prefix),
                     next: AtomicUsize::new(0),
                     metrics: metrics.route(&c.name),
+                    table: id,
                     epoch,
                     cooldown,
                 })
             })
             .collect();
         routes.sort_by_key(|r| (r.cfg.host.is_none(), std::cmp::Reverse(r.cfg.prefix.len())));
-        RouteTable { routes }
+        RouteTable { routes, addrs, id }
+    }
+
+    /// This table's number, unique in the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The distinct `http://` upstream addresses of the table.
+    pub fn addrs(&self) -> &[Authority] {
+        &self.addrs
     }
 
     /// The route for a request's host (without port, any case) and path.

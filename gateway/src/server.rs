@@ -14,14 +14,14 @@
 //! bounded by `client_header_timeout` and counts against `max_connections` as an idle
 //! connection from the start; it is then served by hyper, never the fast lane (plain TCP).
 
-use crate::backend::{BackendLink, HttpClient, Management, RemoteBackend};
+use crate::backend::{BackendLink, Management, RemoteBackend};
 use crate::body::Body;
 use crate::config::RedisFailure;
 use crate::config::{BackendMode, Config, RouteConfig};
 use crate::conns::{Conn, Conns};
 use crate::feed::Feed;
 use crate::forwarded::Peer;
-use crate::h1::Exit;
+use crate::h1::{Exit, Pools};
 use crate::health::Health;
 use crate::keys::Replica;
 use crate::limits::Limits;
@@ -30,6 +30,7 @@ use crate::phases::{Gateway, OwnMetrics};
 use crate::quota::redis::RedisQuota;
 use crate::quota::{local::LocalQuota, persist, Clock, Fleet, OnRedisFailure, Quota, SystemClock};
 use crate::routes::RouteTable;
+use crate::tls::HttpClient;
 use crate::usage::{Journal, Shipper, UsageCounter};
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
@@ -318,6 +319,7 @@ fn print_quickstart(
 fn reload(
     path: &Path,
     gw: &Gateway,
+    pools: &Pools,
     metrics: &Metrics,
     g: &crate::config::GatewaySettings,
     embedded: Option<&Embedded>,
@@ -351,6 +353,7 @@ fn reload(
         gw.limits.upstream,
     );
     let n = table.len();
+    pools.sync(&table);
     gw.routes.store(Arc::new(table));
     // The certificate files were read (and checked against each other) by `load`.
     match (cert, &cfg.gateway.tls) {
@@ -484,13 +487,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     // Counts from before a restart, before anything is served (see quota::persist).
     let quota_state = g.data_dir.join(persist::FILE);
     persist::load(quota.in_process(), &quota_state);
+    let routes = RouteTable::build(&cfg.routes, &metrics, g.unhealthy_cooldown, limits.upstream);
+    // The fast lane's upstream connections, per upstream address (kept across reloads).
+    let pools = Arc::new(Pools::new(limits.upstream));
+    pools.sync(&routes);
     let gw = Arc::new(Gateway {
-        routes: ArcSwap::from_pointee(RouteTable::build(
-            &cfg.routes,
-            &metrics,
-            g.unhealthy_cooldown,
-            limits.upstream,
-        )),
+        routes: ArcSwap::from_pointee(routes),
         replica: replica.clone(),
         quota,
         usage,
@@ -556,6 +558,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     let feed_task = tokio::spawn(feed.run(stop_rx.clone()));
     let quota_task = tokio::spawn(persist::run(
         gw.clone(),
+        |gw: &Gateway| &gw.quota,
         quota_state,
         g.usage_flush,
         stop_rx.clone(),
@@ -612,7 +615,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             r = metrics_listener.accept() => (r, true),
             _ = hup.recv() => {
                 match &config_path {
-                    Some(p) => reload(p, &gw, &metrics, &g, embedded.as_ref(), cert.as_deref()),
+                    Some(p) => reload(p, &gw, &pools, &metrics, &g, embedded.as_ref(), cert.as_deref()),
                     None => tracing::warn!("SIGHUP ignored: no config file to re-read"),
                 }
                 continue;
@@ -632,6 +635,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         let gw = gw.clone();
+        let pools = pools.clone();
         if is_metrics {
             let watcher = graceful.watcher();
             let embedded = embedded.clone();
@@ -671,7 +675,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         tokio::spawn(async move {
             let conn = &admitted.conn;
             let result = if fast_lane {
-                match crate::h1::serve(gw.clone(), stream, drain.clone(), conn, &peer).await {
+                match crate::h1::serve(gw.clone(), &pools, stream, drain.clone(), conn, &peer).await
+                {
                     Exit::Closed => return,
                     Exit::Handoff(io) => {
                         serve_hyper(io, &builder, gw, conn, peer, drain, idle, grace).await

@@ -195,11 +195,14 @@ impl tower::Service<Uri> for Connector {
     }
 }
 
+/// Every outgoing HTTP(S) client of the gateway: upstreams, the backend link.
+pub type HttpClient = Client<Connector, Body>;
+
 /// A pooled HTTP/1.1 client: plain TCP for http, TLS with `tls` for https.
 pub fn client(
     settings: crate::limits::UpstreamLimits,
     tls: Option<Arc<ClientConfig>>,
-) -> crate::backend::HttpClient {
+) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(settings.idle_timeout)
         .pool_max_idle_per_host(settings.max_idle)

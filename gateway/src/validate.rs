@@ -1,12 +1,12 @@
-//! `POST /api/marketplace/keys/validate`, answered by the gateway itself (SPEC §11) from the same
+//! `POST /api/marketplace/keys/validate`, answered by the gateway itself (not the backend: it is
+//! part of the original module's HTTP contract and needs no service token) from the same
 //! replica and quota state as proxied requests, counting one unit.
 //!
 //! `{api_key}` in the JSON body (or `X-API-Key`) → 200 `{valid:true, key_id, plan, usage_today,
 //! daily_limit, remaining, rate_limit}` or 200 `{valid:false, code, error, retry_after?, reset_at?}`.
 
 use crate::body::Body;
-use crate::config::KeySource;
-use crate::headers::{error_response, extract_key, json_response};
+use crate::headers::{error_response, extract_key, json_response, KeySource};
 use crate::metrics::Outcome;
 use crate::phases::{Gateway, Refusal};
 use crate::quota::Exceeded;
@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tollgate_protocol::day::{day_index, format_day, next_midnight};
 
-/// Largest body accepted on management-style endpoints (SPEC §9).
+/// Largest body accepted on management-style endpoints: 64 KiB; a larger one is a 413 with a
+/// precise message, never a 500.
 const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Deserialize)]

@@ -1,7 +1,8 @@
 //! Usage is never lost: graceful shutdown ships exactly what was admitted, a backend outage
 //! loses nothing (remote mode, `tollgate-backend serve` killed and restarted), a restarted
 //! gateway serves known keys from its snapshot while the backend is down, and a SIGKILL loses
-//! at most one flush interval. Also: SIGHUP reload, and a bad reload keeps the old routes.
+//! at most one flush interval. Also: SIGHUP reload, a bad reload keeps the old routes, and a
+//! reload keeps the fast lane's idle connections to upstreams it still names.
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -306,4 +307,108 @@ async fn sighup_reloads_routes_and_a_bad_file_keeps_the_old_ones() {
     assert_eq!(get("/b/x").await, 200, "the old configuration stays");
     assert_eq!(get("/c/x").await, 404);
     let _ = start_gateway; // (the same config file restarts a gateway, see Gateway::restart)
+}
+
+/// The fast lane's idle upstream connections belong to the lane, not to the route table: a
+/// reload that still names an upstream keeps its idle connections, and requests on the new
+/// table (on the old route and on a new one to the same upstream) reuse them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_idle_upstream_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An upstream that counts the connections it accepts and answers every head with "ok".
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = format!("http://{}", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+
+    let gw = Gateway::embedded(&route("/a", &up, "auth = \"none\""));
+    // One client connection, one request at a time: the lane serves each after the previous
+    // one gave its upstream connection back.
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let conn = Arc::new(tokio::sync::Mutex::new(conn));
+    let get = |path: &'static str| {
+        let conn = conn.clone();
+        async move { keep_alive_get(&mut *conn.lock().await, path).await }
+    };
+    for _ in 0..3 {
+        assert_eq!(get("/a/x").await, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
+
+    let text = std::fs::read_to_string(&gw.config).expect("config");
+    let with_b = format!("{text}\n{}", route("/b", &up, "auth = \"none\""));
+    std::fs::write(&gw.config, &with_b).expect("write");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gw.proc.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    eventually(Duration::from_secs(5), "new route after SIGHUP", || async {
+        (get("/b/x").await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get("/a/x").await, 200);
+    assert_eq!(get("/b/x").await, 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the reload kept the idle upstream connection"
+    );
+}
+
+/// `GET path` on an open keep-alive connection; the status once the whole answer is in (0 when
+/// the connection ends first).
+async fn keep_alive_get(c: &mut tokio::net::TcpStream, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n");
+    c.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match c.read(&mut chunk).await {
+            Ok(0) | Err(_) => return 0,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }

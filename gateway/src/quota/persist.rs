@@ -39,7 +39,7 @@
 //! while Redis was unreachable with `redis_failure = "local"`.
 
 use super::local::{LocalQuota, Slot};
-use super::WINDOW_MS;
+use super::{Quota, WINDOW_MS};
 use crate::keys::KeyId;
 use std::collections::VecDeque;
 use std::io::Write;
@@ -427,11 +427,13 @@ impl Saver {
     }
 }
 
-/// Saves the in-process quota state of `gw` to `path` every `every`, until `stop` turns true,
+/// Saves the in-process quota state (`quota(&owner)`, the owner being whatever holds the
+/// store, the request path's shared state) to `path` every `every`, until `stop` turns true,
 /// then once more. `stop` must turn true only after the connections are drained, so the last
 /// save holds every admission.
-pub async fn run(
-    gw: Arc<crate::phases::Gateway>,
+pub async fn run<T>(
+    owner: Arc<T>,
+    quota: fn(&T) -> &Quota,
     path: PathBuf,
     every: Duration,
     mut stop: watch::Receiver<bool>,
@@ -446,7 +448,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                saver.save(gw.quota.in_process(), false).await;
+                saver.save(quota(&owner).in_process(), false).await;
             }
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() {
@@ -455,7 +457,7 @@ pub async fn run(
             }
         }
     }
-    if saver.save(gw.quota.in_process(), true).await {
+    if saver.save(quota(&owner).in_process(), true).await {
         tracing::info!("quota state saved");
     } else {
         tracing::error!("quota state NOT saved at shutdown: the next start forgets the counts made since the last save");

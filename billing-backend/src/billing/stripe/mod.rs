@@ -88,6 +88,15 @@ impl IntoResponse for Failure {
 
 type Reply<T> = Result<Json<T>, Failure>;
 
+/// Whether `id` has the shape of a Stripe object id with this prefix (`sub_`, `price_`, `cs_`):
+/// ASCII letters, digits and `_`, at most 255 bytes. Ids from a webhook or a request are checked
+/// so before they become part of a Stripe API path.
+pub(crate) fn is_stripe_id(id: &str, prefix: &str) -> bool {
+    id.starts_with(prefix)
+        && id.len() <= 255
+        && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
 /// The configured provider, or 503 `provider_not_configured`.
 pub fn configured(state: &AppState) -> Result<Arc<Stripe>, Failure> {
     state.providers().stripe.clone().ok_or_else(|| {
@@ -1113,12 +1122,7 @@ async fn checkout_status(
     Path(session_id): Path<String>,
 ) -> Reply<CheckoutStatus> {
     let stripe = configured(&state)?;
-    if !(session_id.starts_with("cs_")
-        && session_id.len() <= 255
-        && session_id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_'))
-    {
+    if !is_stripe_id(&session_id, "cs_") {
         return Err(ApiError::not_found(
             "checkout_session_not_found",
             format!(
@@ -1205,5 +1209,32 @@ pub fn spawn_background(state: &AppState, stop: tokio::sync::watch::Receiver<boo
         if let (Some(_), Some(every)) = (&stripe.meter_event_name, stripe.export_interval) {
             tokio::spawn(meter::periodic(state.clone(), stripe, every, stop));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_stripe_id;
+
+    #[test]
+    fn a_stripe_id_is_its_prefix_then_letters_digits_and_underscores() {
+        assert!(is_stripe_id("sub_1AbC", "sub_"));
+        assert!(is_stripe_id("price_x_y", "price_"));
+        assert!(!is_stripe_id("price_1", "sub_"), "wrong prefix");
+        for hostile in [
+            "sub_../v1/customers",
+            "sub_1?expand[]=x",
+            "sub_1%2F",
+            "sub_1 x",
+            "sub_é",
+        ] {
+            assert!(
+                !is_stripe_id(hostile, "sub_"),
+                "{hostile:?} reaches a Stripe path"
+            );
+        }
+        let long = format!("sub_{}", "a".repeat(251));
+        assert!(is_stripe_id(&long, "sub_"));
+        assert!(!is_stripe_id(&format!("{long}a"), "sub_"), "over 255 bytes");
     }
 }

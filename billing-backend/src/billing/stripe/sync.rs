@@ -293,12 +293,7 @@ pub async fn synced_plan_of(
     stripe: &Stripe,
     price_id: &str,
 ) -> Result<Option<(String, Cycle)>, StripeError> {
-    let ok = price_id.starts_with("price_")
-        && price_id.len() <= 255
-        && price_id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_');
-    if !ok {
+    if !super::is_stripe_id(price_id, "price_") {
         return Ok(None);
     }
     let price: Value = match stripe

@@ -505,6 +505,27 @@ async fn on_subscription(
     write(state, &ours, next, event).await
 }
 
+/// An event that names a subscription we do not follow yet (`what` names the event's object):
+/// read the subscription from Stripe and apply it as a subscription event would.
+async fn follow_subscription(
+    state: &AppState,
+    stripe: &Stripe,
+    stripe_sub: &str,
+    event: &wire::Event,
+    what: &str,
+) -> Applied {
+    if !super::is_stripe_id(stripe_sub, "sub_") {
+        return Ok(Outcome::Ignored(format!(
+            "{what} names no valid subscription id"
+        )));
+    }
+    let sub: wire::Subscription = stripe
+        .client
+        .get(&format!("/v1/subscriptions/{stripe_sub}"), &json!({}))
+        .await?;
+    on_subscription(state, &sub, event).await
+}
+
 async fn on_invoice(
     state: &AppState,
     stripe: &Stripe,
@@ -520,20 +541,7 @@ async fn on_invoice(
     };
     if state.store().stripe_sub_link(&stripe_sub).await?.is_none() {
         // Not followed yet (the invoice event came first): read the subscription itself.
-        if !(stripe_sub.starts_with("sub_")
-            && stripe_sub
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_'))
-        {
-            return Ok(Outcome::Ignored(
-                "invoice names no valid subscription id".into(),
-            ));
-        }
-        let sub: wire::Subscription = stripe
-            .client
-            .get(&format!("/v1/subscriptions/{stripe_sub}"), &json!({}))
-            .await?;
-        return on_subscription(state, &sub, event).await;
+        return follow_subscription(state, stripe, &stripe_sub, event, "invoice").await;
     }
     let Some(link) = state.store().stripe_sub_link(&stripe_sub).await? else {
         return Ok(Outcome::Ignored("subscription link vanished".into()));
@@ -604,22 +612,9 @@ async fn on_checkout(
             session.id
         )));
     };
-    if !(stripe_sub.starts_with("sub_")
-        && stripe_sub
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_'))
-    {
-        return Ok(Outcome::Ignored(
-            "checkout session names no valid subscription id".into(),
-        ));
-    }
     // The session says little about the subscription; read it (this also orders correctly:
     // we apply Stripe's current state, stamped with this event's time).
-    let sub: wire::Subscription = stripe
-        .client
-        .get(&format!("/v1/subscriptions/{stripe_sub}"), &json!({}))
-        .await?;
-    on_subscription(state, &sub, event).await
+    follow_subscription(state, stripe, stripe_sub, event, "checkout session").await
 }
 
 async fn on_intent(

@@ -539,12 +539,9 @@ async fn on_invoice(
             inv.id
         )));
     };
-    if state.store().stripe_sub_link(&stripe_sub).await?.is_none() {
+    let Some(link) = state.store().stripe_sub_link(&stripe_sub).await? else {
         // Not followed yet (the invoice event came first): read the subscription itself.
         return follow_subscription(state, stripe, &stripe_sub, event, "invoice").await;
-    }
-    let Some(link) = state.store().stripe_sub_link(&stripe_sub).await? else {
-        return Ok(Outcome::Ignored("subscription link vanished".into()));
     };
     if !state
         .store()
